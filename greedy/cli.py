@@ -1,0 +1,140 @@
+"""Command-line interface: ``python cli.py train|evaluate|...`` or the ``greedy`` console script."""
+import importlib
+import json
+import os
+import sys
+
+import click
+import numpy as np
+
+from .errors import GreedyError
+
+# method name -> "module:function"; each function has the signature
+# f(data, normalizer, opts, run) -> (model, extra_summary_fields)
+METHODS = {
+    "e2e": "greedy.e2e:train_e2e",
+}
+
+DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
+
+
+def method_function(name):
+    module, func = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def set_threads(n):
+    """Use n threads in Numba kernels and BLAS (None: NUMBA_NUM_THREADS or all cores)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+    n = n or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(n)
+    threadpool_limits(n)
+    return n
+
+
+def fail(message):
+    """End with a one-line error and exit code 2."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+class GreedyGroup(click.Group):
+    """Turns library errors about user input into one-line errors with exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GreedyError as e:
+            fail(str(e))
+
+
+@click.group(cls=GreedyGroup)
+def main():
+    """Layer-wise (greedy) training of convolutional networks in NumPy + Numba."""
+
+
+def common_options(f):
+    options = [
+        click.option("--dataset", type=click.Choice(DATASET_NAMES), default="cifar10", show_default=True),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the dataset files (else $GREEDY_DATA, datasets/, download)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Threads for Numba and BLAS (default: NUMBA_NUM_THREADS or all cores)."),
+        click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N training images."),
+        click.option("--n-test", type=click.IntRange(min=1), default=None, help="Use the first N test images."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
+    from .datasets import load_dataset
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed)
+    if n_train or n_test:
+        data = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
+                             x_test=data.x_test[:n_test], y_test=data.y_test[:n_test])
+    return data
+
+
+@main.command()
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="e2e", show_default=True)
+@common_options
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/<method>-<dataset>-<time>).")
+@click.option("--arch", default=None, help="Architecture spec, e.g. c32k5-relu-max2-fc10 (see greedy.model).")
+@click.option("--epochs", type=click.FloatRange(min=0), default=None, help="Training epochs (end to end, or the final stage).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
+@click.option("--optimizer", type=click.Choice(["sgd", "nesterov", "adam"]), default=None)
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle"]), default=None)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
+@click.option("--augment/--no-augment", default=None, help="Random crops and flips during training.")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop training after this many seconds.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
+    """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
+    from .model import Normalizer, save_model
+    from .runs import Run, default_out_dir
+    from .train import accuracy
+
+    threads = set_threads(threads)
+    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    normalizer = Normalizer().fit(data.x_train)
+    out = out or default_out_dir(method, dataset)
+    config = dict(opts, seed=seed, threads=threads, data_dir=data_dir, n_train=len(data.x_train),
+                  n_test=len(data.x_test))
+    run = Run(out, method, dataset, config, verbose=not quiet)
+    run.start()
+    model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
+    train_seconds = run.seconds()
+    test_acc = accuracy(model, data.x_test, data.y_test, normalizer)
+    save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
+    summary = run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
+                               "n_parameters": model.n_parameters(), "seed": seed, "threads": threads}, **extra))
+    click.echo(f"{method} on {dataset}: test accuracy {test_acc:.4f} in {train_seconds:.1f} s -> {out}")
+    return summary
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@common_options
+def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
+    """Reload RUN_DIR/model.npz and print its test accuracy on DATASET."""
+    from .model import load_model
+    from .train import accuracy
+
+    set_threads(threads)
+    path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
+    model, normalizer, meta = load_model(path)
+    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    if tuple(data.x_test.shape[1:]) != tuple(meta["in_shape"]):
+        fail(f"{path} expects images of shape {tuple(meta['in_shape'])}, "
+             f"dataset {dataset} has {tuple(data.x_test.shape[1:])}")
+    acc = accuracy(model, data.x_test, data.y_test, normalizer)
+    click.echo(json.dumps({"model": path, "dataset": dataset, "test_accuracy": acc}))
+
+
+if __name__ == "__main__":
+    main()

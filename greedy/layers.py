@@ -1,0 +1,308 @@
+"""Layers with hand-written forward and backward passes.
+
+Every layer follows one small protocol:
+
+- ``build(in_shape, rng, dtype) -> out_shape`` creates parameters for a
+  per-sample input shape (C, H, W) or (D,), drawing from a seeded generator.
+- ``forward(x, train=False) -> y`` caches what ``backward`` needs.
+- ``backward(dy) -> dx`` writes parameter gradients into ``self.grads``
+  (same keys as ``self.params``) and returns the gradient of the input.
+- ``spec()`` is the layer's token in the architecture string (see ``model.py``).
+
+Arrays are NCHW for images and (N, D) for vectors; float32 by default,
+float64 works everywhere (gradient checks).
+"""
+import numpy as np
+
+from . import conv_kernels as ck
+
+
+class Layer:
+    """Base class: a layer without parameters that passes shapes through."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        self.in_shape = tuple(in_shape)
+        return self.in_shape
+
+    def forward(self, x, train=False):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def spec(self):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.spec()})"
+
+
+def he_normal(rng, shape, fan_in, dtype):
+    """He (Kaiming) normal initialisation, std = sqrt(2 / fan_in), for ReLU layers."""
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def glorot_uniform(rng, shape, fan_in, fan_out, dtype):
+    """Glorot (Xavier) uniform initialisation, limit sqrt(6 / (fan_in + fan_out)), for tanh/linear."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
+
+
+class Conv2d(Layer):
+    """2-D convolution: x (N, C, H, W) -> y (N, F, Ho, Wo), weights w (F, C, K, K), bias b (F,).
+
+    ``padding`` defaults to K // 2 ("same" for odd K and stride 1).
+    ``init`` is "he" (ReLU follows) or "glorot" (tanh or linear follows).
+    """
+
+    def __init__(self, filters, kernel_size=3, stride=1, padding=None, init="he"):
+        super().__init__()
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.stride = int(stride)
+        self.padding = self.kernel_size // 2 if padding is None else int(padding)
+        self.init = init
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        c, h, w = in_shape
+        k = self.kernel_size
+        fan_in, fan_out = c * k * k, self.filters * k * k
+        shape = (self.filters, c, k, k)
+        if self.init == "he":
+            weights = he_normal(rng, shape, fan_in, dtype)
+        else:
+            weights = glorot_uniform(rng, shape, fan_in, fan_out, dtype)
+        self.params = {"w": weights, "b": np.zeros(self.filters, dtype)}
+        self.grads = {key: np.zeros_like(v) for key, v in self.params.items()}
+        self.in_shape = tuple(in_shape)
+        ho = (h + 2 * self.padding - k) // self.stride + 1
+        wo = (w + 2 * self.padding - k) // self.stride + 1
+        if ho < 1 or wo < 1:
+            from .errors import ConfigError
+            raise ConfigError(f"conv {self.spec()} does not fit an input of {h}x{w} pixels")
+        return (self.filters, ho, wo)
+
+    def forward(self, x, train=False):
+        self.x = x
+        return ck.conv2d_forward(x, self.params["w"], self.params["b"], self.stride, self.padding)
+
+    def backward(self, dy, need_dx=True):
+        dx, dw, db = ck.conv2d_backward(self.x, self.params["w"], dy, self.stride, self.padding,
+                                        need_dx=need_dx)
+        self.grads["w"][...] = dw
+        self.grads["b"][...] = db
+        return dx
+
+    def spec(self):
+        s = f"c{self.filters}k{self.kernel_size}"
+        if self.stride != 1:
+            s += f"s{self.stride}"
+        if self.padding != self.kernel_size // 2:
+            s += f"p{self.padding}"
+        return s
+
+
+class Dense(Layer):
+    """Fully connected layer: x (N, D) -> y (N, units); inputs of higher rank are flattened."""
+
+    def __init__(self, units, init="he"):
+        super().__init__()
+        self.units = int(units)
+        self.init = init
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        d = int(np.prod(in_shape))
+        shape = (d, self.units)
+        if self.init == "he":
+            weights = he_normal(rng, shape, d, dtype)
+        else:
+            weights = glorot_uniform(rng, shape, d, self.units, dtype)
+        self.params = {"w": weights, "b": np.zeros(self.units, dtype)}
+        self.grads = {key: np.zeros_like(v) for key, v in self.params.items()}
+        self.in_shape = tuple(in_shape)
+        return (self.units,)
+
+    def forward(self, x, train=False):
+        self.x_shape = x.shape
+        self.x = x.reshape(len(x), -1)
+        return self.x @ self.params["w"] + self.params["b"]
+
+    def backward(self, dy, need_dx=True):
+        np.matmul(self.x.T, dy, out=self.grads["w"])
+        np.sum(dy, axis=0, out=self.grads["b"])
+        if not need_dx:
+            return None
+        return (dy @ self.params["w"].T).reshape(self.x_shape)
+
+    def spec(self):
+        return f"fc{self.units}"
+
+
+class ReLU(Layer):
+    def forward(self, x, train=False):
+        self.mask = x > 0
+        return np.where(self.mask, x, x.dtype.type(0))
+
+    def backward(self, dy):
+        return np.where(self.mask, dy, dy.dtype.type(0))
+
+    def spec(self):
+        return "relu"
+
+
+class Tanh(Layer):
+    def forward(self, x, train=False):
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, dy):
+        return dy * (1 - self.y * self.y)
+
+    def spec(self):
+        return "tanh"
+
+
+class MaxPool2d(Layer):
+    """Max pooling with a square window ``size`` and stride ``size`` (floor on odd sizes)."""
+
+    def __init__(self, size=2):
+        super().__init__()
+        self.size = int(size)
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        c, h, w = in_shape
+        self.in_shape = tuple(in_shape)
+        if h < self.size or w < self.size:
+            from .errors import ConfigError
+            raise ConfigError(f"pool {self.spec()} does not fit an input of {h}x{w} pixels")
+        return (c, h // self.size, w // self.size)
+
+    def forward(self, x, train=False):
+        self.x_shape = x.shape
+        y, self.argmax = ck.maxpool2d_forward(x, self.size, self.size)
+        return y
+
+    def backward(self, dy):
+        return ck.maxpool2d_backward(dy, self.argmax, self.x_shape)
+
+    def spec(self):
+        return f"max{self.size}"
+
+
+class AvgPool2d(MaxPool2d):
+    """Average pooling with a square window ``size`` and stride ``size``."""
+
+    def forward(self, x, train=False):
+        self.x_shape = x.shape
+        return ck.avgpool2d_forward(x, self.size, self.size)
+
+    def backward(self, dy):
+        return ck.avgpool2d_backward(dy, self.x_shape, self.size, self.size)
+
+    def spec(self):
+        return f"avg{self.size}"
+
+
+class GlobalAvgPool(Layer):
+    """Global average pooling: x (N, C, H, W) -> y (N, C)."""
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        self.in_shape = tuple(in_shape)
+        return (in_shape[0],)
+
+    def forward(self, x, train=False):
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        n, c, h, w = self.x_shape
+        return np.broadcast_to((dy / (h * w))[:, :, None, None], self.x_shape).copy()
+
+    def spec(self):
+        return "gap"
+
+
+class Dropout(Layer):
+    """Inverted dropout with drop probability ``rate``; identity at inference."""
+
+    def __init__(self, rate=0.5, seed=0):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            from .errors import ConfigError
+            raise ConfigError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.rng = np.random.default_rng(seed)
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        self.rng = np.random.default_rng(rng.integers(2**63))
+        return super().build(in_shape, rng, dtype)
+
+    def forward(self, x, train=False):
+        if not train or self.rate == 0.0:
+            self.scale = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
+        self.scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.rate)
+        return x * self.scale
+
+    def backward(self, dy):
+        return dy if self.scale is None else dy * self.scale
+
+    def spec(self):
+        return f"drop{self.rate:g}"
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel of x (N, C, H, W).
+
+    Training uses batch statistics and updates running averages with
+    ``momentum``; inference uses the running averages. Parameters: scale
+    ``gamma`` (C,), shift ``beta`` (C,). Running statistics are stored as
+    buffers (saved with the model, not trained).
+    """
+
+    def __init__(self, momentum=0.1, eps=1e-5):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        c = in_shape[0]
+        self.params = {"gamma": np.ones(c, dtype), "beta": np.zeros(c, dtype)}
+        self.grads = {key: np.zeros_like(v) for key, v in self.params.items()}
+        self.buffers = {"mean": np.zeros(c, dtype), "var": np.ones(c, dtype)}
+        self.in_shape = tuple(in_shape)
+        return self.in_shape
+
+    def forward(self, x, train=False):
+        if train:
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            m = self.momentum
+            n = x.size / x.shape[1]
+            self.buffers["mean"] *= 1 - m
+            self.buffers["mean"] += m * mean
+            self.buffers["var"] *= 1 - m
+            self.buffers["var"] += m * var * n / max(n - 1, 1)
+        else:
+            mean, var = self.buffers["mean"], self.buffers["var"]
+        self.inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        self.xhat = (x - mean[None, :, None, None]) * self.inv_std[None, :, None, None]
+        return self.xhat * self.params["gamma"][None, :, None, None] + self.params["beta"][None, :, None, None]
+
+    def backward(self, dy):
+        axes = (0, 2, 3)
+        self.grads["beta"][...] = dy.sum(axis=axes)
+        self.grads["gamma"][...] = (dy * self.xhat).sum(axis=axes)
+        n = dy.size / dy.shape[1]
+        g = (self.params["gamma"] * self.inv_std)[None, :, None, None]
+        dxhat_mean = self.grads["beta"][None, :, None, None] / n
+        dxhat_xhat = self.grads["gamma"][None, :, None, None] / n
+        return g * (dy - dxhat_mean - self.xhat * dxhat_xhat)
+
+    def spec(self):
+        return "bn"

@@ -1,0 +1,28 @@
+"""Softmax cross-entropy, the loss of every classifier head in the project."""
+import numpy as np
+
+
+def log_softmax(logits):
+    """Numerically stable log-softmax of logits (N, K) along the last axis."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, labels, sample_weight=None):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    logits (N, K) float, labels (N,) int in [0, K), sample_weight (N,) or None
+    (weights are normalised to sum to one). Returns (loss: float, dlogits (N, K)).
+    """
+    n = len(labels)
+    logp = log_softmax(logits)
+    if sample_weight is None:
+        w = np.full(n, 1.0 / n, dtype=logits.dtype)
+    else:
+        w = (sample_weight / sample_weight.sum()).astype(logits.dtype)
+    rows = np.arange(n)
+    loss = float(-(w * logp[rows, labels]).sum())
+    grad = np.exp(logp)
+    grad[rows, labels] -= 1
+    grad *= w[:, None]
+    return loss, grad

@@ -1,0 +1,158 @@
+"""Optimisers and learning-rate schedules.
+
+An optimiser updates a list of parameter arrays in place from their gradient
+arrays: ``opt.step(params, grads)``, both lists of equally shaped arrays in a
+fixed order. Optional per-parameter boolean masks (``masks``, same shapes, True
+= trainable) keep frozen entries exactly where they are: their gradient, weight
+decay and momentum are all zeroed.
+
+Schedules map a step index (0-based) to a learning-rate multiplier.
+"""
+import math
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+class Optimizer:
+    def __init__(self, lr, weight_decay=0.0, schedule=None):
+        if lr <= 0:
+            raise ConfigError(f"learning rate must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"weight decay must be non-negative, got {weight_decay}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.schedule = schedule or constant()
+        self.t = 0
+        self.state = None
+        self.masks = None
+
+    def current_lr(self):
+        return self.lr * self.schedule(self.t)
+
+    def step(self, params, grads):
+        if self.state is None:
+            self.state = [self._init_state(p) for p in params]
+        lr = self.current_lr()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            mask = None if self.masks is None else self.masks[i]
+            if mask is not None and not mask.any():
+                continue
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            if mask is not None:
+                g = g * mask
+            self._update(p, g, self.state[i], lr, mask)
+        self.t += 1
+
+
+class SGD(Optimizer):
+    """SGD with momentum (heavy ball, or Nesterov) and L2 weight decay."""
+
+    def __init__(self, lr=0.01, momentum=0.9, nesterov=False, weight_decay=0.0, schedule=None):
+        super().__init__(lr, weight_decay, schedule)
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def _init_state(self, p):
+        return np.zeros_like(p)
+
+    def _update(self, p, g, v, lr, mask):
+        v *= self.momentum
+        v += g
+        step = g + self.momentum * v if self.nesterov else v
+        p -= p.dtype.type(lr) * step
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is decoupled (AdamW)."""
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None):
+        super().__init__(lr, 0.0, schedule)
+        if weight_decay < 0:
+            raise ConfigError(f"weight decay must be non-negative, got {weight_decay}")
+        self.decoupled_decay = float(weight_decay)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def _init_state(self, p):
+        return (np.zeros_like(p), np.zeros_like(p))
+
+    def _update(self, p, g, state, lr, mask):
+        m, v = state
+        t = self.t + 1
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * g * g
+        step_size = lr * math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
+        p -= p.dtype.type(step_size) * (m / (np.sqrt(v) + self.eps))
+        if self.decoupled_decay:
+            decay = p.dtype.type(lr * self.decoupled_decay) * p
+            p -= decay if mask is None else decay * mask
+
+
+def constant():
+    """Multiplier 1 at every step."""
+    return lambda t: 1.0
+
+
+def step_decay(step_size, gamma=0.1):
+    """Multiply the rate by ``gamma`` every ``step_size`` steps."""
+    if step_size < 1:
+        raise ConfigError(f"step size must be >= 1, got {step_size}")
+    return lambda t: gamma ** (t // step_size)
+
+
+def cosine(total_steps, warmup_steps=0, final=0.0):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``final`` at ``total_steps``."""
+    total_steps = max(int(total_steps), 1)
+
+    def f(t):
+        if t < warmup_steps:
+            return (t + 1) / warmup_steps
+        progress = min((t - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def one_cycle(total_steps, peak_fraction=0.25, start=0.1, final=0.0):
+    """Linear ramp from ``start`` to 1 over ``peak_fraction`` of the steps, then linear decay to ``final``."""
+    total_steps = max(int(total_steps), 1)
+    peak = max(int(total_steps * peak_fraction), 1)
+
+    def f(t):
+        if t < peak:
+            return start + (1 - start) * t / peak
+        return max(final, 1 - (1 - final) * (t - peak) / max(total_steps - peak, 1))
+    return f
+
+
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+def make_schedule(name, total_steps):
+    """Build a schedule by name for a run of ``total_steps`` optimiser steps."""
+    if name == "constant":
+        return constant()
+    if name == "step":
+        return step_decay(max(total_steps // 3, 1), 0.1)
+    if name == "cosine":
+        return cosine(total_steps, warmup_steps=min(100, total_steps // 10))
+    if name == "onecycle":
+        return one_cycle(total_steps)
+    raise ConfigError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(name, lr, total_steps, schedule="onecycle", weight_decay=0.0, momentum=0.9):
+    """Build ``sgd``, ``nesterov`` or ``adam`` with a named schedule."""
+    sched = make_schedule(schedule, total_steps)
+    if name == "sgd":
+        return SGD(lr, momentum=momentum, weight_decay=weight_decay, schedule=sched)
+    if name == "nesterov":
+        return SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay, schedule=sched)
+    if name == "adam":
+        return Adam(lr, weight_decay=weight_decay, schedule=sched)
+    raise ConfigError(f"unknown optimizer {name!r}; choose from sgd, nesterov, adam")

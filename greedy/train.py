@@ -1,0 +1,101 @@
+"""The mini-batch training loop shared by every gradient-trained part of the project.
+
+``fit`` trains any model with ``forward``/``backward``/``parameters``/``gradients``
+(a ``Sequential``, or a small wrapper) on arrays in memory, with any loss of the
+form ``loss_fn(outputs, labels, sample_weight) -> (loss, d_outputs)``. End-to-end
+training, auxiliary heads, cosine and KL objectives and the final classifiers
+all go through it.
+"""
+import sys
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+from .losses import softmax_cross_entropy
+
+
+def batches(n, batch_size, rng=None):
+    """Yield index arrays covering range(n) in mini-batches, shuffled when rng is given."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def predict(model, x, prepare=None, batch_size=500):
+    """Model outputs for all of x, computed in batches; ``prepare`` maps a raw batch to model input."""
+    outs = []
+    for idx in batches(len(x), batch_size):
+        xb = x[idx[0]:idx[-1] + 1]
+        outs.append(model.forward(prepare(xb) if prepare else xb, train=False))
+    return np.concatenate(outs)
+
+
+def accuracy(model, x, y, prepare=None, batch_size=500):
+    """Fraction of x whose arg-max output equals y."""
+    if len(x) == 0:
+        return float("nan")
+    return float((predict(model, x, prepare, batch_size).argmax(axis=1) == y).mean())
+
+
+def fit(model, x, y, optimizer, *, epochs, batch_size=128, loss_fn=softmax_cross_entropy,
+        prepare=None, augment=None, sample_weight=None, rng=None, time_budget=None,
+        on_epoch=None, progress=False, label="train"):
+    """Train ``model`` in place with mini-batch gradient descent.
+
+    x (N, ...) raw inputs (uint8 images or float features); y (N,) int labels.
+    ``prepare(xb)`` turns a raw batch into float model input (e.g. normalisation);
+    ``augment(xb, rng)`` randomises it during training. ``epochs`` may be fractional.
+    ``time_budget`` (seconds) stops training early at a batch boundary.
+    ``on_epoch(epoch, train_loss, train_acc)`` is called after each epoch.
+    Returns a list of per-epoch dicts (epoch, train_loss, train_accuracy, seconds).
+    """
+    if epochs < 0:
+        raise ConfigError(f"epochs must be non-negative, got {epochs}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    n = len(x)
+    total_steps = int(np.ceil(epochs * n / batch_size))
+    steps_per_epoch = int(np.ceil(n / batch_size))
+    params, grads = model.parameters(), model.gradients()
+    history, step, t0 = [], 0, time.perf_counter()
+    epoch = 0
+    while step < total_steps:
+        epoch += 1
+        loss_sum, correct, seen = 0.0, 0, 0
+        for idx in batches(n, batch_size, rng):
+            if step >= total_steps or (time_budget is not None and time.perf_counter() - t0 > time_budget):
+                break
+            xb = x[idx]
+            if prepare is not None:
+                xb = prepare(xb)
+            if augment is not None:
+                xb = augment(xb, rng)
+            out = model.forward(xb, train=True)
+            loss, dout = loss_fn(out, y[idx], None if sample_weight is None else sample_weight[idx])
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{label}: loss became {loss} at step {step}; lower the learning rate")
+            model.backward(dout.astype(out.dtype, copy=False))
+            optimizer.step(params, grads)
+            step += 1
+            loss_sum += loss * len(idx)
+            seen += len(idx)
+            if out.ndim == 2 and out.shape[1] > 1 and loss_fn is softmax_cross_entropy:
+                correct += int((out.argmax(axis=1) == y[idx]).sum())
+            if progress and step % 50 == 0:
+                print(f"\r  {label} epoch {epoch}: {step - (epoch - 1) * steps_per_epoch}/{steps_per_epoch} "
+                      f"batches, loss {loss_sum / seen:.4f}", end="", file=sys.stderr, flush=True)
+        if progress:
+            print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+        if seen == 0:
+            break
+        record = {"epoch": epoch, "train_loss": loss_sum / seen,
+                  "train_accuracy": correct / seen if correct else None,
+                  "seconds": time.perf_counter() - t0}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, record["train_loss"], record["train_accuracy"])
+        if time_budget is not None and time.perf_counter() - t0 > time_budget:
+            break
+    return history
