@@ -13,6 +13,9 @@ from .errors import GreedyError
 # f(data, normalizer, opts, run) -> (model, extra_summary_fields)
 METHODS = {
     "e2e": "greedy.e2e:train_e2e",
+    "aux": "greedy.layer_objectives:train_aux",
+    "cosine": "greedy.layer_objectives:train_cosine",
+    "kl": "greedy.layer_objectives:train_kl",
 }
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
@@ -92,6 +95,15 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option("--augment/--no-augment", default=None, help="Random crops and flips during training.")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop training after this many seconds.")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="Layer-wise methods: number of conv blocks.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Layer-wise methods: filters per block.")
+@click.option("--layer-budget", default=None,
+              help="Per-layer budget: 2e (epochs), 90s (seconds), 4e*0.5 (geometric), 3e,2e,1e (list).")
+@click.option("--aux-depth", type=click.IntRange(min=0), default=None, help="aux: hidden conv layers in each auxiliary head.")
+@click.option("--aux-pool", type=click.Choice(["gap", "quadrant"]), default=None, help="Pooling before auxiliary heads/objectives.")
+@click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
+@click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="cosine: softmax temperature.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""

@@ -106,11 +106,11 @@ class Sequential:
             x = layer.forward(x, train)
         return x
 
-    def backward(self, dy):
-        """Back-propagate dy; the first layer skips its input gradient when it can."""
+    def backward(self, dy, input_grad=True):
+        """Back-propagate dy through all layers; returns the input gradient (None if not ``input_grad``)."""
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            if i == 0 and isinstance(layer, (Conv2d, Dense)):
+            if i == 0 and not input_grad and isinstance(layer, (Conv2d, Dense)):
                 return layer.backward(dy, need_dx=False)
             dy = layer.backward(dy)
         return dy

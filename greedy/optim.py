@@ -6,7 +6,9 @@ fixed order. Optional per-parameter boolean masks (``masks``, same shapes, True
 = trainable) keep frozen entries exactly where they are: their gradient, weight
 decay and momentum are all zeroed.
 
-Schedules map a step index (0-based) to a learning-rate multiplier.
+Schedules map training progress p in [0, 1] (the fraction of the step or time
+budget used, set by the training loop in ``opt.progress``) to a learning-rate
+multiplier, so the same schedule serves epoch and wall-time budgets.
 """
 import math
 
@@ -25,11 +27,12 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.schedule = schedule or constant()
         self.t = 0
+        self.progress = 0.0
         self.state = None
         self.masks = None
 
     def current_lr(self):
-        return self.lr * self.schedule(self.t)
+        return self.lr * self.schedule(min(max(self.progress, 0.0), 1.0))
 
     def step(self, params, grads):
         if self.state is None:
@@ -95,60 +98,56 @@ class Adam(Optimizer):
 
 
 def constant():
-    """Multiplier 1 at every step."""
-    return lambda t: 1.0
+    """Multiplier 1 throughout."""
+    return lambda p: 1.0
 
 
-def step_decay(step_size, gamma=0.1):
-    """Multiply the rate by ``gamma`` every ``step_size`` steps."""
-    if step_size < 1:
-        raise ConfigError(f"step size must be >= 1, got {step_size}")
-    return lambda t: gamma ** (t // step_size)
+def step_decay(every=1 / 3, gamma=0.1):
+    """Multiply the rate by ``gamma`` after each ``every`` fraction of training."""
+    if not 0 < every <= 1:
+        raise ConfigError(f"step fraction must be in (0, 1], got {every}")
+    return lambda p: gamma ** int(p / every + 1e-9)
 
 
-def cosine(total_steps, warmup_steps=0, final=0.0):
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``final`` at ``total_steps``."""
-    total_steps = max(int(total_steps), 1)
+def cosine(warmup=0.0, final=0.0):
+    """Linear warm-up over the first ``warmup`` fraction, then cosine decay to ``final``."""
 
-    def f(t):
-        if t < warmup_steps:
-            return (t + 1) / warmup_steps
-        progress = min((t - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+    def f(p):
+        if p < warmup:
+            return p / warmup
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * (p - warmup) / (1 - warmup)))
     return f
 
 
-def one_cycle(total_steps, peak_fraction=0.25, start=0.1, final=0.0):
-    """Linear ramp from ``start`` to 1 over ``peak_fraction`` of the steps, then linear decay to ``final``."""
-    total_steps = max(int(total_steps), 1)
-    peak = max(int(total_steps * peak_fraction), 1)
+def one_cycle(peak=0.25, start=0.1, final=0.0):
+    """Linear ramp from ``start`` to 1 until ``peak``, then linear decay to ``final`` at the end."""
 
-    def f(t):
-        if t < peak:
-            return start + (1 - start) * t / peak
-        return max(final, 1 - (1 - final) * (t - peak) / max(total_steps - peak, 1))
+    def f(p):
+        if p < peak:
+            return start + (1 - start) * p / peak
+        return final + (1 - final) * (1 - p) / (1 - peak)
     return f
 
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
-def make_schedule(name, total_steps):
-    """Build a schedule by name for a run of ``total_steps`` optimiser steps."""
+def make_schedule(name):
+    """Build a schedule by name with the project's defaults."""
     if name == "constant":
         return constant()
     if name == "step":
-        return step_decay(max(total_steps // 3, 1), 0.1)
+        return step_decay(1 / 3, 0.1)
     if name == "cosine":
-        return cosine(total_steps, warmup_steps=min(100, total_steps // 10))
+        return cosine(warmup=0.02)
     if name == "onecycle":
-        return one_cycle(total_steps)
+        return one_cycle()
     raise ConfigError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
 
 
-def make_optimizer(name, lr, total_steps, schedule="onecycle", weight_decay=0.0, momentum=0.9):
+def make_optimizer(name, lr, schedule="onecycle", weight_decay=0.0, momentum=0.9):
     """Build ``sgd``, ``nesterov`` or ``adam`` with a named schedule."""
-    sched = make_schedule(schedule, total_steps)
+    sched = make_schedule(schedule)
     if name == "sgd":
         return SGD(lr, momentum=momentum, weight_decay=weight_decay, schedule=sched)
     if name == "nesterov":

@@ -1,7 +1,7 @@
 """The mini-batch training loop shared by every gradient-trained part of the project.
 
 ``fit`` trains any model with ``forward``/``backward``/``parameters``/``gradients``
-(a ``Sequential``, or a small wrapper) on arrays in memory, with any loss of the
+(a ``Sequential``, or a small wrapper; ``backward(dy, input_grad)``) on arrays in memory, with any loss of the
 form ``loss_fn(outputs, labels, sample_weight) -> (loss, d_outputs)``. End-to-end
 training, auxiliary heads, cosine and KL objectives and the final classifiers
 all go through it.
@@ -46,7 +46,8 @@ def fit(model, x, y, optimizer, *, epochs, batch_size=128, loss_fn=softmax_cross
     x (N, ...) raw inputs (uint8 images or float features); y (N,) int labels.
     ``prepare(xb)`` turns a raw batch into float model input (e.g. normalisation);
     ``augment(xb, rng)`` randomises it during training. ``epochs`` may be fractional.
-    ``time_budget`` (seconds) stops training early at a batch boundary.
+    ``time_budget`` (seconds) stops training early at a batch boundary; the
+    optimiser's schedule follows whichever of steps or time runs out first.
     ``on_epoch(epoch, train_loss, train_acc)`` is called after each epoch.
     Returns a list of per-epoch dicts (epoch, train_loss, train_accuracy, seconds).
     """
@@ -76,7 +77,9 @@ def fit(model, x, y, optimizer, *, epochs, batch_size=128, loss_fn=softmax_cross
             loss, dout = loss_fn(out, y[idx], None if sample_weight is None else sample_weight[idx])
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{label}: loss became {loss} at step {step}; lower the learning rate")
-            model.backward(dout.astype(out.dtype, copy=False))
+            model.backward(dout.astype(out.dtype, copy=False), input_grad=False)
+            elapsed = time.perf_counter() - t0
+            optimizer.progress = max(step / total_steps, elapsed / time_budget if time_budget else 0.0)
             optimizer.step(params, grads)
             step += 1
             loss_sum += loss * len(idx)

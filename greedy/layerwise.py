@@ -1,0 +1,239 @@
+"""The layer-wise training loop shared by every greedy method.
+
+A network is a list of *blocks* (a conv and what follows it up to the next
+conv, e.g. ``c128k3-bn-relu-max2``). For each block in turn:
+
+1. the block's input is the cached output of the frozen blocks before it,
+   computed once per layer, never per step;
+2. a method-specific *block trainer* trains the block on that input with a
+   per-layer objective that never evaluates later blocks (an auxiliary
+   classifier, cosine separation, KL divergence, or patch-bag codes);
+3. the trained block is frozen and applied to the real input to make the next
+   block's input.
+
+Then a linear softmax classifier is trained on the last block's pooled features
+and, optionally, the whole stack is fine-tuned end to end. The result is an
+ordinary ``Sequential`` CNN (blocks, pooling, classifier).
+
+Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above
+it, so the training-set cache of a layer needs at most
+N x C x H x W x 4 bytes, or half of that for large layers (about 3.3 GB for
+50,000 images of 128 x 16 x 16).
+"""
+import re
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+from .layers import Dense
+from .model import Sequential, parse_spec
+from .optim import make_optimizer
+from .train import accuracy, fit, predict
+
+CACHE_FLOAT32_BYTES = 2 * 1024**3
+
+
+def split_blocks(spec):
+    """Split an architecture spec into block specs, one per conv: 'c8k3-relu-c16k3-max2' -> ['c8k3-relu', 'c16k3-max2']."""
+    tokens = spec.strip().split("-")
+    if not tokens or not re.fullmatch(r"c\d+k\d+.*", tokens[0]):
+        raise ConfigError(f"a layer-wise architecture must start with a conv token, got {spec!r}")
+    if any(re.fullmatch(r"(fc|d)\d+|gap", t) for t in tokens):
+        raise ConfigError(f"a layer-wise architecture lists conv blocks only (no fc or gap; the classifier is "
+                          f"added by the method), got {spec!r}")
+    blocks, current = [], []
+    for t in tokens:
+        if re.fullmatch(r"c\d+k\d+.*", t) and current:
+            blocks.append("-".join(current))
+            current = []
+        current.append(t)
+    blocks.append("-".join(current))
+    parse_spec("-".join(blocks))
+    return blocks
+
+
+def blocks_from_widths(layers, width, pool_every=1, first_pool=True, activation="relu", batchnorm=True,
+                       kernel=3, widen_after=None):
+    """A conv stack of ``layers`` blocks of ``width`` filters (doubling at ``widen_after``) with 2x2 max pools."""
+    if layers < 1 or width < 1:
+        raise ConfigError(f"need at least one layer of width >= 1, got layers={layers} width={width}")
+    blocks = []
+    for i in range(layers):
+        w = width * (2 if widen_after is not None and i >= widen_after else 1)
+        tokens = [f"c{w}k{kernel}"] + (["bn"] if batchnorm else []) + [activation]
+        if (i == 0 and first_pool) or (i > 0 and pool_every and (i + 1) % pool_every == 0):
+            tokens.append("max2")
+        blocks.append("-".join(tokens))
+    return blocks
+
+
+def pooling_token(shape, mode):
+    """Token pooling a (C, H, W) map to what the classifier sees: 'gap', 'quadrant' (2x2 regions) or 'none'."""
+    c, h, w = shape
+    if mode == "gap":
+        return "gap"
+    if mode == "quadrant":
+        return f"avg{max(min(h, w) // 2, 1)}"
+    if mode == "none":
+        return None
+    raise ConfigError(f"unknown pooling {mode!r}; choose gap, quadrant or none")
+
+
+def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
+    """An auxiliary/final head for a (C, H, W) input: optional convs, pooling, then a linear classifier."""
+    tokens = [f"c{width or shape[0]}k3-relu" for _ in range(hidden_convs)]
+    token = pooling_token(shape, pool)
+    tokens += [token] if token else []
+    return parse_spec("-".join(tokens + [f"fc{n_classes}"]))
+
+
+def propagate(block, x, batch_size=256):
+    """Apply a frozen block to cached inputs x (N, C, H, W) -> outputs, stored float16 if large."""
+    first = block.forward(_as32(x[:1]))
+    n = len(x)
+    dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
+    out = np.empty((n,) + first.shape[1:], dtype)
+    for i in range(0, n, batch_size):
+        out[i:i + batch_size] = block.forward(_as32(x[i:i + batch_size]))
+    return out
+
+
+def _as32(xb):
+    return xb if xb.dtype == np.float32 else xb.astype(np.float32)
+
+
+def parse_budget(text, n_layers):
+    """Per-layer training budgets from a string.
+
+    ``2`` or ``2e``: two epochs per layer; ``90s``: 90 seconds per layer;
+    ``4e*0.5``: geometric, 4, 2, 1, ... epochs (front-loaded); ``3e,2e,1e``: one
+    value per layer (the last repeats). Returns a list of (amount, unit) with
+    unit 'e' (epochs) or 's' (seconds).
+    """
+    text = str(text).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([es]?)\*(\d+(?:\.\d+)?)", text)
+    if m:
+        base, unit, ratio = float(m[1]), m[2] or "e", float(m[3])
+        budgets = [(base * ratio**i, unit) for i in range(n_layers)]
+    else:
+        budgets = []
+        for part in text.split(","):
+            m = re.fullmatch(r"(\d+(?:\.\d+)?)([es]?)", part.strip())
+            if not m:
+                raise ConfigError(f"cannot read layer budget {text!r}; use e.g. 2e, 90s, 4e*0.5 or 3e,2e,1e")
+            budgets.append((float(m[1]), m[2] or "e"))
+        budgets += [budgets[-1]] * (n_layers - len(budgets))
+    if any(a <= 0 for a, _ in budgets):
+        raise ConfigError(f"layer budgets must be positive, got {text!r}")
+    return budgets[:n_layers]
+
+
+class Stack:
+    """A model made of a body and a head, trained as one by ``fit`` (only its listed parts get gradients)."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def forward(self, x, train=False):
+        for p in self.parts:
+            x = p.forward(x, train)
+        return x
+
+    def backward(self, dy, input_grad=True):
+        for i in range(len(self.parts) - 1, -1, -1):
+            dy = self.parts[i].backward(dy, input_grad=input_grad or i > 0)
+        return dy
+
+    def parameters(self):
+        return [q for p in self.parts for q in p.parameters()]
+
+    def gradients(self):
+        return [q for p in self.parts for q in p.gradients()]
+
+
+def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None):
+    """Train ``model`` on cached features with the block optimiser options and a (amount, unit) budget."""
+    amount, unit = budget
+    opt = make_optimizer(opts["optimizer"], opts["lr"], opts["schedule"], opts["weight_decay"])
+    kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
+    epochs = amount if unit == "e" else 1e6
+    return fit(model, x, y, opt, epochs=epochs, batch_size=opts["batch_size"], prepare=_as32, rng=rng,
+               time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=True,
+               label=label, augment=augment, **kwargs)
+
+
+def train_linear_classifier(features, y, test_features, y_test, n_classes, opts, rng, epochs=None):
+    """Fit a softmax linear classifier on pooled features (N, D); returns (Dense layer, test accuracy)."""
+    dense = Sequential([Dense(n_classes, init="glorot")]).build(features.shape[1:], rng)
+    opt = make_optimizer("adam", opts.get("final_lr", 1e-3), "cosine", opts.get("final_weight_decay", 5e-4))
+    fit(dense, features, y, opt, epochs=epochs or opts.get("final_epochs", 10),
+        batch_size=opts.get("final_batch_size", 256), prepare=_as32, rng=rng, label="classifier")
+    return dense, accuracy(dense, test_features, y_test, _as32)
+
+
+def train_layerwise(data, normalizer, opts, run, block_trainer):
+    """Train blocks one at a time with ``block_trainer``, then the classifier; returns (model, summary fields).
+
+    ``block_trainer(layer, block, x, y, x_test, y_test, budget, rng, run) -> dict`` trains the
+    already built ``block`` (a Sequential) in place on cached inputs and returns figures to log
+    (e.g. its auxiliary test accuracy).
+    """
+    n_classes = len(data.class_names)
+    blocks_spec = opts["blocks"]
+    budgets = parse_budget(opts["layer_budget"], len(blocks_spec))
+    rng = np.random.default_rng(opts["seed"])
+    x, x_test = normalizer(data.x_train), normalizer(data.x_test)
+    y, y_test = data.y_train, data.y_test
+    shape = x.shape[1:]
+    blocks, per_layer = [], []
+    for layer, (spec, budget) in enumerate(zip(blocks_spec, budgets)):
+        block = Sequential.from_spec(spec).build(shape, rng)
+        t = time.perf_counter()
+        info = block_trainer(layer, block, x, y, x_test, y_test, budget, rng, run)
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        x, x_test = propagate(block, x), propagate(block, x_test)
+        run.log("propagate", layer=layer, seconds_in_phase=time.perf_counter() - t, out_shape=list(x.shape[1:]))
+        per_layer.append(dict(info, layer=layer, spec=spec, budget=f"{budget[0]:g}{budget[1]}",
+                              train_seconds=round(train_s, 3)))
+        run.log("layer_done", layer=layer, **{k: v for k, v in per_layer[-1].items() if k != "layer"})
+        blocks.append(block)
+        shape = x.shape[1:]
+
+    pool = pooling_token(shape, opts.get("final_pool", "quadrant"))
+    pool_layers = parse_spec(pool) if pool else []
+    pooler = Sequential(pool_layers).build(shape, rng) if pool_layers else None
+    feats = predict(pooler, x, _as32) if pooler else x.reshape(len(x), -1)
+    feats_test = predict(pooler, x_test, _as32) if pooler else x_test.reshape(len(x_test), -1)
+    t = time.perf_counter()
+    dense, final_acc = train_linear_classifier(feats, y, feats_test, y_test, n_classes, opts, rng)
+    run.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t, test_accuracy=final_acc)
+
+    layers = [lay for b in blocks for lay in b.layers] + pool_layers + dense.layers
+    model = Sequential(layers)
+    model.in_shape, model.out_shape = tuple(data.x_train.shape[1:]), (n_classes,)
+    extra = {"layers": per_layer, "arch": model.spec(), "accuracy_before_finetune": final_acc,
+             "finetuned": False}
+    if opts.get("finetune_epochs"):
+        t = time.perf_counter()
+        finetune(model, data, normalizer, opts, rng, run)
+        extra.update(finetuned=True, finetune_seconds=round(time.perf_counter() - t, 3))
+    return model, extra
+
+
+def finetune(model, data, normalizer, opts, rng, run):
+    """Train the whole stack end to end for ``opts['finetune_epochs']`` epochs at a small rate."""
+    from .augment import random_crop_flip
+    opt = make_optimizer(opts["optimizer"], opts.get("finetune_lr", opts["lr"] * 0.1), "cosine",
+                         opts["weight_decay"])
+
+    def on_epoch(epoch, loss, train_acc):
+        run.log("finetune", epoch=epoch, train_loss=loss,
+                test_accuracy=accuracy(model, data.x_test, data.y_test, normalizer))
+
+    fit(model, data.x_train, data.y_train, opt, epochs=opts["finetune_epochs"], batch_size=opts["batch_size"],
+        prepare=normalizer, augment=random_crop_flip if opts.get("augment") else None, rng=rng,
+        on_epoch=on_epoch, progress=True, label="finetune")
+
+

@@ -1,0 +1,145 @@
+"""Every layer's backward pass against central finite differences in float64."""
+import numpy as np
+import pytest
+
+from greedy.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
+                           ReLU, Tanh)
+from greedy.losses import log_softmax, softmax_cross_entropy
+from greedy.model import Sequential
+
+EPS = 1e-6
+
+
+def numeric_grad(f, x):
+    """Central differences of the scalar function f at x (float64), entry by entry."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + EPS
+        fp = f()
+        flat[i] = old - EPS
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * EPS)
+    return g
+
+
+def rel_error(a, b):
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-12)
+
+
+def check_layer(layer, in_shape, n=2, seed=0, train=False):
+    rng = np.random.default_rng(seed)
+    layer.build(in_shape, rng, np.float64)
+    x = rng.standard_normal((n,) + tuple(in_shape))
+    out = layer.forward(x, train)
+    r = rng.standard_normal(out.shape)
+
+    def loss():
+        return float((layer.forward(x, train) * r).sum())
+
+    layer.forward(x, train)
+    dx = layer.backward(r)
+    assert dx.shape == x.shape and dx.dtype == np.float64
+    assert rel_error(dx, numeric_grad(loss, x)) < 1e-6
+    analytic = {k: g.copy() for k, g in layer.grads.items()}
+    for k, p in layer.params.items():
+        assert rel_error(analytic[k], numeric_grad(loss, p)) < 1e-6, k
+
+
+@pytest.mark.parametrize("filters,k,stride,pad,shape,n", [
+    (4, 3, 1, 1, (3, 7, 9), 2),
+    (3, 3, 2, 0, (2, 9, 7), 1),
+    (2, 5, 1, 2, (1, 8, 8), 2),
+    (5, 1, 1, 0, (3, 5, 5), 1),
+    (3, 3, 2, 2, (2, 6, 5), 2),
+])
+def test_conv2d_gradients(filters, k, stride, pad, shape, n):
+    layer = Conv2d(filters, k, stride, pad)
+    rng = np.random.default_rng(1)
+    layer.build(shape, rng, np.float64)
+    layer.params["b"][:] = rng.standard_normal(filters)
+    check_layer(layer, shape, n)
+
+
+def test_dense_gradients():
+    check_layer(Dense(5), (3, 2, 2), n=3)
+    check_layer(Dense(4), (6,), n=1)
+
+
+@pytest.mark.parametrize("layer", [ReLU(), Tanh(), GlobalAvgPool(), AvgPool2d(2), MaxPool2d(2)])
+def test_parameterless_gradients(layer):
+    # odd sizes: the floor behaviour drops the last row/column of the pools
+    check_layer(layer, (3, 5, 7), n=2)
+
+
+def test_batchnorm_gradients_in_training_mode():
+    layer = BatchNorm2d()
+    rng = np.random.default_rng(3)
+    layer.build((3, 4, 5), rng, np.float64)
+    layer.params["gamma"][:] = rng.uniform(0.5, 2, 3)
+    layer.params["beta"][:] = rng.standard_normal(3)
+    check_layer(layer, (3, 4, 5), n=3, train=True)
+
+
+def test_dropout_scales_kept_units_and_is_identity_at_inference():
+    layer = Dropout(0.4)
+    layer.build((1000,), np.random.default_rng(0), np.float32)
+    x = np.ones((4, 1000), np.float32)
+    assert np.array_equal(layer.forward(x, train=False), x)
+    y = layer.forward(x, train=True)
+    kept = y != 0
+    assert np.allclose(y[kept], 1 / 0.6)
+    assert 0.55 < kept.mean() < 0.65
+    dx = layer.backward(np.ones_like(x))
+    assert np.array_equal(dx, y)
+
+
+def test_softmax_cross_entropy_gradient_and_stability():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, 5)
+    weights = rng.uniform(0.5, 2, 5)
+    for w in (None, weights):
+        loss, grad = softmax_cross_entropy(logits, labels, w)
+        num = numeric_grad(lambda: softmax_cross_entropy(logits, labels, w)[0], logits)
+        assert rel_error(grad, num) < 1e-6
+    huge = np.array([[1e4, 0.0, -1e4]])
+    loss, grad = softmax_cross_entropy(huge, np.array([1]))
+    assert np.isfinite(loss) and loss == pytest.approx(1e4)
+    assert np.all(np.isfinite(grad))
+    assert np.allclose(np.exp(log_softmax(huge)).sum(), 1.0)
+
+
+def test_sequential_model_gradient_matches_finite_differences():
+    model = Sequential.from_spec("c4k3-relu-max2-c3k3s2p1-tanh-gap-fc3").build((2, 9, 9), 0, np.float64)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 9, 9))
+    y = np.array([0, 2])
+
+    def loss():
+        return softmax_cross_entropy(model.forward(x), y)[0]
+
+    _, d = softmax_cross_entropy(model.forward(x, train=True), y)
+    model.backward(d)
+    analytic = [g.copy() for g in model.gradients()]
+    for p, g in zip(model.parameters(), analytic):
+        assert rel_error(g, numeric_grad(loss, p)) < 1e-6
+
+
+def test_float32_is_the_default_dtype():
+    model = Sequential.from_spec("c4k3-relu-max2-fc10").build((1, 8, 8), 0)
+    assert all(p.dtype == np.float32 for p in model.parameters())
+    out = model.forward(np.zeros((2, 1, 8, 8), np.float32))
+    assert out.dtype == np.float32
+
+
+def test_initialisation_is_seeded():
+    a = Sequential.from_spec("c4k3-relu-fc10").build((1, 8, 8), 7)
+    b = Sequential.from_spec("c4k3-relu-fc10").build((1, 8, 8), 7)
+    c = Sequential.from_spec("c4k3-relu-fc10").build((1, 8, 8), 8)
+    assert all(np.array_equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not np.array_equal(a.layers[0].params["w"], c.layers[0].params["w"])
+    w = a.layers[0].params["w"]
+    assert abs(w.std() - np.sqrt(2 / 9)) < 0.25 * np.sqrt(2 / 9)
