@@ -1,0 +1,236 @@
+"""Convolution and pooling kernels against plain NumPy references and finite differences."""
+import numpy as np
+import pytest
+
+from greedy import conv_kernels as ck
+from greedy.errors import ConfigError
+
+# (N, C, H, W, F, KH, KW, stride, pad)
+CONV_CASES = [
+    (2, 2, 7, 9, 3, 3, 3, 1, 1),
+    (1, 2, 7, 9, 5, 3, 3, 2, 0),
+    (2, 2, 8, 8, 3, 5, 5, 1, 2),
+    (3, 2, 6, 5, 3, 1, 1, 1, 0),
+    (2, 2, 9, 7, 3, 5, 5, 2, 1),
+    (2, 2, 5, 5, 3, 3, 3, 2, 2),
+    (1, 3, 7, 6, 2, 1, 1, 2, 1),
+    (2, 2, 6, 7, 3, 3, 2, 1, 1),
+]
+# (N, C, H, W, size, stride)
+POOL_CASES = [
+    (2, 2, 7, 9, 2, 2),
+    (1, 2, 6, 6, 3, 3),
+    (2, 2, 7, 7, 3, 2),
+    (2, 1, 5, 8, 2, 1),
+]
+
+
+def conv_reference(x, w, b, stride, pad):
+    """Cross-correlation by summing one einsum per kernel offset over strided slices."""
+    f, _, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (xp.shape[2] - kh) // stride + 1
+    wo = (xp.shape[3] - kw) // stride + 1
+    y = np.zeros((x.shape[0], f, ho, wo))
+    for a in range(kh):
+        for c in range(kw):
+            patch = xp[:, :, a:a + stride * (ho - 1) + 1:stride, c:c + stride * (wo - 1) + 1:stride]
+            y += np.einsum("nchw,fc->nfhw", patch, w[:, :, a, c].astype(np.float64))
+    return y + b.astype(np.float64)[None, :, None, None]
+
+
+def pool_windows(x, size, stride):
+    """All size*size strided views of x, one per window offset."""
+    ho = (x.shape[2] - size) // stride + 1
+    wo = (x.shape[3] - size) // stride + 1
+    return [x[:, :, a:a + stride * (ho - 1) + 1:stride, c:c + stride * (wo - 1) + 1:stride]
+            for a in range(size) for c in range(size)]
+
+
+def numeric_grad(loss, a, h=1e-3):
+    """Central finite differences of the scalar loss() with respect to every entry of a (in place).
+
+    All losses here are (piecewise) linear, so a large step costs no truncation error.
+    """
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = loss()
+        flat[i] = old - h
+        down = loss()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return g
+
+
+def rel_error(analytic, numeric):
+    return np.max(np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8))
+
+
+def random_conv(case, dtype, seed=0):
+    n, c, h, wd, f, kh, kw, stride, pad = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((f, c, kh, kw)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    return x, w, b, stride, pad
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+def test_conv_forward_matches_reference(case, dtype, tol):
+    x, w, b, stride, pad = random_conv(case, dtype)
+    y = ck.conv2d_forward(x, w, b, stride, pad)
+    ref = conv_reference(x, w, b, stride, pad)
+    assert y.dtype == dtype
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_backward_matches_finite_differences(case):
+    x, w, b, stride, pad = random_conv(case, np.float64, seed=1)
+    r = np.random.default_rng(2).standard_normal(ck.conv2d_forward(x, w, b, stride, pad).shape)
+
+    def loss():
+        return np.sum(ck.conv2d_forward(x, w, b, stride, pad) * r)
+
+    dx, dw, db = ck.conv2d_backward(x, w, r, stride, pad)
+    assert rel_error(dx, numeric_grad(loss, x)) < 1e-6
+    assert rel_error(dw, numeric_grad(loss, w)) < 1e-6
+    assert rel_error(db, numeric_grad(loss, b)) < 1e-6
+
+
+def test_conv_backward_without_dx_and_float32():
+    x, w, b, stride, pad = random_conv(CONV_CASES[0], np.float64)
+    dy = np.random.default_rng(3).standard_normal(ck.conv2d_forward(x, w, b, stride, pad).shape)
+    dx64, dw64, db64 = ck.conv2d_backward(x, w, dy, stride, pad)
+    none, dw, db = ck.conv2d_backward(x, w, dy, stride, pad, need_dx=False)
+    assert none is None
+    np.testing.assert_allclose(dw, dw64, rtol=1e-12)
+    np.testing.assert_allclose(db, db64, rtol=1e-12)
+    f32 = [a.astype(np.float32) for a in (x, w, dy)]
+    dx32, dw32, db32 = ck.conv2d_backward(*f32, stride, pad)
+    assert dx32.dtype == dw32.dtype == db32.dtype == np.float32
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-4, atol=1e-4 * np.abs(dx64).max())
+    np.testing.assert_allclose(dw32, dw64, rtol=1e-4, atol=1e-4 * np.abs(dw64).max())
+
+
+def test_conv_chunking_gives_same_result(monkeypatch):
+    x, w, b, stride, pad = random_conv((7, 3, 9, 8, 4, 3, 3, 1, 1), np.float64)
+    dy = np.random.default_rng(4).standard_normal((7, 4, 9, 8))
+    y_one = ck.conv2d_forward(x, w, b, stride, pad)
+    grads_one = ck.conv2d_backward(x, w, dy, stride, pad)
+    # room for 3 samples per chunk: chunks of 3, 3 and 1
+    monkeypatch.setattr(ck, "COL_BUFFER_BYTES", 3 * 9 * 8 * 27 * 8)
+    assert ck._chunk(7, 9 * 8, 27, 8) == 3
+    np.testing.assert_allclose(ck.conv2d_forward(x, w, b, stride, pad), y_one, rtol=1e-12)
+    for got, want in zip(ck.conv2d_backward(x, w, dy, stride, pad), grads_one):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_im2col_layout(case):
+    x, w, _, stride, pad = random_conv(case, np.float64)
+    n, c, _, _ = x.shape
+    kh, kw = w.shape[2:]
+    cols = ck.im2col(x, kh, kw, stride, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (xp.shape[2] - kh) // stride + 1
+    wo = (xp.shape[3] - kw) // stride + 1
+    assert cols.shape == (n * ho * wo, c * kh * kw)
+    patches = cols.reshape(n, ho, wo, c, kh, kw)
+    for a in range(kh):
+        for e in range(kw):
+            want = xp[:, :, a:a + stride * (ho - 1) + 1:stride, e:e + stride * (wo - 1) + 1:stride]
+            np.testing.assert_array_equal(patches[:, :, :, :, a, e], want.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_col2im_is_adjoint_of_im2col(case):
+    x, w, _, stride, pad = random_conv(case, np.float64)
+    kh, kw = w.shape[2:]
+    cols = np.random.default_rng(5).standard_normal(ck.im2col(x, kh, kw, stride, pad).shape)
+    lhs = np.sum(ck.col2im(cols, x.shape, kh, kw, stride, pad) * x)
+    rhs = np.sum(cols * ck.im2col(x, kh, kw, stride, pad))
+    assert abs(lhs - rhs) <= 1e-12 * np.sum(np.abs(cols))
+
+
+def distinct_input(case, dtype=np.float64, seed=0):
+    """Pool input whose values are pairwise at least 0.01 apart, so maxima have no ties."""
+    n, c, h, w = case[:4]
+    rng = np.random.default_rng(seed)
+    return (rng.permutation(n * c * h * w) * 0.01).reshape(n, c, h, w).astype(dtype)
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_forward_matches_reference(case, dtype):
+    size, stride = case[4:]
+    x = np.random.default_rng(0).standard_normal(case[:4]).astype(dtype)
+    y, argmax = ck.maxpool2d_forward(x, size, stride)
+    ref = np.max(np.stack(pool_windows(x, size, stride)), axis=0)
+    assert y.dtype == dtype and argmax.dtype.kind == "i"
+    np.testing.assert_array_equal(y, ref)
+    plane = x.reshape(x.shape[0], x.shape[1], -1)
+    np.testing.assert_array_equal(np.take_along_axis(plane, argmax.reshape(*y.shape[:2], -1), 2),
+                                  y.reshape(*y.shape[:2], -1))
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_maxpool_backward_matches_finite_differences(case):
+    size, stride = case[4:]
+    x = distinct_input(case)
+    y, argmax = ck.maxpool2d_forward(x, size, stride)
+    r = np.random.default_rng(1).standard_normal(y.shape)
+    dx = ck.maxpool2d_backward(r, argmax, x.shape)
+    num = numeric_grad(lambda: np.sum(ck.maxpool2d_forward(x, size, stride)[0] * r), x)
+    assert np.count_nonzero(dx) > 0
+    assert rel_error(dx, num) < 1e-6
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+def test_avgpool_forward_matches_reference(case, dtype, tol):
+    size, stride = case[4:]
+    x = np.random.default_rng(0).standard_normal(case[:4]).astype(dtype)
+    y = ck.avgpool2d_forward(x, size, stride)
+    ref = np.mean(np.stack(pool_windows(x.astype(np.float64), size, stride)), axis=0)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_avgpool_backward_matches_finite_differences(case):
+    size, stride = case[4:]
+    x = np.random.default_rng(0).standard_normal(case[:4])
+    r = np.random.default_rng(1).standard_normal(ck.avgpool2d_forward(x, size, stride).shape)
+    dx = ck.avgpool2d_backward(r, x.shape, size, stride)
+    num = numeric_grad(lambda: np.sum(ck.avgpool2d_forward(x, size, stride) * r), x)
+    assert rel_error(dx, num) < 1e-6
+
+
+def test_bad_inputs_raise_config_error():
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    b = np.zeros(4, np.float32)
+    with pytest.raises(ConfigError, match="input channels"):
+        ck.conv2d_forward(x, np.zeros((4, 2, 3, 3), np.float32), b)
+    with pytest.raises(ConfigError, match="dtype"):
+        ck.conv2d_forward(x, w.astype(np.float64), b)
+    with pytest.raises(ConfigError, match="does not fit"):
+        ck.conv2d_forward(x, np.zeros((4, 3, 7, 7), np.float32), b)
+    with pytest.raises(ConfigError, match="stride"):
+        ck.conv2d_forward(x, w, b, stride=0)
+    with pytest.raises(ConfigError, match="float32 or float64"):
+        ck.conv2d_forward(x.astype(np.int32), w, b)
+    with pytest.raises(ConfigError, match="dy has shape"):
+        ck.conv2d_backward(x, w, np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ConfigError, match="does not fit"):
+        ck.maxpool2d_forward(x, size=6)
+    with pytest.raises(ConfigError, match="argmax"):
+        ck.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), np.full((2, 3, 2, 2), 99), x.shape)
+    with pytest.raises(ConfigError, match="4 dimensions"):
+        ck.avgpool2d_forward(x[0])
