@@ -16,6 +16,7 @@ METHODS = {
     "aux": "greedy.layer_objectives:train_aux",
     "cosine": "greedy.layer_objectives:train_cosine",
     "kl": "greedy.layer_objectives:train_kl",
+    "patchbag": "greedy.patchbag:train_patchbag",
 }
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
@@ -104,6 +105,12 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="cosine: softmax temperature.")
+@click.option("--clusters", type=click.IntRange(min=1), default=None, help="patchbag: k-means centroids per layer.")
+@click.option("--patch-sample", type=click.IntRange(min=1), default=None, help="patchbag: patches sampled to fit each dictionary.")
+@click.option("--regions", type=click.IntRange(min=1), default=None, help="patchbag: count codes in a RxR grid of regions (1 = whole image).")
+@click.option("--image-clusters", type=click.IntRange(min=0), default=None, help="patchbag: train on this many prototypes per class (0 = all images).")
+@click.option("--epochs-per-layer", type=click.FloatRange(min=0, min_open=True), default=None, help="patchbag: epochs on codes per layer.")
+@click.option("--activation", type=click.Choice(["tanh", "relu"]), default=None, help="patchbag: layer activation.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""

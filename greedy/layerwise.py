@@ -152,13 +152,15 @@ class Stack:
         return [q for p in self.parts for q in p.gradients()]
 
 
-def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None):
-    """Train ``model`` on cached features with the block optimiser options and a (amount, unit) budget."""
+def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,
+              sample_weight=None):
+    """Train ``model`` on cached features (or codes) with the block optimiser options and an (amount, unit) budget."""
     amount, unit = budget
     opt = make_optimizer(opts["optimizer"], opts["lr"], opts["schedule"], opts["weight_decay"])
     kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
     epochs = amount if unit == "e" else 1e6
-    return fit(model, x, y, opt, epochs=epochs, batch_size=opts["batch_size"], prepare=_as32, rng=rng,
+    return fit(model, x, y, opt, epochs=epochs, batch_size=opts["batch_size"],
+               prepare=_as32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
                time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=True,
                label=label, augment=augment, **kwargs)
 

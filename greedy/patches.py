@@ -1,0 +1,109 @@
+"""3x3 patches of a layer's input and their affine preprocessing.
+
+A patch is the (C, 3, 3) window around a pixel (zero padding 1), flattened in
+(c, kh, kw) order to a vector of 9C: exactly what a 3x3 "same" convolution
+sees. Preprocessing is an affine map z = p @ A + c (A (9C, d), c (d,)), so a
+filter bank W (d, F) trained on preprocessed patches is the ordinary conv with
+weights A @ W and bias b + c @ W on the raw input (``fold_into_conv``).
+
+Defaults and why:
+
+- ``remove_mean=True`` subtracts each patch's mean per channel (seed 003's
+  colour normalisation): clusters then describe spatial structure, not the
+  colour or brightness that dominate raw patch distances.
+- ``whiten="pca"`` rotates to principal components, keeps the leading
+  ``n_components`` (at most 64 by default) and scales each to unit variance
+  (with ``eps`` regularisation, as in Coates & Ng 2011). k-means in whitened
+  space finds edge-like centroids instead of low-frequency blobs, and the
+  reduced dimension makes every assignment cheaper.
+"""
+import numpy as np
+
+from .conv_kernels import im2col
+from .errors import ConfigError
+
+
+def extract_patches(x, size=3):
+    """All size x size patches with "same" zero padding: x (N, C, H, W) -> (N*H*W, C*size*size), rows image-major."""
+    if size % 2 != 1:
+        raise ConfigError(f"patch size must be odd, got {size}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return im2col(x, size, size, 1, size // 2)
+
+
+def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
+    """A uniform random sample of ``n_patches`` patches from images x (N, C, H, W), drawn image-chunk by chunk."""
+    n, _, h, w = x.shape
+    positions = h * w
+    picks = rng.choice(n * positions, size=min(n_patches, n * positions), replace=False)
+    picks.sort()
+    img = picks // positions
+    out = []
+    for start in range(0, n, chunk_images):
+        sel = (img >= start) & (img < start + chunk_images)
+        if not sel.any():
+            continue
+        stop = min(start + chunk_images, n)
+        patches = extract_patches(x[start:stop], size)
+        out.append(patches[picks[sel] - start * positions])
+    return np.concatenate(out)
+
+
+def mean_removal_matrix(channels, size=3):
+    """(9C, 9C) projection subtracting each channel's mean over the size x size window."""
+    k = size * size
+    return np.eye(channels * k) - np.kron(np.eye(channels), np.full((k, k), 1.0 / k))
+
+
+class PatchPreprocessor:
+    """Fit an affine patch map z = p @ A_ + c_ on sample patches (n, 9C).
+
+    Parameters: ``channels`` of the input, ``remove_mean`` (bool), ``whiten``
+    ("pca" or None), ``n_components`` (int or None: min(9C, 64)), ``eps``
+    (added to eigenvalues, relative to the largest).
+    Fitted: ``A_`` (9C, d) float32, ``c_`` (d,) float32, ``explained_variance_ratio_``.
+    """
+
+    def __init__(self, channels, size=3, remove_mean=True, whiten="pca", n_components=None, eps=1e-2):
+        if whiten not in ("pca", None):
+            raise ConfigError(f"whiten must be 'pca' or None, got {whiten!r}")
+        self.channels, self.size = channels, size
+        self.remove_mean, self.whiten = remove_mean, whiten
+        self.n_components, self.eps = n_components, eps
+
+    def fit(self, patches):
+        dim = patches.shape[1]
+        a = mean_removal_matrix(self.channels, self.size) if self.remove_mean else np.eye(dim)
+        p = patches.astype(np.float64) @ a
+        mu = p.mean(axis=0)
+        if self.whiten == "pca":
+            vals, vecs = np.linalg.eigh(np.cov(p - mu, rowvar=False))
+            order = np.argsort(vals)[::-1]
+            vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
+            d = self.n_components or min(dim, 64)
+            if self.remove_mean:
+                d = min(d, dim - self.channels)  # mean removal leaves C null directions
+            scale = 1.0 / np.sqrt(vals[:d] + self.eps * vals[0])
+            self.explained_variance_ratio_ = float(vals[:d].sum() / max(vals.sum(), 1e-30))
+            a = a @ vecs[:, :d] * scale
+            mu = mu @ vecs[:, :d] * scale
+        else:
+            self.explained_variance_ratio_ = 1.0
+        self.A_ = a.astype(np.float32)
+        self.c_ = (-mu).astype(np.float32)
+        return self
+
+    def transform(self, patches):
+        """Patches (n, 9C) -> preprocessed (n, d) float32."""
+        return patches @ self.A_ + self.c_
+
+
+def fold_into_conv(pre, w, b, channels, size=3):
+    """Weights (F, C, size, size) and bias (F,) of the conv equal to ``z @ w + b`` on raw patches.
+
+    pre: a fitted PatchPreprocessor; w (d, F); b (F,).
+    """
+    w_raw = pre.A_.astype(np.float64) @ w
+    b_raw = b + pre.c_.astype(np.float64) @ w
+    f = w.shape[1]
+    return w_raw.T.reshape(f, channels, size, size), b_raw

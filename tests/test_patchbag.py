@@ -1,0 +1,147 @@
+"""Patch-bag codes and the code-space layer against explicit convolution on images."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from greedy.layers import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Tanh
+from greedy.losses import softmax_cross_entropy
+from greedy.model import Sequential
+from greedy.patchbag import CodeLayer, RegionCodes, cluster_images, encode, region_sizes
+from greedy.patches import PatchPreprocessor, extract_patches, fold_into_conv, mean_removal_matrix, sample_patches
+
+from test_layers import numeric_grad, rel_error
+
+
+def small_images(n=6, c=2, h=6, w=6, seed=0):
+    """Integer-valued images, so patches are exact in float32 and distinct patches are far apart."""
+    return np.random.default_rng(seed).integers(0, 3, (n, c, h, w)).astype(np.float64)
+
+
+def exact_dictionary(x):
+    """Identity preprocessing and every distinct patch of x as its own centroid."""
+    pre = PatchPreprocessor(x.shape[1], remove_mean=False, whiten=None).fit(extract_patches(x))
+    centers = np.unique(extract_patches(x), axis=0).astype(np.float32)
+    return pre, centers
+
+
+def as64(codes):
+    return RegionCodes([p.astype(np.float64) for p in codes.parts])
+
+
+@pytest.mark.parametrize("side", [1, 2])
+def test_code_layer_equals_explicit_conv_pool_head(side):
+    x = small_images()
+    y = np.array([0, 1, 2, 0, 1, 2])
+    pre, centers = exact_dictionary(x)
+    codes, stats = encode(x, pre, centers, side)
+    assert stats["inertia_per_patch"] == pytest.approx(0.0, abs=1e-4)
+    rng = np.random.default_rng(1)
+    layer = CodeLayer(centers.astype(np.float64), 4, 3, side * side, "tanh", rng, np.float64)
+    layer.params["b"][:] = rng.standard_normal(4)
+    layer.params["a"][:] = rng.standard_normal(3)
+    codes = as64(codes)
+
+    conv = Conv2d(4, 3, 1, 1)
+    pool = GlobalAvgPool() if side == 1 else AvgPool2d(3)
+    model = Sequential([conv, Tanh(), pool, Dense(3)]).build((2, 6, 6), 0, np.float64)
+    w, b = fold_into_conv(pre, layer.params["w"], layer.params["b"], 2)
+    conv.params["w"][...] = w
+    conv.params["b"][...] = b
+    # the code layer's head sees regions side by side, the image head sees (C, 2, 2) flattened
+    order = np.arange(4 * side * side).reshape(side * side, 4).T.reshape(-1)
+    model.layers[3].params["w"][...] = layer.params["v"][order]
+    model.layers[3].params["b"][...] = layer.params["a"]
+
+    loss_codes, d_codes = softmax_cross_entropy(layer.forward(codes), y)
+    loss_img, d_img = softmax_cross_entropy(model.forward(x), y)
+    assert loss_codes == pytest.approx(loss_img, rel=1e-12)
+    layer.backward(d_codes)
+    model.backward(d_img)
+    dw_conv = layer.grads["w"].T.reshape(4, 2, 3, 3)  # identity preprocessing: A = I, c = 0
+    assert rel_error(dw_conv, conv.grads["w"]) < 1e-10
+    assert rel_error(layer.grads["b"], conv.grads["b"]) < 1e-10
+    assert rel_error(layer.grads["v"][order], model.layers[3].grads["w"]) < 1e-10
+
+
+def test_code_layer_gradients_match_finite_differences():
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((7, 5))
+    counts = rng.integers(0, 3, (4, 2, 7)).astype(np.float64)
+    codes = RegionCodes([sp.csr_matrix(counts[:, r] / 9.0) for r in range(2)])
+    y = np.array([0, 1, 1, 2])
+    for act in ("tanh", "relu"):
+        layer = CodeLayer(centroids, 3, 3, 2, act, rng, np.float64)
+        layer.params["b"][:] = rng.standard_normal(3) * 0.3
+
+        def loss():
+            return softmax_cross_entropy(layer.forward(codes), y)[0]
+
+        _, d = softmax_cross_entropy(layer.forward(codes), y)
+        layer.backward(d)
+        for key in ("w", "b", "v", "a"):
+            assert rel_error(layer.grads[key].copy(), numeric_grad(loss, layer.params[key])) < 1e-6, (act, key)
+
+
+def test_codes_count_every_position_and_regions_partition_the_image():
+    x = small_images(n=5, h=7, w=5)
+    pre, centers = exact_dictionary(x)
+    codes, stats = encode(x, pre, centers, side=2, chunk_bytes=1)  # one image per chunk
+    sizes = region_sizes(7, 5, 2)
+    assert sizes.sum() == 35
+    for r, part in enumerate(codes.parts):
+        assert np.allclose(np.asarray(part.sum(axis=1)).ravel(), 1.0)
+    whole, _ = encode(x, pre, centers, side=1)
+    total = sum(part.toarray() * s for part, s in zip(codes.parts, sizes))
+    assert np.allclose(total, whole.parts[0].toarray() * 35)
+    assert 1 <= stats["distinct_centroids_per_image"] <= 35
+
+
+def test_preprocessing_folds_into_the_conv():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 3, 8, 8)).astype(np.float32)
+    patches = extract_patches(x)
+    pre = PatchPreprocessor(3, remove_mean=True, whiten="pca", n_components=12).fit(patches)
+    z = pre.transform(patches)
+    assert z.shape == (20 * 64, 12)
+    w = rng.standard_normal((12, 5))
+    b = rng.standard_normal(5)
+    cw, cb = fold_into_conv(pre, w, b, 3)
+    conv = Conv2d(5, 3, 1, 1).build((3, 8, 8), rng, np.float64)
+    conv.params["w"][...] = cw
+    conv.params["b"][...] = cb
+    out = Sequential([conv]).build((3, 8, 8), 0, np.float64)
+    conv.params["w"][...] = cw
+    conv.params["b"][...] = cb
+    y = out.forward(x.astype(np.float64)).transpose(0, 2, 3, 1).reshape(-1, 5)
+    assert np.allclose(y, z.astype(np.float64) @ w + b, atol=1e-3)
+    # whitened components are decorrelated with unit variance (up to eps regularisation)
+    cov = np.cov(z.astype(np.float64), rowvar=False)
+    assert np.allclose(np.diag(cov), 1.0, atol=0.1)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.05
+
+
+def test_mean_removal_removes_patch_colour():
+    m = mean_removal_matrix(3)
+    p = np.random.default_rng(0).standard_normal((10, 27)) + 5.0
+    q = (p @ m).reshape(10, 3, 9)
+    assert np.allclose(q.mean(axis=2), 0)
+
+
+def test_sample_patches_are_real_patches():
+    x = small_images(n=9)
+    rng = np.random.default_rng(0)
+    s = sample_patches(x.astype(np.float32), 40, rng, chunk_images=4)
+    assert s.shape == (40, 18)
+    allp = {tuple(r) for r in extract_patches(x.astype(np.float32))}
+    assert all(tuple(r) in allp for r in s)
+
+
+def test_image_clustering_keeps_classes_and_weights():
+    x = small_images(n=12)
+    y = np.repeat([0, 1, 2], 4)
+    pre, centers = exact_dictionary(x)
+    codes, _ = encode(x, pre, centers, 1)
+    protos, labels, weights = cluster_images(codes, y, 3, 2, seed=0)
+    assert len(protos) == 6 and list(labels) == [0, 0, 1, 1, 2, 2]
+    assert np.allclose(weights.reshape(3, 2).sum(axis=1), 4)
+    assert np.allclose(np.asarray(protos.parts[0].sum(axis=1)).ravel(), 1.0, atol=1e-5)
