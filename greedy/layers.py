@@ -37,6 +37,30 @@ class Layer:
     def spec(self):
         raise NotImplementedError
 
+    # R-operator (Pearlmutter 1994), used by greedy.hessian.hvp. R{f} is the
+    # directional derivative of f along a direction v of the parameters.
+    # ``r_forward(rx, rparams) -> ry`` maps R{x} (None: the input does not depend
+    # on the parameters) to R{y}, given the parameter direction ``rparams`` (a dict
+    # like ``params``; None for layers without parameters), after ``forward``.
+    # ``r_backward(dy, rdy, need_dx=True) -> (dx, rdx)`` takes dL/dy and R{dL/dy},
+    # writes R{dL/dparams} = (H v) into ``self.r_grads`` (same keys as ``params``;
+    # ``grads`` is left alone) and returns dL/dx and R{dL/dx} ((None, None) when
+    # not ``need_dx``).
+
+    def r_forward(self, rx, rparams=None):
+        from .errors import ConfigError
+        raise ConfigError(f"layer {self.spec()} has no R-operator (Hessian-vector products)")
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        from .errors import ConfigError
+        raise ConfigError(f"layer {self.spec()} has no R-operator (Hessian-vector products)")
+
+    def _r_linear_backward(self, dy, rdy, need_dx):
+        """R-backward of a layer whose backward is linear in dy and parameter-free."""
+        if not need_dx:
+            return None, None
+        return self.backward(dy), self.backward(rdy)
+
     def __repr__(self):
         return f"{type(self).__name__}({self.spec()})"
 
@@ -97,6 +121,35 @@ class Conv2d(Layer):
         self.grads["b"][...] = db
         return dx
 
+    def r_forward(self, rx, rparams=None):
+        """R{y} = conv(Rx, w) + conv(x, Rw) + Rb, as one convolution over stacked channels."""
+        w, rw, rb = self.params["w"], rparams["w"], rparams["b"]
+        self.rx, self.r_params = rx, rparams
+        if rx is None:
+            return ck.conv2d_forward(self.x, rw, rb, self.stride, self.padding)
+        return ck.conv2d_forward(np.concatenate([self.x, rx], axis=1), np.concatenate([rw, w], axis=1),
+                                 rb, self.stride, self.padding)
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        """R{dw} = dw(x, R dy) + dw(Rx, dy); R{dx} = dx(w, R dy) + dx(Rw, dy).
+
+        The two R{dw} terms and dx(w, R dy), dx(w, dy) come from one backward call
+        over the batch stacked as [x; Rx] with output gradients [R dy; dy].
+        """
+        w, x, rx = self.params["w"], self.x, self.rx
+        self.r_grads = {"b": rdy.sum(axis=(0, 2, 3))}
+        if rx is None:
+            _, self.r_grads["w"], _ = ck.conv2d_backward(x, w, rdy, self.stride, self.padding, need_dx=False)
+            return None, None
+        n = len(x)
+        dx2, self.r_grads["w"], _ = ck.conv2d_backward(
+            np.concatenate([x, rx]), w, np.concatenate([rdy, dy]), self.stride, self.padding, need_dx=need_dx)
+        if not need_dx:
+            return None, None
+        rdx = dx2[:n]
+        rdx += _conv_input_grad(dy, self.r_params["w"], x.shape, self.stride, self.padding)
+        return dx2[n:], rdx
+
     def spec(self):
         s = f"c{self.filters}k{self.kernel_size}"
         if self.stride != 1:
@@ -138,6 +191,27 @@ class Dense(Layer):
             return None
         return (dy @ self.params["w"].T).reshape(self.x_shape)
 
+    def r_forward(self, rx, rparams=None):
+        """R{y} = Rx W + x RW + Rb."""
+        self.rx = None if rx is None else rx.reshape(len(rx), -1)
+        self.r_params = rparams
+        ry = self.x @ rparams["w"] + rparams["b"]
+        if rx is not None:
+            ry += self.rx @ self.params["w"]
+        return ry
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        """R{dW} = x^T R dy + Rx^T dy; R{dx} = R dy W^T + dy RW^T."""
+        rw_grad = self.x.T @ rdy
+        if self.rx is not None:
+            rw_grad += self.rx.T @ dy
+        self.r_grads = {"w": rw_grad, "b": rdy.sum(axis=0)}
+        if not need_dx:
+            return None, None
+        w = self.params["w"]
+        rdx = rdy @ w.T + dy @ self.r_params["w"].T
+        return (dy @ w.T).reshape(self.x_shape), rdx.reshape(self.x_shape)
+
     def spec(self):
         return f"fc{self.units}"
 
@@ -150,6 +224,12 @@ class ReLU(Layer):
     def backward(self, dy):
         return np.where(self.mask, dy, dy.dtype.type(0))
 
+    def r_forward(self, rx, rparams=None):
+        return None if rx is None else np.where(self.mask, rx, rx.dtype.type(0))
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        return self._r_linear_backward(dy, rdy, need_dx)
+
     def spec(self):
         return "relu"
 
@@ -161,6 +241,17 @@ class Tanh(Layer):
 
     def backward(self, dy):
         return dy * (1 - self.y * self.y)
+
+    def r_forward(self, rx, rparams=None):
+        self.ry = None if rx is None else rx * (1 - self.y * self.y)
+        return self.ry
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        """R{dx} = R dy (1 - y^2) - 2 dy y Ry."""
+        if not need_dx:
+            return None, None
+        d = 1 - self.y * self.y
+        return dy * d, rdy * d - 2 * dy * self.y * self.ry
 
     def spec(self):
         return "tanh"
@@ -189,6 +280,17 @@ class MaxPool2d(Layer):
     def backward(self, dy):
         return ck.maxpool2d_backward(dy, self.argmax, self.x_shape)
 
+    def r_forward(self, rx, rparams=None):
+        """R{y} picks Rx at the positions of the maxima."""
+        if rx is None:
+            return None
+        n, c = self.argmax.shape[:2]
+        picked = np.take_along_axis(rx.reshape(n, c, -1), self.argmax.reshape(n, c, -1), axis=2)
+        return picked.reshape(self.argmax.shape)
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        return self._r_linear_backward(dy, rdy, need_dx)
+
     def spec(self):
         return f"max{self.size}"
 
@@ -202,6 +304,9 @@ class AvgPool2d(MaxPool2d):
 
     def backward(self, dy):
         return ck.avgpool2d_backward(dy, self.x_shape, self.size, self.size)
+
+    def r_forward(self, rx, rparams=None):
+        return None if rx is None else ck.avgpool2d_forward(rx, self.size, self.size)
 
     def spec(self):
         return f"avg{self.size}"
@@ -221,6 +326,12 @@ class GlobalAvgPool(Layer):
     def backward(self, dy):
         n, c, h, w = self.x_shape
         return np.broadcast_to((dy / (h * w))[:, :, None, None], self.x_shape).copy()
+
+    def r_forward(self, rx, rparams=None):
+        return None if rx is None else rx.mean(axis=(2, 3))
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        return self._r_linear_backward(dy, rdy, need_dx)
 
     def spec(self):
         return "gap"
@@ -251,6 +362,15 @@ class Dropout(Layer):
 
     def backward(self, dy):
         return dy if self.scale is None else dy * self.scale
+
+    def r_forward(self, rx, rparams=None):
+        """Linear with the mask drawn by the last ``forward``."""
+        if rx is None or self.scale is None:
+            return rx
+        return rx * self.scale
+
+    def r_backward(self, dy, rdy, need_dx=True):
+        return self._r_linear_backward(dy, rdy, need_dx)
 
     def spec(self):
         return f"drop{self.rate:g}"
@@ -306,3 +426,22 @@ class BatchNorm2d(Layer):
 
     def spec(self):
         return "bn"
+
+
+def _conv_input_grad(dy, w, x_shape, stride, pad):
+    """dL/dx of a convolution with weights w (F, C, K, K) given dy (N, F, Ho, Wo), without dL/dw.
+
+    Returns an array of x_shape (N, C, H, W) in dy's dtype; works in sample chunks
+    that keep the column buffer under ``conv_kernels.COL_BUFFER_BYTES``.
+    """
+    n, f, ho, wo = dy.shape
+    k = w.shape[2]
+    wm = w.reshape(f, -1)
+    p = ho * wo
+    nb = max(1, min(n, ck.COL_BUFFER_BYTES // max(p * wm.shape[1] * dy.itemsize, 1)))
+    dx = np.empty(x_shape, dy.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        rows = dy[n0:n0 + m].transpose(0, 2, 3, 1).reshape(m * p, f)
+        dx[n0:n0 + m] = ck.col2im(rows @ wm, (m,) + tuple(x_shape[1:]), k, k, stride, pad)
+    return dx

@@ -26,3 +26,20 @@ def softmax_cross_entropy(logits, labels, sample_weight=None):
     grad[rows, labels] -= 1
     grad *= w[:, None]
     return loss, grad
+
+
+def softmax_cross_entropy_r(logits, labels, r_logits, sample_weight=None):
+    """R-operator of the gradient of ``softmax_cross_entropy``: R{dL/dlogits} along R{logits}.
+
+    logits, r_logits (N, K) float, labels (N,) int (unused: the second derivative
+    of cross-entropy does not depend on them), sample_weight (N,) or None.
+    Returns (N, K): w_n (p_n * (r_n - p_n . r_n)) with p = softmax(logits).
+    """
+    n = len(labels)
+    p = np.exp(log_softmax(logits))
+    if sample_weight is None:
+        w = np.full(n, 1.0 / n, dtype=logits.dtype)
+    else:
+        w = (sample_weight / sample_weight.sum()).astype(logits.dtype)
+    rp = p * (r_logits - (p * r_logits).sum(axis=1, keepdims=True))
+    return rp * w[:, None]
