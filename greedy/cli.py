@@ -76,7 +76,7 @@ def common_options(f):
 
 def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
     from .datasets import load_dataset
-    data = load_dataset(dataset, data_dir=data_dir, seed=seed)
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed, synthetic_size=(n_train or 2000, n_test or 500))
     if n_train or n_test:
         data = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
                              x_test=data.x_test[:n_test], y_test=data.y_test[:n_test])
@@ -147,6 +147,10 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     set_threads(threads)
     path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
     model, normalizer, meta = load_model(path)
+    config_path = os.path.join(os.path.dirname(path), "config.json")
+    if dataset.startswith("synthetic") and os.path.isfile(config_path):
+        with open(config_path) as f:
+            seed = json.load(f).get("seed", seed)  # synthetic test sets are generated from the run's seed
     data = load_data(dataset, data_dir, seed, n_train, n_test)
     if tuple(data.x_test.shape[1:]) != tuple(meta["in_shape"]):
         fail(f"{path} expects images of shape {tuple(meta['in_shape'])}, "

@@ -12,6 +12,7 @@ Every training method writes the same files so that scripts can read any run:
 - ``model.npz``: see ``greedy.model``.
 """
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -21,12 +22,11 @@ import time
 
 
 def versions():
-    import click
     import numba
     import numpy
     import scipy
     return {"python": platform.python_version(), "numpy": numpy.__version__, "numba": numba.__version__,
-            "scipy": scipy.__version__, "click": click.__version__, "greedy": _greedy_version()}
+            "scipy": scipy.__version__, "click": importlib.metadata.version("click"), "greedy": _greedy_version()}
 
 
 def _greedy_version():

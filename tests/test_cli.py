@@ -1,0 +1,71 @@
+"""The CLI and the run contract, on small synthetic data."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from greedy.cli import main
+
+DATA = ["--dataset", "synthetic", "--n-train", "300", "--n-test", "100"]
+SMALL = DATA + ["--quiet"]
+
+
+def train(tmp_path, name, *args):
+    out = tmp_path / name
+    result = CliRunner().invoke(main, ["train", *SMALL, "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
+    out = train(tmp_path, "run", "--method", "e2e", "--arch", "c8k3-relu-max2-fc10", "--epochs", "2", "--seed", "3")
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 3 and config["method"] == "e2e" and config["threads"] >= 1
+    assert "numba" in config["versions"]
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events] == [1, 2]
+    for e in events:
+        assert {"method", "layer", "epoch", "phase", "seconds", "train_loss", "test_accuracy"} <= set(e)
+        assert e["layer"] is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["train_seconds"] > 0 and summary["n_parameters"] == 8 * 27 + 8 + 8 * 256 * 10 + 10
+    with np.load(out / "model.npz", allow_pickle=False) as f:
+        assert "meta" in f.files
+    result = CliRunner().invoke(main, ["evaluate", str(out), *DATA])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
+    args = ["--method", "e2e", "--arch", "c8k3-relu-max2-c16k3-relu-max2-fc10", "--epochs", "3", "--threads", "2",
+            "--n-train", "600", "--batch-size", "32", "--lr", "3e-3"]
+    a = json.loads((train(tmp_path, "a", *args) / "summary.json").read_text())
+    b = json.loads((train(tmp_path, "b", *args) / "summary.json").read_text())
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a["test_accuracy"] > 0.3  # ten classes: chance is 0.1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "nope"], "nope"),
+    (["--dataset", "imagenet"], "imagenet"),
+    (["--epochs", "-1"], "-1"),
+    (["--width", "0"], "0"),
+    (["--arch", "c8k3-blah-fc10"], "unknown architecture token"),
+    (["--arch", "c8k3-fc7"], "10 classes"),
+    (["--method", "aux", "--layer-budget", "lots"], "layer budget"),
+])
+def test_bad_options_give_one_line_errors_with_exit_code_2(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", *SMALL, "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_missing_or_corrupt_checkpoint(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), *DATA])
+    assert result.exit_code == 2 and "not found" in result.output
+    (tmp_path / "model.npz").write_bytes(b"garbage")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), *DATA])
+    assert result.exit_code == 2 and "not a readable" in result.output
