@@ -114,26 +114,36 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
-    from .model import Normalizer, save_model
-    from .runs import Run, default_out_dir
-    from .train import accuracy
-
     threads = set_threads(threads)
     data = load_data(dataset, data_dir, seed, n_train, n_test)
-    normalizer = Normalizer().fit(data.x_train)
     out = out or default_out_dir(method, dataset)
+    summary = run_training(method, data, dataset, opts, out, seed, threads, data_dir, verbose=not quiet)
+    click.echo(f"{method} on {dataset}: test accuracy {summary['test_accuracy']:.4f} "
+               f"in {summary['train_seconds']:.1f} s -> {out}")
+
+
+def default_out_dir(method, dataset):
+    from .runs import default_out_dir as d
+    return d(method, dataset)
+
+
+def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None, verbose=True):
+    """Train ``method`` on loaded ``data`` into run folder ``out``; returns the summary dict."""
+    from .model import Normalizer, save_model
+    from .runs import Run
+    from .train import accuracy
+
+    normalizer = Normalizer().fit(data.x_train)
     config = dict(opts, seed=seed, threads=threads, data_dir=data_dir, n_train=len(data.x_train),
                   n_test=len(data.x_test))
-    run = Run(out, method, dataset, config, verbose=not quiet)
+    run = Run(out, method, dataset, config, verbose=verbose)
     run.start()
     model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
     train_seconds = run.seconds()
     test_acc = accuracy(model, data.x_test, data.y_test, normalizer)
     save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
-    summary = run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
-                               "n_parameters": model.n_parameters(), "seed": seed, "threads": threads}, **extra))
-    click.echo(f"{method} on {dataset}: test accuracy {test_acc:.4f} in {train_seconds:.1f} s -> {out}")
-    return summary
+    return run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
+                            "n_parameters": model.n_parameters(), "seed": seed, "threads": threads}, **extra))
 
 
 @main.command()
@@ -157,6 +167,61 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
              f"dataset {dataset} has {tuple(data.x_test.shape[1:])}")
     acc = accuracy(model, data.x_test, data.y_test, normalizer)
     click.echo(json.dumps({"model": path, "dataset": dataset, "test_accuracy": acc}))
+
+
+@main.command()
+@click.option("--methods", default="e2e,aux,cosine,kl,patchbag", show_default=True,
+              help="Comma-separated methods to compare.")
+@common_options
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the runs and the tables.")
+@click.option("--arch", default=None, help="Shared conv blocks, e.g. c32k3-bn-relu-max2-c64k3-bn-relu-max2.")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of training per method (split evenly over layers for layer-wise methods).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Epochs per method (e2e: all of them; layer-wise: split evenly over layers).")
+@click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None)
+@click.option("--quiet", is_flag=True)
+def compare(methods, dataset, data_dir, seed, threads, n_train, n_test, out, arch, time_budget, epochs,
+            finetune_epochs, quiet):
+    """Train several methods with the same architecture, seed and budget; write compare.md and compare.json."""
+    from .experiments import compare as run_compare
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        fail(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(sorted(METHODS))}")
+    threads = set_threads(threads)
+    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    out = out or default_out_dir("compare", dataset)
+    rows = run_compare(run_training, data, dataset, names, out, seed, threads, arch, time_budget, epochs,
+                       finetune_epochs, verbose=not quiet)
+    with open(os.path.join(out, "compare.md")) as f:
+        click.echo(f.read())
+    return rows
+
+
+@main.command()
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="aux", show_default=True)
+@common_options
+@click.option("--budgets", default="0.5e,1e,2e,4e*0.5", show_default=True,
+              help="Semicolon-separated per-layer budgets (each in --layer-budget syntax).")
+@click.option("--finetune", default="0", show_default=True, help="Comma-separated fine-tune epochs to try, e.g. 0,1.")
+@click.option("--arch", default=None, help="Conv blocks (layer-wise syntax).")
+@click.option("--out", type=click.Path(file_okay=False), default=None)
+@click.option("--quiet", is_flag=True)
+def sweep(method, dataset, data_dir, seed, threads, n_train, n_test, budgets, finetune, arch, out, quiet):
+    """Accuracy against per-layer budget (and fine-tuning): writes sweep.csv, sweep.json, sweep.png."""
+    from .experiments import sweep as run_sweep
+    try:
+        fts = [float(s) for s in finetune.split(",")]
+    except ValueError:
+        fail(f"--finetune must be comma-separated numbers, got {finetune!r}")
+    threads = set_threads(threads)
+    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    out = out or default_out_dir(f"sweep-{method}", dataset)
+    rows = run_sweep(run_training, data, dataset, method, [b.strip() for b in budgets.split(";") if b.strip()],
+                     out, seed, threads, fts, {"arch": arch}, verbose=not quiet)
+    for r in rows:
+        click.echo(json.dumps(r))
 
 
 if __name__ == "__main__":
