@@ -1,0 +1,329 @@
+"""Frozen weight subsets: masks, mask schedules and Hessian-based kernel groups.
+
+A mask is a list of boolean arrays shaped like ``model.parameters()`` (True =
+trainable); the optimisers apply it through ``optimizer.masks`` and never move
+frozen entries. A *kernel* is one output filter of a Conv2d layer, i.e. its
+weights ``w[i]`` (C, K, K) and bias ``b[i]``; with ``include_dense`` the
+output units of the hidden Dense layers (column ``w[:, j]`` and ``b[j]``)
+count as kernels too. The classifier (last Dense layer) is never frozen.
+
+Strategies (``fraction`` is the frozen fraction in each layer):
+
+- ``none``: the baseline, everything trainable.
+- ``first-half``: the first round(fraction * F) kernels of every layer frozen.
+- ``random-kernels``: round(fraction * F) kernels per layer, drawn at random.
+- ``random-weights``: round(fraction * size) individual entries of every
+  kernel-layer tensor (weights and biases), drawn at random.
+- ``schedule``: alternates between the ``first-half`` mask and its
+  complement on the kernel layers every ``every`` steps.
+- ``hessian``: kernels partitioned into groups by their Hessian interaction
+  (``hessian_groups``); group k is trained alone during phase k, phases
+  cycle every ``every`` steps.
+
+Time-varying strategies are ``MaskSchedule`` objects whose ``apply(optimizer,
+step)`` installs the phase's masks; static strategies are one-phase schedules.
+"""
+import numpy as np
+
+from .errors import ConfigError
+from .layers import Conv2d, Dense
+
+STRATEGIES = ("none", "first-half", "random-kernels", "random-weights", "schedule", "hessian")
+STATIC = ("none", "first-half", "random-kernels", "random-weights")
+
+
+def parameter_index(model):
+    """{(layer index, param name): position in model.parameters()}."""
+    index, i = {}, 0
+    for li, layer in enumerate(model.layers):
+        for k in sorted(layer.params):
+            index[(li, k)] = i
+            i += 1
+    return index
+
+
+def kernel_layers(model, include_dense=False):
+    """Indices of the layers whose kernels can be frozen: every Conv2d, and the hidden Dense layers if asked."""
+    dense = [i for i, layer in enumerate(model.layers) if isinstance(layer, Dense)]
+    last = dense[-1] if dense else None
+    return [i for i, layer in enumerate(model.layers)
+            if isinstance(layer, Conv2d) or (include_dense and isinstance(layer, Dense) and i != last)]
+
+
+def n_kernels(layer):
+    return layer.filters if isinstance(layer, Conv2d) else layer.units
+
+
+def kernel_view(layer, array, key):
+    """View of a weight/bias array of ``layer`` with the kernel axis first: (F, ...)."""
+    if isinstance(layer, Dense) and key == "w":
+        return array.T
+    return array
+
+
+def all_trainable(model):
+    return [np.ones(p.shape, bool) for p in model.parameters()]
+
+
+def kernel_masks(model, trainable):
+    """Masks from per-layer kernel flags: ``trainable`` maps layer index -> bool array (F,).
+
+    Kernels flagged False are frozen (weights and bias); layers not in the dict stay trainable.
+    """
+    masks = all_trainable(model)
+    index = parameter_index(model)
+    for li, flags in trainable.items():
+        layer = model.layers[li]
+        flags = np.asarray(flags, bool)
+        if flags.shape != (n_kernels(layer),):
+            raise ConfigError(f"layer {li} ({layer.spec()}) has {n_kernels(layer)} kernels, got {flags.shape} flags")
+        for k in ("w", "b"):
+            view = kernel_view(layer, masks[index[(li, k)]], k)
+            view[...] = flags.reshape((-1,) + (1,) * (view.ndim - 1))
+    return masks
+
+
+def _check_fraction(fraction):
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"fraction must be in [0, 1], got {fraction}")
+    return float(fraction)
+
+
+def make_masks(model, strategy, fraction=0.5, rng=None, include_dense=False):
+    """Masks (list of bool arrays like ``model.parameters()``, True = trainable) of a static strategy.
+
+    strategy: ``none``, ``first-half``, ``random-kernels`` or ``random-weights``
+    (see the module docstring); ``fraction`` in [0, 1] is the frozen share of
+    each kernel layer; ``rng`` a numpy Generator or seed for the random strategies.
+    """
+    fraction = _check_fraction(fraction)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    layers = kernel_layers(model, include_dense)
+    if strategy == "none":
+        return all_trainable(model)
+    if strategy in ("first-half", "random-kernels"):
+        trainable = {}
+        for li in layers:
+            f = n_kernels(model.layers[li])
+            frozen = rng.choice(f, round(fraction * f), replace=False) if strategy == "random-kernels" \
+                else np.arange(round(fraction * f))
+            flags = np.ones(f, bool)
+            flags[frozen] = False
+            trainable[li] = flags
+        return kernel_masks(model, trainable)
+    if strategy == "random-weights":
+        masks = all_trainable(model)
+        index = parameter_index(model)
+        for li in layers:
+            for k in ("w", "b"):
+                m = masks[index[(li, k)]].reshape(-1)
+                m[rng.choice(m.size, round(fraction * m.size), replace=False)] = False
+        return masks
+    if strategy in STRATEGIES:
+        raise ConfigError(f"strategy {strategy!r} changes its masks over time; use make_mask_schedule")
+    raise ConfigError(f"unknown freezing strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+class MaskSchedule:
+    """Trainable subsets that change over time: phase k = (step // every) % len(phases).
+
+    phases: list of mask lists (each like ``model.parameters()``); every: steps per phase.
+    ``apply(optimizer, step)`` sets ``optimizer.masks`` to the phase's masks. When the
+    phase changes, the first-moment state (SGD momentum, Adam's m) of entries that
+    become frozen is zeroed so they stop at once; Adam's second moments are kept.
+    """
+
+    def __init__(self, phases, every=50, names=None):
+        if not phases:
+            raise ConfigError("a mask schedule needs at least one phase")
+        if every < 1:
+            raise ConfigError(f"steps per phase must be >= 1, got {every}")
+        self.phases = [[np.asarray(m, bool) for m in masks] for masks in phases]
+        self.every = int(every)
+        self.names = list(names) if names is not None else [f"phase{k}" for k in range(len(phases))]
+        self.current = None
+
+    def phase(self, step):
+        return (step // self.every) % len(self.phases)
+
+    def apply(self, optimizer, step):
+        k = self.phase(step)
+        if k == self.current:
+            return k
+        masks = self.phases[k]
+        if optimizer.state is not None:
+            for state, m in zip(optimizer.state, masks):
+                first = state[0] if isinstance(state, tuple) else state
+                first[~m] = 0
+        optimizer.masks = masks
+        self.current = k
+        return k
+
+    __call__ = apply
+
+    def subsets(self):
+        """Named disjoint parameter subsets, each a mask list.
+
+        One phase: ``trainable`` and ``frozen``. Several: ``only_<phase name>``
+        (entries trainable in that phase alone), ``always``, ``never`` and
+        ``mixed`` (trainable in several but not all phases); empty subsets are left out.
+        """
+        stack = [np.stack([masks[i] for masks in self.phases]) for i in range(len(self.phases[0]))]
+        count = [s.sum(axis=0) for s in stack]
+        p = len(self.phases)
+        if p == 1:
+            out = {"trainable": [s[0] for s in stack], "frozen": [~s[0] for s in stack]}
+        else:
+            out = {f"only_{name}": [s[k] & (c == 1) for s, c in zip(stack, count)]
+                   for k, name in enumerate(self.names)}
+            out["always"] = [c == p for c in count]
+            out["never"] = [c == 0 for c in count]
+            out["mixed"] = [(c > 1) & (c < p) for c in count]
+        return {name: m for name, m in out.items() if any(a.any() for a in m)}
+
+
+def make_mask_schedule(model, strategy, fraction=0.5, rng=None, include_dense=False, every=50, groups=None):
+    """A ``MaskSchedule`` for any strategy (static ones have one phase).
+
+    ``schedule``: phase 0 freezes the first ``fraction`` of each kernel layer,
+    phase 1 freezes the rest. ``hessian``: ``groups`` maps layer index ->
+    group id per kernel (from ``hessian_groups``); phase k trains group k.
+    """
+    if strategy in STATIC:
+        return MaskSchedule([make_masks(model, strategy, fraction, rng, include_dense)], every, [strategy])
+    layers = kernel_layers(model, include_dense)
+    if strategy == "schedule":
+        fraction = _check_fraction(fraction)
+        first = {li: np.arange(n_kernels(model.layers[li])) >= round(fraction * n_kernels(model.layers[li]))
+                 for li in layers}
+        second = {li: ~flags for li, flags in first.items()}
+        return MaskSchedule([kernel_masks(model, first), kernel_masks(model, second)], every,
+                            ["second_part", "first_part"])
+    if strategy == "hessian":
+        if groups is None:
+            raise ConfigError("the hessian strategy needs kernel groups (see hessian_groups)")
+        n_groups = 1 + max(int(np.max(g)) for g in groups.values())
+        phases = [kernel_masks(model, {li: np.asarray(g) == k for li, g in groups.items()})
+                  for k in range(n_groups)]
+        return MaskSchedule(phases, every, [f"group{k}" for k in range(n_groups)])
+    raise ConfigError(f"unknown freezing strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+# ---------------------------------------------------------------- Hessian kernel groups
+
+
+def _kernel_sums(model, arrays, layers, index):
+    """Per-kernel sums of a parameter-shaped list: {layer: (F,) float64} over weights and bias."""
+    out = {}
+    for li in layers:
+        layer = model.layers[li]
+        f = n_kernels(layer)
+        s = np.zeros(f)
+        for k in ("w", "b"):
+            s += kernel_view(layer, arrays[index[(li, k)]], k).reshape(f, -1).sum(axis=1, dtype=np.float64)
+        out[li] = s
+    return out
+
+
+def _kernel_direction(model, signs, layers, index):
+    """Parameter-shaped direction equal to signs[layer][i] on every entry of kernel i, 0 elsewhere."""
+    v = [np.zeros_like(p) for p in model.parameters()]
+    for li, s in signs.items():
+        layer = model.layers[li]
+        for k in ("w", "b"):
+            view = kernel_view(layer, v[index[(li, k)]], k)
+            view[...] = s.reshape((-1,) + (1,) * (view.ndim - 1))
+    return v
+
+
+def kernel_interactions(model, x, y, n_probes=32, rng=None, include_dense=False):
+    """Summed Hessian interaction between the kernels of each layer: {layer index: S (F, F) float64}.
+
+    S[i, j] = 1_i^T H 1_j, the sum of all entries of the Hessian block between
+    kernel i and kernel j of the same layer (1_i: ones on kernel i's weights and
+    bias), for the mean cross-entropy on the batch x (N, ...) float, y (N,) int.
+
+    ``n_probes=m``: Rademacher estimator. Each probe draws a sign s_k = +-1 per
+    kernel of every kernel layer at once, computes u = H v for v = sum_k s_k 1_k
+    (one HVP), and the kernel sums c_i = 1_i^T u = sum_k S[i, k] s_k; since
+    E[s_k s_j] = [k = j], E[c_i s_j] = S[i, j]. The estimate (1/m) sum c s^T is
+    unbiased with variance (1/m) sum_{k != j} S[i, k]^2 per entry (cross-layer
+    pairs included); it is symmetrised. Cost: m HVPs (about 3m gradients) on the
+    batch, for all layers together. ``n_probes=None``: exact, one HVP per kernel
+    (v = 1_j), i.e. sum_l F_l HVPs.
+    """
+    from .hessian import hvp
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    layers = kernel_layers(model, include_dense)
+    if not layers:
+        raise ConfigError("the model has no layer with kernels to group")
+    index = parameter_index(model)
+    sizes = {li: n_kernels(model.layers[li]) for li in layers}
+    out = {li: np.zeros((f, f)) for li, f in sizes.items()}
+    if n_probes is None:
+        for li, f in sizes.items():
+            for j in range(f):
+                signs = {li: (np.arange(f) == j).astype(np.float64)}
+                u = hvp(model, x, y, _kernel_direction(model, signs, [li], index))
+                out[li][:, j] = _kernel_sums(model, u, [li], index)[li]
+    else:
+        if n_probes < 1:
+            raise ConfigError(f"n_probes must be >= 1 or None (exact), got {n_probes}")
+        for _ in range(n_probes):
+            signs = {li: rng.choice([-1.0, 1.0], f) for li, f in sizes.items()}
+            c = _kernel_sums(model, hvp(model, x, y, _kernel_direction(model, signs, layers, index)), layers, index)
+            for li in layers:
+                out[li] += np.outer(c[li], signs[li]) / n_probes
+    return {li: 0.5 * (s + s.T) for li, s in out.items()}
+
+
+def partition_kernels(affinity, n_groups):
+    """Split F kernels into n_groups balanced groups (sizes differ by at most 1) maximising the
+    summed within-group affinity.
+
+    affinity (F, F) symmetric, non-negative (e.g. |S|); the diagonal is ignored.
+    Start: kernels ordered by the Fiedler vector of the graph Laplacian, cut into
+    contiguous groups; then the best improving swap of two kernels between groups
+    is applied until none improves. Returns group ids (F,) int64 in [0, n_groups).
+    """
+    a = np.array(affinity, np.float64)
+    f = len(a)
+    if a.ndim != 2 or a.shape != (f, f):
+        raise ConfigError(f"affinity must be a square matrix, got shape {a.shape}")
+    if not 1 <= n_groups <= f:
+        raise ConfigError(f"cannot split {f} kernels into {n_groups} groups")
+    np.fill_diagonal(a, 0.0)
+    a = 0.5 * (a + a.T)
+    lap = np.diag(a.sum(axis=1)) - a
+    order = np.argsort(np.linalg.eigh(lap)[1][:, 1 if f > 1 else 0], kind="stable")
+    groups = np.empty(f, np.int64)
+    groups[order] = np.arange(f) * n_groups // f
+    onehot = np.eye(n_groups)[groups]
+    m = a @ onehot                                            # (F, g): affinity of kernel to each group
+    tol = 1e-12 * max(a.sum(), 1e-300)
+    for _ in range(f * f):
+        own = m[np.arange(f), groups]
+        to_other = m[:, groups]                               # [a, b] = affinity of a to b's group
+        gain = to_other - own[:, None] + to_other.T - own[None, :] - 2 * a
+        gain[groups[:, None] == groups[None, :]] = -np.inf
+        i, j = np.unravel_index(np.argmax(gain), gain.shape)
+        if gain[i, j] <= tol:
+            break
+        gi, gj = groups[i], groups[j]
+        m[:, gi] += a[:, j] - a[:, i]
+        m[:, gj] += a[:, i] - a[:, j]
+        groups[i], groups[j] = gj, gi
+    return groups
+
+
+def hessian_groups(model, x, y, n_groups=2, n_probes=32, rng=None, include_dense=False):
+    """Partition the kernels of each layer into n_groups by |summed Hessian interaction|.
+
+    Returns (groups, interactions): groups maps layer index -> group id per
+    kernel (F,) int64; interactions maps layer index -> S (F, F) from
+    ``kernel_interactions`` (same probes and cost). Within-group affinity |S[i, j]|
+    is maximised, so strongly coupled kernels are trained together.
+    """
+    interactions = kernel_interactions(model, x, y, n_probes, rng, include_dense)
+    groups = {li: partition_kernels(np.abs(s), n_groups) for li, s in interactions.items()}
+    return groups, interactions

@@ -1,0 +1,214 @@
+"""Freezing masks, mask schedules and Hessian kernel groups."""
+import numpy as np
+import pytest
+
+from greedy.errors import ConfigError
+from greedy.freeze import (MaskSchedule, hessian_groups, kernel_interactions, make_mask_schedule, make_masks,
+                           partition_kernels)
+from greedy.hessian import flatten, gradient
+from greedy.losses import softmax_cross_entropy
+from greedy.model import Sequential
+from greedy.optim import SGD, Adam
+from greedy.train import fit
+
+SPEC = "c8k3-relu-max2-c6k3-relu-fc5-relu-fc3"
+
+
+def small_model(dtype=np.float64):
+    return Sequential.from_spec(SPEC).build((1, 8, 8), 0, dtype)
+
+
+def data(n=24, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 8, 8)).astype(dtype), rng.integers(0, 3, n)
+
+
+def test_first_half_freezes_the_first_filters_of_each_conv_layer_only():
+    model = small_model()
+    masks = make_masks(model, "first-half")
+    names = [n for n, _ in model.named_parameters()]
+    m = dict(zip(names, masks))
+    assert not m["0/w"][:4].any() and m["0/w"][4:].all()
+    assert not m["0/b"][:4].any() and m["0/b"][4:].all()
+    assert not m["3/w"][:3].any() and m["3/w"][3:].all()
+    assert all(m[k].all() for k in ("5/w", "5/b", "7/w", "7/b"))
+    quarter = dict(zip(names, make_masks(model, "first-half", fraction=0.25)))
+    assert (~quarter["0/b"]).sum() == 2 and not quarter["0/b"][:2].any()
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_random_kernels_freeze_whole_filters_in_the_right_number(fraction):
+    model = small_model()
+    masks = dict(zip([n for n, _ in model.named_parameters()],
+                     make_masks(model, "random-kernels", fraction, rng=3, include_dense=True)))
+    for li, f in ((0, 8), (3, 6), (5, 5)):
+        w, b = masks[f"{li}/w"], masks[f"{li}/b"]
+        per_kernel = w.reshape(f, -1) if li != 5 else w.T
+        assert np.all(per_kernel.all(axis=1) | ~per_kernel.any(axis=1))     # whole kernels only
+        assert np.array_equal(per_kernel[:, 0], b)
+        assert (~b).sum() == round(fraction * f)
+    assert masks["7/w"].all() and masks["7/b"].all()                        # classifier never frozen
+    other = make_masks(model, "random-kernels", fraction, rng=4)
+    assert any(not np.array_equal(a, b) for a, b in zip(other, masks.values()))
+
+
+def test_random_weights_freeze_exact_fractions():
+    model = small_model()
+    masks = make_masks(model, "random-weights", 0.3, rng=0, include_dense=True)
+    for (name, p), m in zip(model.named_parameters(), masks):
+        expected = 0 if name.startswith("7/") else round(0.3 * p.size)
+        assert (~m).sum() == expected, name
+    assert all(m.all() for m in make_masks(model, "none"))
+
+
+def test_bad_options_raise_config_errors():
+    model = small_model()
+    with pytest.raises(ConfigError, match="unknown freezing strategy"):
+        make_masks(model, "half")
+    with pytest.raises(ConfigError, match="fraction"):
+        make_masks(model, "first-half", fraction=1.5)
+    with pytest.raises(ConfigError, match="make_mask_schedule"):
+        make_masks(model, "schedule")
+    with pytest.raises(ConfigError, match="kernel groups"):
+        make_mask_schedule(model, "hessian")
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda: SGD(0.05, momentum=0.9, weight_decay=1e-2),
+    lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    lambda: Adam(1e-2, weight_decay=1e-2),
+])
+@pytest.mark.parametrize("strategy", ["first-half", "random-weights"])
+def test_frozen_weights_never_move_during_fit(make_opt, strategy):
+    model = small_model(np.float32)
+    x, y = data(dtype=np.float32)
+    before = [p.copy() for p in model.parameters()]
+    opt = make_opt()
+    opt.masks = make_masks(model, strategy, 0.5, rng=1)
+    fit(model, x, y, opt, epochs=3, batch_size=8)
+    for p, p0, m in zip(model.parameters(), before, opt.masks):
+        assert np.array_equal(p[~m], p0[~m])
+        assert np.any(p[m] != p0[m])
+
+
+@pytest.mark.parametrize("make_opt", [lambda: SGD(0.05, momentum=0.9, weight_decay=1e-2),
+                                      lambda: Adam(1e-2, weight_decay=1e-2)])
+def test_schedule_swaps_masks_and_frozen_entries_stop_at_once(make_opt):
+    model = small_model(np.float32)
+    x, y = data(dtype=np.float32)
+    schedule = make_mask_schedule(model, "schedule", every=3)
+    opt = make_opt()
+    params, grads = model.parameters(), model.gradients()
+    seen = set()
+    moved = [np.zeros(p.shape, bool) for p in params]
+    for step in range(12):
+        seen.add(schedule.apply(opt, step))
+        before = [p.copy() for p in params]
+        idx = np.arange(step % 3 * 8, step % 3 * 8 + 8)
+        out = model.forward(x[idx], train=True)
+        model.backward(softmax_cross_entropy(out, y[idx])[1], input_grad=False)
+        opt.step(params, grads)
+        for p, p0, m, mv in zip(params, before, opt.masks, moved):
+            assert np.array_equal(p[~m], p0[~m])        # momentum of newly frozen entries does not leak
+            mv |= p != p0
+    assert seen == {0, 1}
+    assert all(mv.all() for mv in moved)                # every weight trained in some phase
+
+
+def test_schedule_subsets_partition_the_parameters():
+    model = small_model()
+    schedule = make_mask_schedule(model, "schedule")
+    subsets = schedule.subsets()
+    assert set(subsets) == {"only_second_part", "only_first_part", "always"}
+    total = [sum(m[i].astype(int) for m in subsets.values()) for i in range(len(model.parameters()))]
+    assert all(np.all(t == 1) for t in total)
+    static = make_mask_schedule(model, "first-half").subsets()
+    assert set(static) == {"trainable", "frozen"}
+    with pytest.raises(ConfigError, match="steps per phase"):
+        MaskSchedule(schedule.phases, every=0)
+
+
+def test_partition_recovers_planted_blocks():
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 4)
+    perm = rng.permutation(12)
+    truth = truth[perm]
+    a = np.where(truth[:, None] == truth[None, :], 1.0, 0.0) + 0.3 * rng.random((12, 12))
+    groups = partition_kernels(a + a.T, 3)
+    assert np.bincount(groups).tolist() == [4, 4, 4]
+    for g in range(3):                                  # each found group is one planted block
+        assert len(set(truth[groups == g])) == 1
+    odd = partition_kernels(np.ones((7, 7)), 2)
+    assert sorted(np.bincount(odd).tolist()) == [3, 4]
+
+
+def planted_model():
+    """Conv layer whose 6 filters split into 3 pairs that never act on the same sample.
+
+    Sample type t carries signal only in input channel t; the filters of pair t
+    have positive weights on channel t and negative ones elsewhere, so each
+    sample switches exactly one pair's ReLUs on: the Hessian blocks between
+    filters of different pairs are zero.
+    """
+    rng = np.random.default_rng(1)
+    model = Sequential.from_spec("c6k3-relu-gap-fc3").build((3, 4, 4), 0, np.float64)
+    pair = np.array([0, 1, 2, 1, 0, 2])
+    w = rng.uniform(0.5, 1.0, (6, 3, 3, 3))
+    for f in range(6):
+        w[f, np.arange(3) != pair[f]] *= -1
+    model.layers[0].params["w"][...] = w
+    n = 24
+    kind = np.arange(n) % 3
+    x = np.zeros((n, 3, 4, 4))
+    x[np.arange(n), kind] = rng.uniform(1.0, 2.0, (n, 4, 4))
+    return model, x, rng.integers(0, 3, n), pair
+
+
+def kernel_block_sums_by_finite_differences(model, x, y, eps=1e-5):
+    """1_i^T H 1_j from central differences of the gradient along 1_j (kernel j = b[j] and w[j])."""
+    conv = model.layers[0].params
+    out = np.zeros((6, 6))
+    for j in range(6):
+        grads = []
+        for sign in (1, -1):
+            conv["w"][j] += sign * eps
+            conv["b"][j] += sign * eps
+            grads.append(gradient(model, x, y)[1])
+            conv["w"][j] -= sign * eps
+            conv["b"][j] -= sign * eps
+        db, dw = ((gp - gm) / (2 * eps) for gp, gm in zip(grads[0][:2], grads[1][:2]))
+        out[:, j] = db + dw.reshape(6, -1).sum(axis=1)
+    return out
+
+
+def test_exact_interactions_equal_hessian_block_sums_and_find_planted_pairs():
+    model, x, y, pair = planted_model()
+    s = kernel_interactions(model, x, y, n_probes=None)[0]
+    fd = kernel_block_sums_by_finite_differences(model, x, y)
+    assert np.abs(s - fd).max() < 1e-6 * np.abs(fd).max()
+    cross = pair[:, None] != pair[None, :]
+    assert np.abs(s[cross]).max() < 1e-12 * np.abs(s).max()
+    assert np.abs(s[~cross & ~np.eye(6, dtype=bool)]).min() > 1e-6 * np.abs(s).max()
+    groups, _ = hessian_groups(model, x, y, n_groups=3, n_probes=None)
+    for g in range(3):
+        assert len(set(pair[groups[0] == g])) == 1
+    schedule = make_mask_schedule(model, "hessian", groups=groups, every=5)
+    assert len(schedule.phases) == 3
+    kernel_trainable = np.stack([ph[0] for ph in schedule.phases])        # conv bias = one flag per kernel
+    assert np.all(kernel_trainable.sum(axis=0) == 1)
+    assert all(ph[2].all() for ph in schedule.phases)                      # dense stays trainable
+
+
+def test_probe_estimator_is_within_its_standard_error():
+    model, x, y, _ = planted_model()
+    exact = kernel_interactions(model, x, y, n_probes=None)[0]
+    m = 32
+    estimate = kernel_interactions(model, x, y, n_probes=m, rng=0)[0]
+    # per-entry variance (1/m) sum_{k != j} S[i, k]^2 before symmetrisation
+    off = exact ** 2
+    var = (off.sum(axis=1, keepdims=True) - off) / m
+    sigma = np.sqrt(0.5 * (var + var.T))
+    err = np.abs(estimate - exact)
+    assert np.all(err <= 5 * sigma + 1e-12)
+    assert err.max() > 0                                                   # it is an estimate
+    assert flatten([estimate]).shape == (36,)
