@@ -9,7 +9,9 @@
 Nearest neighbours come from ``scipy.spatial.cKDTree`` in low dimension and
 from a blocked brute-force search (BLAS Gram matrix + Numba selection kernel)
 above ``KDTREE_MAX_DIM`` dimensions, where kd-trees degrade to a slow linear
-scan (two 10,000 x 64 samples: ~90 s with cKDTree, ~1 s brute force).
+scan (two 10,000 x 64 samples: ~90 s with cKDTree, ~1-2 s brute force). The
+kd-tree path hands points with exact copies to the brute-force search, so
+heavily duplicated data costs O(n m d) there.
 
 Duplicate points
 ----------------
@@ -31,12 +33,13 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 from scipy.special import digamma
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import ConfigError
 
 KDTREE_MAX_DIM = 8
 _BLOCK_ELEMENTS = 1 << 23  # rows per brute-force block = this // len(reference)
+_THREADPOOLS = ThreadpoolController()
 
 
 # ----------------------------------------------------------------- kernels
@@ -95,7 +98,7 @@ def _brute_positive(q, ref, k):
     zeros = np.empty(len(q), dtype=np.int64)
     rows = max(1, _BLOCK_ELEMENTS // max(len(ref), 1))
     # one-thread BLAS: idle OpenBLAS threads spin and starve the Numba kernel between blocks
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _THREADPOOLS.limit(limits=1, user_api="blas"):
         for s in range(0, len(q), rows):
             e = min(s + rows, len(q))
             gram = q32[s:e] @ ref32.T
@@ -108,7 +111,6 @@ class _Reference:
 
     def __init__(self, points, method):
         self.points = points
-        self.method = method
         self.tree = cKDTree(points) if method == "kdtree" else None
 
     def kth(self, q, k, self_query):
@@ -293,18 +295,20 @@ def class_kl_matrix(features, labels, k=1, max_per_class=1000, n_classes=None, s
             idx = np.sort(rng.choice(idx, max_per_class, replace=False))
         groups.append(f[idx])
     ok = [len(g) >= k + 1 for g in groups]
-    refs = [_Reference(g, method) if good else None for g, good in zip(groups, ok)]
+    starts = np.cumsum([0] + [len(g) for g in groups])
+    pooled = np.concatenate(groups)
     kl = np.full((c, c), np.nan)
-    for a in range(c):
-        if not ok[a]:
-            continue
+    self_terms = {}
+    for a in np.flatnonzero(ok):
         kl[a, a] = 0.0
-        rho, k_rank = refs[a].kth(groups[a], k, self_query=True)
-        for b in range(c):
-            if b != a and ok[b]:
-                nu, l_rank = refs[b].kth(groups[a], k, self_query=False)
-                kl[a, b] = _combine(rho, k_rank, nu, l_rank, f.shape[1], len(groups[a]),
-                                    len(groups[b]))
+        self_terms[a] = _Reference(groups[a], method).kth(groups[a], k, self_query=True)
+    for b in np.flatnonzero(ok):
+        nu_all, l_all = _Reference(groups[b], method).kth(pooled, k, self_query=False)
+        for a in self_terms:
+            if a != b:
+                part = slice(starts[a], starts[a + 1])
+                kl[a, b] = _combine(*self_terms[a], nu_all[part], l_all[part], f.shape[1],
+                                    len(groups[a]), len(groups[b]))
     off = kl[~np.eye(c, dtype=bool)]
     off = off[np.isfinite(off)]
     return kl, float(off.mean()) if len(off) else float("nan")
