@@ -212,3 +212,49 @@ def test_probe_estimator_is_within_its_standard_error():
     assert np.all(err <= 5 * sigma + 1e-12)
     assert err.max() > 0                                                   # it is an estimate
     assert flatten([estimate]).shape == (36,)
+
+
+# ---------------------------------------------------------------- fused ensembles (greedy.ensemble)
+
+def test_fused_ensemble_gradient_matches_finite_differences():
+    from greedy.ensemble import FusedEnsemble, trunk
+    from greedy.layers import Dense
+    members = [Sequential.from_spec("c2k3-tanh-max2-fc4-tanh-fc3").build((1, 6, 6), s, np.float64) for s in (0, 1)]
+    head = Sequential([Dense(3)]).build((8,), 5, np.float64).layers[0]
+    fused = FusedEnsemble([trunk(m) for m in members], head)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 1, 6, 6)), rng.integers(0, 3, 5)
+    fused.backward(softmax_cross_entropy(fused.forward(x), y)[1])
+    analytic = flatten(fused.gradients())
+    params = fused.parameters()
+    direction = [rng.standard_normal(p.shape) for p in params]
+    losses = []
+    for sign in (1, -1):
+        for p, d in zip(params, direction):
+            p += sign * 1e-6 * d
+        losses.append(softmax_cross_entropy(fused.forward(x), y)[0])
+        for p, d in zip(params, direction):
+            p -= sign * 1e-6 * d
+    numeric = (losses[0] - losses[1]) / 2e-6
+    assert abs(numeric - analytic @ flatten(direction)) < 1e-6 * abs(numeric)
+    assert len(params) == 2 * 4 + 2
+
+
+def test_fuse_trains_a_new_head_on_concatenated_features():
+    from greedy.ensemble import average_outputs, fuse
+    from greedy.optim import make_optimizer
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 5)) * 3
+    y = rng.integers(0, 3, 300)
+    x = (centres[y] + rng.standard_normal((300, 5))).astype(np.float32)
+    members = []
+    for s in (0, 1):
+        m = Sequential.from_spec("fc6-relu-fc3").build((5,), s)
+        fit(m, x, y, make_optimizer("adam", 1e-2, "constant"), epochs=10, batch_size=32)
+        members.append(m)
+    old_heads = [m.layers[-1].params["w"].copy() for m in members]
+    fused = fuse(members, x, y, epochs=5, batch_size=32)
+    assert fused.head.params["w"].shape == (12, 3)
+    assert (fused.forward(x).argmax(axis=1) == y).mean() > 0.9
+    assert (average_outputs(members, x).argmax(axis=1) == y).mean() > 0.9
+    assert all(np.array_equal(h, m.layers[-1].params["w"]) for h, m in zip(old_heads, members))
