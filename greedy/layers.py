@@ -432,13 +432,13 @@ def _conv_input_grad(dy, w, x_shape, stride, pad):
     """dL/dx of a convolution with weights w (F, C, K, K) given dy (N, F, Ho, Wo), without dL/dw.
 
     Returns an array of x_shape (N, C, H, W) in dy's dtype; works in sample chunks
-    that keep the column buffer under ``conv_kernels.COL_BUFFER_BYTES``.
+    that keep the column buffer under 16 MiB.
     """
     n, f, ho, wo = dy.shape
     k = w.shape[2]
     wm = w.reshape(f, -1)
     p = ho * wo
-    nb = max(1, min(n, ck.COL_BUFFER_BYTES // max(p * wm.shape[1] * dy.itemsize, 1)))
+    nb = max(1, min(n, 16 * 2**20 // max(p * wm.shape[1] * dy.itemsize, 1)))
     dx = np.empty(x_shape, dy.dtype)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
