@@ -25,8 +25,9 @@ step)`` installs the phase's masks; static strategies are one-phase schedules.
 """
 import numpy as np
 
+from . import conv_kernels as ck
 from .errors import ConfigError
-from .layers import Conv2d, Dense
+from .layers import Conv2d, Dense, _conv_input_grad
 
 STRATEGIES = ("none", "first-half", "random-kernels", "random-weights", "schedule", "hessian")
 STATIC = ("none", "first-half", "random-kernels", "random-weights")
@@ -207,6 +208,54 @@ def make_mask_schedule(model, strategy, fraction=0.5, rng=None, include_dense=Fa
                   for k in range(n_groups)]
         return MaskSchedule(phases, every, [f"group{k}" for k in range(n_groups)])
     raise ConfigError(f"unknown freezing strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def trainable_kernels(model, masks):
+    """{layer index: indices (int64) of kernels with a trainable entry}, for each Conv2d/Dense layer
+    in which at least one kernel is wholly frozen under ``masks``."""
+    index = parameter_index(model)
+    out = {}
+    for li, layer in enumerate(model.layers):
+        if not isinstance(layer, (Conv2d, Dense)):
+            continue
+        f = n_kernels(layer)
+        live = np.zeros(f, bool)
+        for k in ("w", "b"):
+            live |= kernel_view(layer, masks[index[(li, k)]], k).reshape(f, -1).any(axis=1)
+        if not live.all():
+            out[li] = np.nonzero(live)[0]
+    return out
+
+
+def backward_skipping_frozen(model, dy, keep):
+    """``model.backward(dy, input_grad=False)`` that computes weight gradients only for live kernels.
+
+    keep: ``trainable_kernels(model, masks)``. In the listed layers only the kernels
+    in ``keep[layer]`` get fresh gradients (the frozen kernels' ``grads`` entries are
+    left as they were: the optimiser ignores them); the input gradient is exact.
+    Saves the frozen share of each listed layer's weight-gradient product.
+    """
+    layers = model.layers
+    first = next(i for i, layer in enumerate(layers) if layer.params)
+    for i in range(len(layers) - 1, first - 1, -1):
+        layer, need_dx, idx = layers[i], i > first, keep.get(i)
+        if idx is None:
+            dy = layer.backward(dy, need_dx=need_dx) if isinstance(layer, (Conv2d, Dense)) else layer.backward(dy)
+            continue
+        w = layer.params["w"]
+        if isinstance(layer, Conv2d):
+            if len(idx):
+                _, dw, db = ck.conv2d_backward(layer.x, w[idx], np.ascontiguousarray(dy[:, idx]), layer.stride,
+                                               layer.padding, need_dx=False)
+                layer.grads["w"][idx] = dw
+                layer.grads["b"][idx] = db
+            dy = _conv_input_grad(dy, w, layer.x.shape, layer.stride, layer.padding) if need_dx else None
+        else:
+            part = dy[:, idx]
+            layer.grads["w"][:, idx] = layer.x.T @ part
+            layer.grads["b"][idx] = part.sum(axis=0)
+            dy = (dy @ w.T).reshape(layer.x_shape) if need_dx else None
+    return dy
 
 
 # ---------------------------------------------------------------- Hessian kernel groups

@@ -258,3 +258,25 @@ def test_fuse_trains_a_new_head_on_concatenated_features():
     assert (fused.forward(x).argmax(axis=1) == y).mean() > 0.9
     assert (average_outputs(members, x).argmax(axis=1) == y).mean() > 0.9
     assert all(np.array_equal(h, m.layers[-1].params["w"]) for h, m in zip(old_heads, members))
+
+
+# ---------------------------------------------------------------- skipping frozen kernels' gradients
+
+@pytest.mark.parametrize("include_dense", [False, True])
+def test_backward_skipping_frozen_kernels_matches_full_backward_on_live_kernels(include_dense):
+    from greedy.freeze import backward_skipping_frozen, trainable_kernels
+    model = small_model()
+    x, y = data()
+    masks = make_masks(model, "random-kernels", 0.5, rng=2, include_dense=include_dense)
+    keep = trainable_kernels(model, masks)
+    assert sorted(keep) == ([0, 3, 5] if include_dense else [0, 3])
+    dy = softmax_cross_entropy(model.forward(x, train=True), y)[1]
+    model.backward(dy, input_grad=False)
+    full = [g.copy() for g in model.gradients()]
+    for g in model.gradients():
+        g[...] = np.nan
+    backward_skipping_frozen(model, dy, keep)
+    for g, f, m in zip(model.gradients(), full, masks):
+        assert np.allclose(g[m], f[m], rtol=1e-10, atol=1e-12)
+        assert np.all(np.isnan(g[~m]))                       # frozen kernels were not computed
+    assert trainable_kernels(model, make_masks(model, "random-weights", 0.5, rng=0)) == {}

@@ -1,0 +1,411 @@
+"""The freezing experiment of seed 004: does a subset of weights move faster when the rest is frozen?
+
+``run_freeze_experiment`` trains a baseline (everything trainable) and one run
+per strategy (``greedy.freeze``), all from the same initial weights, the same
+sequence of mini-batches and the same optimiser settings, and records at every
+step, for every parameter subset of every strategy (e.g. the trainable and the
+frozen part, also split per layer):
+
+- ``dist``: L2 distance of the subset from its initial value, and ``rms`` =
+  dist / sqrt(size);
+- ``decrease``: the subset's cumulative first-order share of the loss
+  decrease, sum over steps of -g . dw restricted to the subset (g the
+  mini-batch gradient at the step, dw the update the optimiser made).
+
+The baseline tracks the subsets of every strategy, so the same subset can be
+compared between "trained alone" and "trained with everything else".
+
+Outputs under ``out``: the run contract (config.json, metrics.jsonl with one
+``step`` event per step and one ``eval`` event per evaluation, summary.json,
+model.npz of the baseline), one ``<run>.csv`` per run, ``<run>_weights.npz``
+with the trajectories of a sample of weights, and PNG plots when matplotlib
+is importable.
+"""
+import csv
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+from .freeze import (STRATEGIES, backward_skipping_frozen, hessian_groups, kernel_layers, make_mask_schedule,
+                     parameter_index, trainable_kernels)
+from .losses import softmax_cross_entropy
+from .model import build_model, save_model
+from .optim import make_optimizer
+from .runs import Run
+
+DEFAULTS = {
+    "arch": "c16k5-relu-max2-c32k5-relu-max2-fc128-relu-fc{n_classes}",
+    "steps": 200, "batch_size": 64, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "schedule": "constant",
+    "weight_decay": 0.0, "fraction": 0.5, "include_dense": False, "every": 25, "eval_every": 25,
+    "n_groups": 2, "n_probes": 32, "hessian_batch": 256, "target_loss": None, "smooth": 20,
+    "skip_frozen_grads": True, "sample_weights": 16, "seed": 0,
+}
+
+
+class Tracker:
+    """Distances from the initial weights and first-order loss decrease of named parameter subsets.
+
+    subsets: {name: mask list like ``model.parameters()``}; layer_of: layer label per parameter tensor.
+    """
+
+    def __init__(self, model, subsets, layer_of):
+        params = model.parameters()
+        self.p0 = [p.copy() for p in params]
+        self.layer_of = layer_of
+        self.names = list(subsets)
+        self.weights = {s: [m.astype(p.dtype).ravel() for m, p in zip(subsets[s], params)] for s in self.names}
+        self.sizes = {s: np.array([m.sum() for m in subsets[s]], np.float64) for s in self.names}
+        self.decrease = {s: np.zeros(len(params)) for s in self.names}
+        self.dist2 = {s: np.zeros(len(params)) for s in self.names}
+
+    def update(self, params, grads, before):
+        for i, (p, g, b, p0) in enumerate(zip(params, grads, before, self.p0)):
+            gd = (g * (p - b)).ravel()
+            sq = np.square(p - p0).ravel()
+            for s in self.names:
+                w = self.weights[s][i]
+                self.decrease[s][i] -= float(gd @ w)
+                self.dist2[s][i] = float(sq @ w)
+
+    def row(self):
+        """Flat dict: dist, rms, decrease per subset, and dist per subset and layer."""
+        out = {}
+        for s in self.names:
+            total = self.dist2[s].sum()
+            out[f"dist:{s}"] = float(np.sqrt(total))
+            out[f"rms:{s}"] = float(np.sqrt(total / max(self.sizes[s].sum(), 1)))
+            out[f"decrease:{s}"] = float(self.decrease[s].sum())
+            for layer in dict.fromkeys(self.layer_of):
+                sel = [i for i, name in enumerate(self.layer_of) if name == layer]
+                if self.sizes[s][sel].sum():
+                    out[f"dist:{s}@{layer}"] = float(np.sqrt(self.dist2[s][sel].sum()))
+        return out
+
+
+def _layer_labels(model):
+    return [f"{i}:{model.layers[i].spec()}" for i, layer in enumerate(model.layers) for _ in sorted(layer.params)]
+
+
+def _batch_stream(n, batch_size, seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield order[i:i + batch_size]
+
+
+def _evaluate(model, x, y, normalizer, batch_size=500):
+    losses, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        out = model.forward(normalizer(x[i:i + batch_size]))
+        losses += softmax_cross_entropy(out, y[i:i + batch_size])[0] * len(out)
+        correct += int((out.argmax(axis=1) == y[i:i + batch_size]).sum())
+    return losses / len(x), correct / len(x)
+
+
+def train_run(name, model, schedule, data, normalizer, o, subsets, run, csv_path, verbose=True):
+    """Train one run for o["steps"] steps; returns its list of per-step rows (dicts)."""
+    opt = make_optimizer(o["optimizer"], o["lr"], o["schedule"], o["weight_decay"], o["momentum"])
+    params, grads = model.parameters(), model.gradients()
+    layer_of = _layer_labels(model)
+    tracker = Tracker(model, subsets, layer_of)
+    sample_rng = np.random.default_rng(o["seed"] + 17)
+    flat_sizes = [p.size for p in params]
+    picks = [(int(i), int(sample_rng.integers(flat_sizes[i])))
+             for i in sample_rng.choice(len(params), o["sample_weights"], p=np.array(flat_sizes) / sum(flat_sizes))]
+    trajectory = np.empty((o["steps"] + 1, len(picks)), np.float32)
+    trajectory[0] = [params[i].flat[j] for i, j in picks]
+    stream = _batch_stream(len(data.x_train), o["batch_size"], o["seed"])
+    rows, train_seconds, wall0 = [], 0.0, time.perf_counter()
+    skip = {}
+    for step in range(o["steps"]):
+        phase = schedule.apply(opt, step) if schedule is not None else 0
+        if o["skip_frozen_grads"] and schedule is not None and phase not in skip:
+            skip[phase] = trainable_kernels(model, opt.masks)
+        idx = next(stream)
+        xb = normalizer(data.x_train[idx])
+        t0 = time.perf_counter()
+        out = model.forward(xb, train=True)
+        loss, dout = softmax_cross_entropy(out, data.y_train[idx])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"{name}: loss became {loss} at step {step}; lower the learning rate")
+        dout = dout.astype(out.dtype, copy=False)
+        if skip.get(phase):
+            backward_skipping_frozen(model, dout, skip[phase])
+        else:
+            model.backward(dout, input_grad=False)
+        t1 = time.perf_counter()
+        before = [p.copy() for p in params]
+        opt.progress = step / o["steps"]
+        t2 = time.perf_counter()
+        opt.step(params, grads)
+        train_seconds += (t1 - t0) + (time.perf_counter() - t2)
+        tracker.update(params, grads, before)
+        trajectory[step + 1] = [params[i].flat[j] for i, j in picks]
+        row = {"step": step + 1, "seconds": round(train_seconds, 4),
+               "wall_seconds": round(time.perf_counter() - wall0, 3), "loss": loss, "phase": phase,
+               "test_loss": None, "test_accuracy": None}
+        row.update(tracker.row())
+        norms = {}
+        for i, layer in enumerate(layer_of):
+            norms[layer] = norms.get(layer, 0.0) + float(np.square(params[i]).sum())
+        row.update({f"norm@{k}": float(np.sqrt(v)) for k, v in norms.items()})
+        if (step + 1) % o["eval_every"] == 0 or step + 1 == o["steps"]:
+            row["test_loss"], row["test_accuracy"] = _evaluate(model, data.x_test, data.y_test, normalizer)
+            run.log("eval", run=name, step=step + 1, train_loss=loss, test_loss=row["test_loss"],
+                    test_accuracy=row["test_accuracy"], train_seconds=train_seconds)
+            if verbose:
+                print(f"  {name:>16} step {step + 1:5d}: loss {loss:.4f}, test loss {row['test_loss']:.4f}, "
+                      f"test accuracy {row['test_accuracy']:.4f}, {train_seconds:.1f} s", file=sys.stderr, flush=True)
+        run.log("step", run=name, step=step + 1, train_loss=loss, phase_index=phase, train_seconds=train_seconds,
+                **{"distance": {s: row[f"dist:{s}"] for s in tracker.names},
+                   "decrease": {s: row[f"decrease:{s}"] for s in tracker.names},
+                   "layer_distance": {k: v for k, v in row.items() if k.startswith("dist:") and "@" in k}})
+        rows.append(row)
+    _write_csv(csv_path, rows)
+    np.savez(csv_path[:-4] + "_weights.npz", steps=np.arange(o["steps"] + 1), values=trajectory,
+             tensor=np.array([model.named_parameters()[i][0] for i, _ in picks]),
+             param_index=np.array([i for i, _ in picks]), flat_index=np.array([j for _, j in picks]))
+    return rows
+
+
+def _write_csv(path, rows):
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+
+
+def smoothed(values, window):
+    """Trailing running mean over ``window`` values (shorter at the start)."""
+    c = np.cumsum(np.concatenate([[0.0], values]))
+    i = np.arange(1, len(values) + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def reach(rows, target, window):
+    """(steps, train seconds) when the smoothed training loss first reaches ``target``, or (None, None)."""
+    s = smoothed(np.array([r["loss"] for r in rows]), window)
+    hit = np.nonzero(s <= target)[0]
+    if not len(hit):
+        return None, None
+    return int(rows[hit[0]]["step"]), float(rows[hit[0]]["seconds"])
+
+
+def resolve_options(opts):
+    o = dict(DEFAULTS, **{k: v for k, v in opts.items() if v is not None})
+    for key in ("steps", "batch_size", "every", "eval_every", "n_groups", "hessian_batch", "smooth"):
+        if int(o[key]) < 1:
+            raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {o[key]}")
+    if o["n_probes"] is not None and int(o["n_probes"]) < 0:
+        raise ConfigError(f"n-probes must be >= 0 (0: exact), got {o['n_probes']}")
+    if not 0.0 < float(o["fraction"]) < 1.0:
+        raise ConfigError(f"fraction must be strictly between 0 and 1, got {o['fraction']}")
+    return o
+
+
+def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True):
+    """Run the baseline and each strategy; write everything under ``out``; return the summary dict.
+
+    data: a ``Dataset`` (uint8 NCHW); normalizer: raw batch -> float input;
+    strategies: names from ``greedy.freeze.STRATEGIES`` (``none`` is the baseline, always run);
+    opts: overrides of ``DEFAULTS``.
+    """
+    strategies = [s for s in dict.fromkeys(strategies) if s != "none"]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown freezing strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES[1:])}")
+    o = resolve_options(opts)
+    n_classes = len(data.class_names)
+    spec = o["arch"].format(n_classes=n_classes)
+    in_shape = data.x_train.shape[1:]
+    if len(data.x_train) < o["batch_size"]:
+        raise ConfigError(f"batch size {o['batch_size']} exceeds the {len(data.x_train)} training images")
+
+    def fresh():
+        return build_model(spec, in_shape, n_classes, o["seed"])
+
+    run = Run(out, "freeze", o.get("dataset", "?"), dict(o, strategies=strategies, arch=spec), verbose=False)
+    run.start()
+    model = fresh()
+    extra = {}
+    schedules = {}
+    for s in strategies:
+        groups = None
+        if s == "hessian":
+            rng = np.random.default_rng(o["seed"] + 1)
+            idx = rng.choice(len(data.x_train), min(o["hessian_batch"], len(data.x_train)), replace=False)
+            probes = None if not o["n_probes"] else int(o["n_probes"])
+            t = time.perf_counter()
+            groups, inter = hessian_groups(model, normalizer(data.x_train[idx]), data.y_train[idx], o["n_groups"],
+                                           probes, rng, o["include_dense"])
+            seconds = time.perf_counter() - t
+            n_hvp = probes if probes else int(sum(len(g) for g in groups.values()))
+            extra["hessian"] = {"seconds": seconds, "hvps": n_hvp, "batch": len(idx),
+                                "groups": {str(k): v.tolist() for k, v in groups.items()},
+                                "within_over_total": {str(k): _within_share(inter[k], groups[k]) for k in groups}}
+            np.savez(run.path("hessian_interactions.npz"), **{f"layer{k}": v for k, v in inter.items()})
+            run.log("hessian_groups", seconds=seconds, hvps=n_hvp)
+            if verbose:
+                print(f"hessian groups from {n_hvp} HVPs on {len(idx)} images in {seconds:.1f} s", file=sys.stderr)
+        schedules[s] = make_mask_schedule(model, s, o["fraction"], np.random.default_rng(o["seed"] + 2),
+                                          o["include_dense"], o["every"], groups)
+    subsets = experiment_subsets(model, schedules, o["include_dense"])
+    results = {}
+    for name in ["baseline"] + strategies:
+        if verbose:
+            print(f"run {name}", file=sys.stderr, flush=True)
+        model = fresh()
+        own = subsets if name == "baseline" else {k: v for k, v in subsets.items() if k.startswith(name + "/")}
+        results[name] = train_run(name, model, schedules.get(name), data, normalizer, o, own, run,
+                                  run.path(f"{name}.csv"), verbose)
+        if name == "baseline":
+            save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": "freeze-baseline"})
+    summary = summarise(results, o)
+    summary.update(extra)
+    summary.update({"arch": spec, "n_parameters": model.n_parameters(), "n_train": len(data.x_train),
+                    "n_test": len(data.x_test), "test_accuracy": results["baseline"][-1]["test_accuracy"],
+                    "train_seconds": results["baseline"][-1]["seconds"]})
+    plot(results, summary, out)
+    return run.finish(summary)
+
+
+def experiment_subsets(model, schedules, include_dense):
+    """{"<strategy>/<subset>": masks}: each schedule's subsets restricted to the kernel layers, plus
+    "<strategy>/other" for the tensors of the remaining layers (always trainable); one partition per strategy."""
+    index = parameter_index(model)
+    kernel = [np.zeros(p.shape, bool) for p in model.parameters()]
+    for li in kernel_layers(model, include_dense):
+        for k in ("w", "b"):
+            kernel[index[(li, k)]][...] = True
+    out = {}
+    for s, sch in schedules.items():
+        for name, masks in list(sch.subsets().items()) + [("other", [~k for k in kernel])]:
+            sub = [m & k for m, k in zip(masks, kernel)] if name != "other" else masks
+            if any(m.any() for m in sub):
+                out[f"{s}/{name}"] = sub
+    if not out:
+        out["all"] = [np.ones(p.shape, bool) for p in model.parameters()]
+    return out
+
+
+def _within_share(s, groups):
+    a = np.abs(s) - np.diag(np.diag(np.abs(s)))
+    total = a.sum()
+    return float((a * (groups[:, None] == groups[None, :])).sum() / total) if total else None
+
+
+def summarise(results, o):
+    """Per run: final losses, steps and seconds to the target loss, and per subset speed against the baseline."""
+    window = o["smooth"]
+    base = results["baseline"]
+    base_loss = smoothed(np.array([r["loss"] for r in base]), window)
+    target = o["target_loss"] if o["target_loss"] is not None else float(base_loss[len(base_loss) // 2])
+    runs = {}
+    for name, rows in results.items():
+        steps, seconds = reach(rows, target, window)
+        last = rows[-1]
+        entry = {"final_loss": float(smoothed(np.array([r["loss"] for r in rows]), window)[-1]),
+                 "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"],
+                 "train_seconds": last["seconds"], "seconds_per_step": last["seconds"] / len(rows),
+                 "steps_to_target": steps, "seconds_to_target": seconds, "subsets": {}}
+        if name != "baseline":
+            own = [k[4:] for k in last if k.startswith("rms:")]      # this strategy's subsets: a partition
+            total = sum(last[f"decrease:{sub}"] for sub in own)
+            base_total = sum(base[-1][f"decrease:{sub}"] for sub in own)
+            for sub in own:
+                b = base[-1][f"rms:{sub}"]
+                entry["subsets"][sub] = {
+                    "rms": last[f"rms:{sub}"], "baseline_rms": b, "speed_ratio": last[f"rms:{sub}"] / b if b else None,
+                    "decrease": last[f"decrease:{sub}"], "baseline_decrease": base[-1][f"decrease:{sub}"],
+                    "share": last[f"decrease:{sub}"] / total if total else None,
+                    "baseline_share": base[-1][f"decrease:{sub}"] / base_total if base_total else None,
+                    "layers": {k.split("@", 1)[1]: {"dist": v, "baseline_dist": base[-1].get(k),
+                                                    "ratio": v / base[-1][k] if base[-1].get(k) else None}
+                               for k, v in last.items() if k.startswith(f"dist:{sub}@")}}
+        runs[name] = entry
+    return {"target_loss": target, "runs": runs}
+
+
+def plot(results, summary, out):
+    """PNG plots (loss, subset speed, sampled weight trajectories, layer norms) if matplotlib is importable."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in results.items():
+        steps = [r["step"] for r in rows]
+        ax[0].plot(steps, smoothed(np.array([r["loss"] for r in rows]), 20), label=name)
+        ax[1].plot([r["seconds"] for r in rows], smoothed(np.array([r["loss"] for r in rows]), 20), label=name)
+    ax[0].set_xlabel("step")
+    ax[1].set_xlabel("training seconds")
+    for a in ax:
+        a.set_ylabel("training loss (running mean)")
+        a.axhline(summary["target_loss"], color="grey", lw=0.5)
+        a.legend()
+    fig.savefig(os.path.join(out, "loss.png"), dpi=100)
+    plt.close(fig)
+    for name, rows in results.items():
+        if name == "baseline":
+            continue
+        subs = [k[4:] for k in rows[0] if k.startswith("rms:")]
+        fig, ax = plt.subplots(1, 3, figsize=(16, 4))
+        for sub in subs:
+            line, = ax[0].plot([r["step"] for r in rows], [r[f"rms:{sub}"] for r in rows], label=f"{sub} ({name})")
+            ax[0].plot([r["step"] for r in results["baseline"]], [r[f"rms:{sub}"] for r in results["baseline"]],
+                       "--", color=line.get_color(), label=f"{sub} (baseline)")
+        ax[0].set_ylabel("RMS distance from initial weights")
+        ax[0].legend(fontsize=7)
+        values = np.load(os.path.join(out, f"{name}_weights.npz"))["values"]
+        ax[1].plot(values - values[0])
+        ax[1].set_ylabel("sampled weights minus initial value")
+        for key in rows[0]:
+            if key.startswith("norm@"):
+                ax[2].plot([r[key] for r in rows], label=key[5:])
+        ax[2].set_ylabel("layer weight norm")
+        ax[2].legend(fontsize=7)
+        for a in ax:
+            a.set_xlabel("step")
+        fig.savefig(os.path.join(out, f"{name}.png"), dpi=100)
+        plt.close(fig)
+    return True
+
+
+def summary_table(summary):
+    """Markdown table: per strategy, subset speed ratios and steps/seconds to the target loss."""
+    runs = summary["runs"]
+    base = runs["baseline"]
+    lines = [f"target loss {summary['target_loss']:.4f} (running mean of the training loss)", "",
+             "| run | subset | RMS move | baseline RMS move | ratio | share of decrease (baseline) "
+             "| steps to target | seconds to target | s/step | test acc |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v, f="{:.3g}"):
+        return "-" if v is None else f.format(v)
+    lines.append(f"| baseline | all | | | | | {fmt(base['steps_to_target'], '{}')} | {fmt(base['seconds_to_target'], '{:.1f}')} "
+                 f"| {base['seconds_per_step']:.3f} | {fmt(base['test_accuracy'], '{:.4f}')} |")
+    for name, r in runs.items():
+        if name == "baseline":
+            continue
+        for sub, s in r["subsets"].items():
+            lines.append(f"| {name} | {sub.split('/', 1)[1]} | {fmt(s['rms'])} | {fmt(s['baseline_rms'])} "
+                         f"| {fmt(s['speed_ratio'], '{:.2f}')} | {fmt(s['share'], '{:.2f}')} ({fmt(s['baseline_share'], '{:.2f}')}) "
+                         f"| {fmt(r['steps_to_target'], '{}')} | {fmt(r['seconds_to_target'], '{:.1f}')} "
+                         f"| {r['seconds_per_step']:.3f} | {fmt(r['test_accuracy'], '{:.4f}')} |")
+    return "\n".join(lines)
+
+
+def write_table(summary, out):
+    text = summary_table(summary)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    return text
