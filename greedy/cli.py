@@ -224,5 +224,73 @@ def sweep(method, dataset, data_dir, seed, threads, n_train, n_test, budgets, fi
         click.echo(json.dumps(r))
 
 
+
+@main.group()
+def experiment():
+    """Research experiments (seed 004: frozen weight subsets)."""
+
+
+@experiment.command("freeze")
+@click.option("--strategy", "strategies", multiple=True, default=("first-half",), show_default=True,
+              help="Freezing strategy, repeatable or comma-separated: first-half, random-kernels, random-weights, "
+                   "hessian, schedule, or all. The baseline always runs.")
+@common_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default runs/freeze-<dataset>-<time>).")
+@click.option("--arch", default=None, help="Architecture spec (default c16k5-relu-max2-c32k5-relu-max2-fc128-relu-fc10).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps per run [200].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[64]")
+@click.option("--optimizer", type=click.Choice(["sgd", "nesterov", "adam"]), default=None, help="[sgd]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="[0.02]")
+@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=None, help="SGD momentum [0.9].")
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle"]), default=None, help="[constant]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[0]")
+@click.option("--fraction", type=float, default=None, help="Frozen fraction of each kernel layer [0.5].")
+@click.option("--include-dense/--conv-only", default=None, help="Also freeze units of the hidden dense layers [conv only].")
+@click.option("--every", type=int, default=None, help="schedule/hessian: steps per phase [25].")
+@click.option("--eval-every", type=int, default=None, help="Steps between test evaluations [25].")
+@click.option("--groups", "n_groups", type=int, default=None, help="hessian: kernel groups per layer [2].")
+@click.option("--probes", "n_probes", type=int, default=None, help="hessian: Rademacher probes (HVPs); 0 = exact [32].")
+@click.option("--hessian-batch", type=int, default=None, help="hessian: training images for the HVPs [256].")
+@click.option("--target-loss", type=float, default=None,
+              help="Loss for steps/seconds-to-target [the baseline's running-mean loss at half its steps].")
+@click.option("--skip-frozen-grads/--compute-all-grads", default=None,
+              help="Skip weight gradients of wholly frozen kernels [skip].")
+@click.option("--ensemble", "n_members", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also train this many small models and compare fused head, output averaging and members.")
+@click.option("--ensemble-epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_test, out, n_members, ensemble_epochs,
+                      quiet, **opts):
+    """Baseline against frozen-subset strategies from the same initial weights (defaults: 10000 training and
+    2000 test images); writes metrics.jsonl, summary.json, table.md, a CSV per run and plots if matplotlib is installed."""
+    from .errors import ConfigError
+    from .freeze import STRATEGIES
+    from .freeze_experiment import run_freeze_experiment, write_table
+    from .model import Normalizer
+
+    names = [s.strip() for item in strategies for s in item.split(",") if s.strip()]
+    if "all" in names:
+        names = [s for s in STRATEGIES if s != "none"]
+    for s in names:
+        if s not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES[1:])} or all")
+    threads = set_threads(threads)
+    data = load_data(dataset, data_dir, seed, n_train or 10000, n_test or 2000)
+    normalizer = Normalizer().fit(data.x_train)
+    out = out or default_out_dir("freeze", dataset)
+    opts = dict(opts, seed=seed, dataset=dataset, threads=threads)
+    summary = run_freeze_experiment(data, normalizer, names, out, opts, verbose=not quiet)
+    click.echo(write_table(summary, out))
+    if n_members:
+        from .ensemble import compare_ensemble
+        result = compare_ensemble(data, normalizer, n_members, epochs=ensemble_epochs, seed=seed,
+                                  log=None if quiet else lambda name, **f: click.echo(f"{name}: {f}", err=True))
+        with open(os.path.join(out, "ensemble.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        click.echo(json.dumps(result))
+    click.echo(f"-> {out}")
+
+
 if __name__ == "__main__":
     main()
