@@ -280,3 +280,45 @@ def test_backward_skipping_frozen_kernels_matches_full_backward_on_live_kernels(
         assert np.allclose(g[m], f[m], rtol=1e-10, atol=1e-12)
         assert np.all(np.isnan(g[~m]))                       # frozen kernels were not computed
     assert trainable_kernels(model, make_masks(model, "random-weights", 0.5, rng=0)) == {}
+
+
+# ---------------------------------------------------------------- the experiment (CLI)
+
+def test_experiment_freeze_cli_writes_runs_with_frozen_subsets_at_rest(tmp_path):
+    import csv
+    import json
+    from click.testing import CliRunner
+    from greedy.cli import main
+    out = tmp_path / "fz"
+    args = ["experiment", "freeze", "--dataset", "synthetic-grey", "--strategy", "first-half,schedule",
+            "--arch", "c4k3-relu-max2-c4k3-relu-max2-fc8-relu-fc10", "--steps", "6", "--every", "3",
+            "--eval-every", "3", "--n-train", "96", "--n-test", "40", "--batch-size", "16", "--threads", "1",
+            "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"baseline", "first-half", "schedule"}
+    rows = {name: list(csv.DictReader(open(out / f"{name}.csv"))) for name in summary["runs"]}
+    assert all(len(r) == 6 for r in rows.values())
+    assert all(float(r["dist:first-half/frozen"]) == 0 for r in rows["first-half"])
+    assert float(rows["baseline"][-1]["dist:first-half/frozen"]) > 0
+    assert float(rows["first-half"][-1]["dist:first-half/trainable"]) > 0
+    sched = rows["schedule"]                    # phase 0 trains the second part only, phase 1 the first part
+    assert [int(r["phase"]) for r in sched] == [0, 0, 0, 1, 1, 1]
+    assert float(sched[2]["dist:schedule/only_first_part"]) == 0 < float(sched[5]["dist:schedule/only_first_part"])
+    frozen = summary["runs"]["first-half"]["subsets"]["first-half/frozen"]
+    assert frozen["rms"] == 0 and frozen["speed_ratio"] == 0 and frozen["share"] == 0
+    events = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert sum(e["phase"] == "step" for e in events) == 18
+    assert (out / "table.md").read_text().count("| first-half |") == 3
+
+
+def test_experiment_freeze_cli_rejects_bad_options():
+    from click.testing import CliRunner
+    from greedy.cli import main
+    result = CliRunner().invoke(main, ["experiment", "freeze", "--dataset", "synthetic-grey", "--strategy", "halves"])
+    assert result.exit_code == 2
+    assert "unknown strategy 'halves'" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["experiment", "freeze", "--dataset", "synthetic-grey", "--fraction", "1.5",
+                                       "--n-train", "50", "--steps", "1"])
+    assert result.exit_code == 2 and "fraction" in result.output
