@@ -258,6 +258,55 @@ def backward_skipping_frozen(model, dy, keep):
     return dy
 
 
+def sub_model(model, keep):
+    """A narrower copy of ``model`` keeping only some kernels, with their initial weights copied.
+
+    keep: {layer index: kernel indices} for Conv2d layers and hidden Dense layers
+    (other layers keep all kernels). Each kept kernel keeps its weights on the
+    kept input channels/features only: the result is the model with the other
+    kernels removed (not frozen). Returns a built ``Sequential`` of the same dtype.
+    """
+    import copy
+
+    from .model import Sequential
+    layers, selections = [], {}
+    for li, layer in enumerate(model.layers):
+        new = copy.copy(layer)
+        new.params, new.grads = {}, {}
+        if li in keep:
+            idx = np.sort(np.asarray(keep[li], np.int64))
+            if not len(idx) or idx[0] < 0 or idx[-1] >= n_kernels(layer) or len(np.unique(idx)) != len(idx):
+                raise ConfigError(f"layer {li} ({layer.spec()}): kernels to keep must be distinct indices "
+                                  f"in [0, {n_kernels(layer)}), got {list(idx)}")
+            if isinstance(layer, Conv2d):
+                new.filters = len(idx)
+            elif isinstance(layer, Dense):
+                new.units = len(idx)
+            else:
+                raise ConfigError(f"layer {li} ({layer.spec()}) has no kernels")
+            selections[li] = idx
+        layers.append(new)
+    small = Sequential(layers).build(model.in_shape, 0, model.parameters()[0].dtype)
+    channels = None                      # kept input channels (images) or features (vectors); None = all
+    for li, (big, little) in enumerate(zip(model.layers, small.layers)):
+        if not isinstance(big, (Conv2d, Dense)):
+            continue                         # pools, activations, dropout keep the channel selection
+        out_idx = selections.get(li, np.arange(n_kernels(big)))
+        if isinstance(big, Conv2d):
+            w = big.params["w"][out_idx]
+            little.params["w"][...] = w if channels is None else w[:, channels]
+        else:
+            w = big.params["w"][:, out_idx]
+            if channels is not None:
+                per_channel = int(np.prod(big.in_shape[1:]))
+                rows = (channels[:, None] * per_channel + np.arange(per_channel)).ravel()
+                w = w[rows]
+            little.params["w"][...] = w
+        little.params["b"][...] = big.params["b"][out_idx]
+        channels = selections.get(li)
+    return small
+
+
 # ---------------------------------------------------------------- Hessian kernel groups
 
 

@@ -30,11 +30,13 @@ import numpy as np
 
 from .errors import ConfigError
 from .freeze import (STRATEGIES, backward_skipping_frozen, hessian_groups, kernel_layers, make_mask_schedule,
-                     parameter_index, trainable_kernels)
+                     make_masks, n_kernels, parameter_index, sub_model, trainable_kernels)
 from .losses import softmax_cross_entropy
 from .model import build_model, save_model
 from .optim import make_optimizer
 from .runs import Run
+
+EXPERIMENT_STRATEGIES = STRATEGIES[1:] + ("two-halves",)
 
 DEFAULTS = {
     "arch": "c16k5-relu-max2-c32k5-relu-max2-fc128-relu-fc{n_classes}",
@@ -218,9 +220,11 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
     opts: overrides of ``DEFAULTS``.
     """
     strategies = [s for s in dict.fromkeys(strategies) if s != "none"]
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in EXPERIMENT_STRATEGIES]
     if unknown:
-        raise ConfigError(f"unknown freezing strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES[1:])}")
+        raise ConfigError(f"unknown freezing strategy {unknown[0]!r}; choose from {', '.join(EXPERIMENT_STRATEGIES)}")
+    halves = "two-halves" in strategies
+    strategies = [s for s in strategies if s != "two-halves"]
     o = resolve_options(opts)
     n_classes = len(data.class_names)
     spec = o["arch"].format(n_classes=n_classes)
@@ -257,6 +261,11 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
         schedules[s] = make_mask_schedule(model, s, o["fraction"], np.random.default_rng(o["seed"] + 2),
                                           o["include_dense"], o["every"], groups)
     subsets = experiment_subsets(model, schedules, o["include_dense"])
+    if halves:
+        kernel = kernel_tensor_masks(model, o["include_dense"])
+        second = make_masks(model, "first-half", o["fraction"], None, o["include_dense"])
+        subsets["two-halves/half-a"] = [m & k for m, k in zip(second, kernel)]
+        subsets["two-halves/half-b"] = [~m & k for m, k in zip(second, kernel)]
     results = {}
     for name in ["baseline"] + strategies:
         if verbose:
@@ -267,6 +276,8 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
                                   run.path(f"{name}.csv"), verbose)
         if name == "baseline":
             save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": "freeze-baseline"})
+    if halves:
+        extra["two_halves"] = train_halves(fresh, data, normalizer, o, run, results, verbose)
     summary = summarise(results, o)
     summary.update(extra)
     summary.update({"arch": spec, "n_parameters": model.n_parameters(), "n_train": len(data.x_train),
@@ -276,14 +287,56 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
     return run.finish(summary)
 
 
-def experiment_subsets(model, schedules, include_dense):
-    """{"<strategy>/<subset>": masks}: each schedule's subsets restricted to the kernel layers, plus
-    "<strategy>/other" for the tensors of the remaining layers (always trainable); one partition per strategy."""
+def kernel_tensor_masks(model, include_dense):
+    """Masks that are True on every tensor of the kernel layers (``greedy.freeze.kernel_layers``)."""
     index = parameter_index(model)
     kernel = [np.zeros(p.shape, bool) for p in model.parameters()]
     for li in kernel_layers(model, include_dense):
         for k in ("w", "b"):
             kernel[index[(li, k)]][...] = True
+    return kernel
+
+
+def train_halves(fresh, data, normalizer, o, run, results, verbose):
+    """The seed's alternative to freezing half: two half-width models trained separately, then fused.
+
+    half-a keeps the kernels the first-half strategy trains, half-b the ones it
+    freezes, each with its initial weights restricted to the kept channels
+    (``sub_model``); both train for o["steps"] steps on the same batches, then a
+    new classifier is trained on their concatenated features (``ensemble.fuse``,
+    one epoch). Adds runs ``two-halves-half-a/b`` to ``results``; returns figures.
+    """
+    from .ensemble import fuse
+    full = fresh()
+    second = make_masks(full, "first-half", o["fraction"], None, o["include_dense"])
+    keep_a = trainable_kernels(full, second)                 # {layer: kernels first-half trains}
+    keep_b = {li: np.setdiff1d(np.arange(n_kernels(full.layers[li])), idx) for li, idx in keep_a.items()}
+    models, out = [], {}
+    for half, keep in (("half-a", keep_a), ("half-b", keep_b)):
+        model = sub_model(full, keep)
+        kernel = kernel_tensor_masks(model, o["include_dense"])
+        own = {f"two-halves/{half}": kernel, f"two-halves/{half}-other": [~k for k in kernel]}
+        if verbose:
+            print(f"run two-halves-{half} ({model.spec()})", file=sys.stderr, flush=True)
+        name = f"two-halves-{half}"
+        results[name] = train_run(name, model, None, data, normalizer, o, own, run, run.path(f"{name}.csv"), verbose)
+        models.append(model)
+        out[f"{half}_arch"] = model.spec()
+        out[f"{half}_test_accuracy"] = results[name][-1]["test_accuracy"]
+        out[f"{half}_seconds"] = results[name][-1]["seconds"]
+    t = time.perf_counter()
+    fused = fuse(models, data.x_train, data.y_train, normalizer, epochs=1, lr=1e-2,
+                 batch_size=o["batch_size"], seed=o["seed"])
+    out["fused_head_seconds"] = time.perf_counter() - t
+    out["fused_test_loss"], out["fused_test_accuracy"] = _evaluate(fused, data.x_test, data.y_test, normalizer)
+    run.log("two_halves_fused", test_accuracy=out["fused_test_accuracy"], seconds=out["fused_head_seconds"])
+    return out
+
+
+def experiment_subsets(model, schedules, include_dense):
+    """{"<strategy>/<subset>": masks}: each schedule's subsets restricted to the kernel layers, plus
+    "<strategy>/other" for the tensors of the remaining layers (always trainable); one partition per strategy."""
+    kernel = kernel_tensor_masks(model, include_dense)
     out = {}
     for s, sch in schedules.items():
         for name, masks in list(sch.subsets().items()) + [("other", [~k for k in kernel])]:
@@ -316,16 +369,17 @@ def summarise(results, o):
                  "train_seconds": last["seconds"], "seconds_per_step": last["seconds"] / len(rows),
                  "steps_to_target": steps, "seconds_to_target": seconds, "subsets": {}}
         if name != "baseline":
-            own = [k[4:] for k in last if k.startswith("rms:")]      # this strategy's subsets: a partition
+            own = [k[4:] for k in last if k.startswith("rms:")]      # this run's subsets: a partition
             total = sum(last[f"decrease:{sub}"] for sub in own)
-            base_total = sum(base[-1][f"decrease:{sub}"] for sub in own)
+            base_total = sum(base[-1].get(f"decrease:{sub}", 0.0) for sub in own)
             for sub in own:
-                b = base[-1][f"rms:{sub}"]
+                b = base[-1].get(f"rms:{sub}")
+                bd = base[-1].get(f"decrease:{sub}")
                 entry["subsets"][sub] = {
                     "rms": last[f"rms:{sub}"], "baseline_rms": b, "speed_ratio": last[f"rms:{sub}"] / b if b else None,
-                    "decrease": last[f"decrease:{sub}"], "baseline_decrease": base[-1][f"decrease:{sub}"],
+                    "decrease": last[f"decrease:{sub}"], "baseline_decrease": bd,
                     "share": last[f"decrease:{sub}"] / total if total else None,
-                    "baseline_share": base[-1][f"decrease:{sub}"] / base_total if base_total else None,
+                    "baseline_share": bd / base_total if bd is not None and base_total else None,
                     "layers": {k.split("@", 1)[1]: {"dist": v, "baseline_dist": base[-1].get(k),
                                                     "ratio": v / base[-1][k] if base[-1].get(k) else None}
                                for k, v in last.items() if k.startswith(f"dist:{sub}@")}}

@@ -322,3 +322,33 @@ def test_experiment_freeze_cli_rejects_bad_options():
     result = CliRunner().invoke(main, ["experiment", "freeze", "--dataset", "synthetic-grey", "--fraction", "1.5",
                                        "--n-train", "50", "--steps", "1"])
     assert result.exit_code == 2 and "fraction" in result.output
+
+
+@pytest.mark.parametrize("spec,shape,keep", [
+    ("c6k3-relu-max2-c4k3-tanh-fc5-relu-fc3", (2, 8, 8), {0: [1, 4, 5], 3: [0, 2], 5: [1, 2, 4]}),
+    ("c6k3-relu-gap-fc3", (1, 5, 5), {0: [0, 3]}),
+])
+def test_sub_model_equals_the_full_model_with_the_dropped_kernels_cut_off(spec, shape, keep):
+    from greedy.freeze import sub_model
+    model = Sequential.from_spec(spec).build(shape, 0, np.float64)
+    small = sub_model(model, keep)
+    assert small.n_parameters() < model.n_parameters()
+    # in the full model, zero every weight that reads a dropped kernel's output
+    channels = None
+    for li, layer in enumerate(model.layers):
+        if not layer.params:
+            continue
+        if channels is not None:
+            w = layer.params["w"]
+            if w.ndim == 4:
+                w[:, np.setdiff1d(np.arange(w.shape[1]), channels)] = 0
+            else:
+                per = w.shape[0] // len(channels_all)
+                dropped = np.setdiff1d(np.arange(len(channels_all)), channels)
+                w[(dropped[:, None] * per + np.arange(per)).ravel()] = 0
+        channels = np.array(keep[li]) if li in keep else None
+        channels_all = np.arange(layer.params["b"].size)
+    x = np.random.default_rng(1).standard_normal((4,) + shape)
+    assert np.allclose(small.forward(x), model.forward(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="distinct indices"):
+        sub_model(model, {0: [0, 0]})
