@@ -233,7 +233,8 @@ def experiment():
 @experiment.command("freeze")
 @click.option("--strategy", "strategies", multiple=True, default=("first-half",), show_default=True,
               help="Freezing strategy, repeatable or comma-separated: first-half, random-kernels, random-weights, "
-                   "hessian, schedule, or all. The baseline always runs.")
+                   "hessian, schedule, two-halves (two half-width models, then fused), or all. "
+                   "The baseline always runs.")
 @common_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default runs/freeze-<dataset>-<time>).")
@@ -265,16 +266,15 @@ def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_t
     """Baseline against frozen-subset strategies from the same initial weights (defaults: 10000 training and
     2000 test images); writes metrics.jsonl, summary.json, table.md, a CSV per run and plots if matplotlib is installed."""
     from .errors import ConfigError
-    from .freeze import STRATEGIES
-    from .freeze_experiment import run_freeze_experiment, write_table
+    from .freeze_experiment import EXPERIMENT_STRATEGIES, run_freeze_experiment, write_table
     from .model import Normalizer
 
     names = [s.strip() for item in strategies for s in item.split(",") if s.strip()]
     if "all" in names:
-        names = [s for s in STRATEGIES if s != "none"]
+        names = list(EXPERIMENT_STRATEGIES)
     for s in names:
-        if s not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES[1:])} or all")
+        if s not in EXPERIMENT_STRATEGIES:
+            raise ConfigError(f"unknown strategy {s!r}; choose from {', '.join(EXPERIMENT_STRATEGIES)} or all")
     threads = set_threads(threads)
     data = load_data(dataset, data_dir, seed, n_train or 10000, n_test or 2000)
     normalizer = Normalizer().fit(data.x_train)
