@@ -7,23 +7,34 @@ Convolution is im2col + one BLAS matrix multiply per chunk of samples:
   ``cols @ w.reshape(F, -1).T`` is the convolution with output (N*Ho*Wo, F).
 - ``col2im`` is its adjoint (overlapping patches are summed).
 
+The convolution itself uses a transposed im2col buffer (C*KH*KW, n, Ho*Wo)
+for a chunk of n samples, so that every matrix multiply is one large BLAS
+call and the output lands in NCHW order with contiguous copies only:
+y (F, n*P) = w (F, K) @ cols, dw = dy (F, n*P) @ cols.T,
+dcols = w.T @ dy (F, n*P), then the transposed col2im.
+
 The batch is processed in chunks of samples so that the im2col buffer of one
-chunk stays under ``COL_BUFFER_BYTES`` (64 MiB; a single sample may exceed it
-when one sample alone is larger). The buffer is reused for the column
-gradient in the backward pass, so one call holds at most one such buffer plus
-two (chunk rows, F) buffers.
+chunk stays under ``COL_BUFFER_BYTES`` (16 MiB, which keeps it in L3 cache
+between im2col and the multiply; a single sample may exceed it when one sample
+alone is larger), next to an (F, n*Ho*Wo) buffer for the output or its
+gradient. Both live in a per-thread workspace that is reused across calls (so
+repeated calls do not pay page faults) and grows to the largest size needed.
 
 All functions accept float32 or float64 (all array arguments of one call in
 the same dtype) and return that dtype. Pools use floor behaviour: windows that
 do not fit are dropped, like PyTorch's default.
 """
+import threading
+
 import numba
 import numpy as np
 from numba import prange
 
 from .errors import ConfigError
 
-COL_BUFFER_BYTES = 64 * 2**20
+COL_BUFFER_BYTES = 16 * 2**20
+
+_workspace = threading.local()
 
 
 # ---------------------------------------------------------------- kernels
@@ -79,30 +90,112 @@ def _col2im_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
                                 dx[s, ci, hh, ww] += cols[r, j + b]
 
 
+@numba.njit(cache=True)
+def _valid_range(b, stride, pad, w, wo):
+    """Output columns [lo, hi) whose input column ow*stride - pad + b lies inside [0, w)."""
+    lo = min(wo, max(0, -((b - pad) // stride)))
+    hi = max(lo, min(wo, (w + pad - b - 1) // stride + 1))
+    return lo, hi
+
+
 @numba.njit(parallel=True, cache=True)
-def _rows_to_nchw(rows, bias, y):
-    """rows (n*P, F) + bias (F,) -> y (n, F, P)."""
-    n, f, p = y.shape
-    for s in prange(n):
+def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
+    """x (n, C, H, W) -> out (C*kh*kw, n, ho*wo): patch rows by (c, kh, kw), then sample, then position.
+
+    prange over (column, sample) pairs; each writes one contiguous run of ho*wo values.
+    """
+    n, c, h, w = x.shape
+    for i in prange(c * kh * kw * n):
+        j = i // n
+        s = i - j * n
+        ci = j // (kh * kw)
+        a = (j // kw) % kh
+        b = j % kw
+        lo, hi = _valid_range(b, stride, pad, w, wo)
+        orow = out[j, s]
+        if stride == 1 and wo == w:
+            # rows of out and x have the same length: the patch column is x shifted by d,
+            # copied in one block, then the columns that fall into the padding are cleared
+            oh0 = min(ho, max(0, pad - a))
+            oh1 = max(oh0, min(ho, h + pad - a))
+            d = (a - pad) * w + b - pad
+            t0 = max(oh0 * w, -d)
+            t1 = max(t0, min(oh1 * w, h * w - d))
+            orow[:t0] = 0
+            orow[t0:t1] = x[s, ci].reshape(h * w)[t0 + d:t1 + d]
+            orow[t1:] = 0
+            for oh in range(oh0, oh1):
+                orow[oh * wo:oh * wo + lo] = 0
+                orow[oh * wo + hi:(oh + 1) * wo] = 0
+            continue
+        for oh in range(ho):
+            hh = oh * stride - pad + a
+            dst = orow[oh * wo:(oh + 1) * wo]
+            if hh < 0 or hh >= h:
+                dst[:] = 0
+                continue
+            dst[:lo] = 0
+            src = x[s, ci, hh, lo * stride + b - pad:]
+            mid = dst[lo:hi]
+            if stride == 1:
+                mid[:] = src[:hi - lo]
+            else:
+                for q in range(hi - lo):
+                    mid[q] = src[q * stride]
+            dst[hi:] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _col2imt_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
+    """Adds cols (C*kh*kw, n, ho*wo) into dx (n, C, H, W); prange over (sample, channel) planes."""
+    n, c, h, w = dx.shape
+    for i in prange(n * c):
+        s = i // c
+        ci = i - s * c
+        for a in range(kh):
+            for b in range(kw):
+                j = (ci * kh + a) * kw + b
+                lo, hi = _valid_range(b, stride, pad, w, wo)
+                crow = cols[j, s]
+                for oh in range(ho):
+                    hh = oh * stride - pad + a
+                    if hh < 0 or hh >= h:
+                        continue
+                    src = crow[oh * wo + lo:oh * wo + hi]
+                    dst = dx[s, ci, hh, lo * stride + b - pad:]
+                    if stride == 1:
+                        for q in range(hi - lo):
+                            dst[q] += src[q]
+                    else:
+                        for q in range(hi - lo):
+                            dst[q * stride] += src[q]
+
+
+@numba.njit(parallel=True, cache=True)
+def _fnp_to_nfp(yt, bias, y):
+    """yt (F, n, P) + bias (F,) -> y (n, F, P)."""
+    f, n, p = yt.shape
+    for i in prange(n * f):
+        s = i // f
+        k = i - s * f
+        bk = bias[k]
         for q in range(p):
-            r = s * p + q
-            for k in range(f):
-                y[s, k, q] = rows[r, k] + bias[k]
+            y[s, k, q] = yt[k, s, q] + bk
 
 
 @numba.njit(parallel=True, cache=True)
-def _nchw_to_rows(dy, rows, dbpart):
-    """dy (n, F, P) -> rows (n*P, F); per-sample bias-gradient partials into dbpart (n, F)."""
+def _nfp_to_fnp(dy, dyt, dbpart):
+    """dy (n, F, P) -> dyt (F, n, P); bias-gradient partials dbpart (n, F) = sum of dy over P."""
     n, f, p = dy.shape
-    for s in prange(n):
-        for k in range(f):
-            dbpart[s, k] = 0.0
+    for i in prange(n * f):
+        s = i // f
+        k = i - s * f
+        acc = 0.0
         for q in range(p):
-            r = s * p + q
-            for k in range(f):
-                v = dy[s, k, q]
-                rows[r, k] = v
-                dbpart[s, k] += v
+            v = dy[s, k, q]
+            dyt[k, s, q] = v
+            acc += v
+        dbpart[s, k] = acc
 
 
 @numba.njit(parallel=True, cache=True)
@@ -223,6 +316,21 @@ def _chunk(n, rows_per_sample, k, itemsize):
     return max(1, min(n, COL_BUFFER_BYTES // max(per_sample, 1)))
 
 
+def _buffers(dtype, *sizes):
+    """Flat scratch arrays of the given element counts from this thread's reusable workspace."""
+    align = 64
+    spans = [-(-n * dtype.itemsize // align) * align for n in sizes]
+    buf = getattr(_workspace, "buf", None)
+    if buf is None or buf.nbytes < sum(spans):
+        buf = np.empty(sum(spans), np.uint8)
+        _workspace.buf = buf
+    out, start = [], 0
+    for n, span in zip(sizes, spans):
+        out.append(buf[start:start + n * dtype.itemsize].view(dtype))
+        start += span
+    return out
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -276,16 +384,17 @@ def conv2d_forward(x, w, b, stride=1, pad=0):
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
     n = x.shape[0]
     p, k = ho * wo, c * kh * kw
-    wt = np.ascontiguousarray(w.reshape(f, k).T)
+    wm = w.reshape(f, k)
     y = np.empty((n, f, ho, wo), x.dtype)
     nb = _chunk(n, p, k, x.dtype.itemsize)
-    cols = np.empty((nb * p, k), x.dtype)
-    rows = np.empty((nb * p, f), x.dtype)
+    cbuf, ybuf = _buffers(x.dtype, k * nb * p, f * nb * p)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        _im2col_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols[:m * p])
-        np.matmul(cols[:m * p], wt, out=rows[:m * p])
-        _rows_to_nchw(rows[:m * p], b, y[n0:n0 + m].reshape(m, f, p))
+        cols = cbuf[:k * m * p].reshape(k, m * p)
+        yt = ybuf[:f * m * p].reshape(f, m * p)
+        _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
+        np.matmul(wm, cols, out=yt)
+        _fnp_to_nfp(yt.reshape(f, m, p), b, y[n0:n0 + m].reshape(m, f, p))
     return y
 
 
@@ -308,17 +417,17 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
     dbpart = np.empty((n, f), np.float64)
     dx = np.zeros(x.shape, x.dtype) if need_dx else None
     nb = _chunk(n, p, k, x.dtype.itemsize)
-    cols = np.empty((nb * p, k), x.dtype)
-    rows = np.empty((nb * p, f), x.dtype)
+    cbuf, ybuf = _buffers(x.dtype, k * nb * p, f * nb * p)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        c_m, r_m = cols[:m * p], rows[:m * p]
-        _nchw_to_rows(dy[n0:n0 + m].reshape(m, f, p), r_m, dbpart[n0:n0 + m])
-        _im2col_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, c_m)
-        dw += r_m.T @ c_m
+        cols = cbuf[:k * m * p].reshape(k, m * p)
+        dyt = ybuf[:f * m * p].reshape(f, m * p)
+        _nfp_to_fnp(dy[n0:n0 + m].reshape(m, f, p), dyt.reshape(f, m, p), dbpart[n0:n0 + m])
+        _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
+        dw += dyt @ cols.T
         if need_dx:
-            np.matmul(r_m, wm, out=c_m)
-            _col2im_kernel(c_m, kh, kw, stride, pad, ho, wo, dx[n0:n0 + m])
+            np.matmul(wm.T, dyt, out=cols)
+            _col2imt_kernel(cols.reshape(k, m, p), kh, kw, stride, pad, ho, wo, dx[n0:n0 + m])
     db = dbpart.sum(axis=0).astype(x.dtype)
     return dx, dw.reshape(w.shape), db
 

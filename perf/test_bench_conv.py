@@ -1,0 +1,54 @@
+"""Convolution throughput next to a NumPy float32 matmul of the same multiply-add count.
+
+Forward does 2*N*Ho*Wo*F*C*KH*KW flops, the same as an (N*Ho*Wo, C*KH*KW) @
+(C*KH*KW, F) matmul; forward + backward (with dx) does three times that, and
+is compared with the per-flop rate of that same matmul.
+"""
+import numpy as np
+import pytest
+from conftest import record
+
+from greedy import conv_kernels as ck
+
+# (N, C, F, H=W, K, pad)
+SHAPES = [
+    (128, 3, 64, 32, 3, 1),
+    (128, 64, 64, 32, 3, 1),
+    (128, 128, 128, 16, 3, 1),
+]
+
+
+def setup(shape):
+    n, c, f, h, k, pad = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+    w = rng.standard_normal((f, c, k, k), dtype=np.float32) * np.float32(1 / np.sqrt(c * k * k))
+    b = rng.standard_normal(f, dtype=np.float32)
+    ho = h + 2 * pad - k + 1
+    dy = rng.standard_normal((n, f, ho, ho), dtype=np.float32)
+    m, kk = n * ho * ho, c * k * k
+    return x, w, b, dy, pad, (m, kk, f), 2.0 * m * kk * f
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px")
+def test_conv_forward(benchmark, shape):
+    x, w, b, _, pad, (m, k, n), flops = setup(shape)
+    fn = lambda: ck.conv2d_forward(x, w, b, 1, pad)  # noqa: E731
+    fn()
+    y = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    assert y.shape == (x.shape[0], w.shape[0]) + x.shape[2:]
+    record(benchmark, flops, m, k, n)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px")
+def test_conv_forward_backward(benchmark, shape):
+    x, w, b, dy, pad, (m, k, n), flops = setup(shape)
+
+    def fn():
+        ck.conv2d_forward(x, w, b, 1, pad)
+        return ck.conv2d_backward(x, w, dy, 1, pad, need_dx=True)
+
+    fn()
+    dx, dw, db = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    record(benchmark, 3 * flops, m, k, n)
