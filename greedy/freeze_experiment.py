@@ -266,6 +266,7 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
         second = make_masks(model, "first-half", o["fraction"], None, o["include_dense"])
         subsets["two-halves/half-a"] = [m & k for m, k in zip(second, kernel)]
         subsets["two-halves/half-b"] = [~m & k for m, k in zip(second, kernel)]
+    time_steps(fresh, schedules, halves, data, normalizer, o, repeats=0)    # warm-up: compile and touch every path
     results = {}
     for name in ["baseline"] + strategies:
         if verbose:
@@ -356,7 +357,8 @@ def _within_share(s, groups):
 
 
 def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=5):
-    """Best wall time of one training step (forward, backward, optimiser) per run, calls interleaved.
+    """Best wall time of one training step (forward, backward, optimiser) per run, calls interleaved
+    after one untimed call each.
 
     Uses phase 0 of each schedule and one fixed batch; less noisy than the running
     clock of the runs when other processes share the machine. Returns {run name: seconds}.
