@@ -142,22 +142,20 @@ class MaskSchedule:
         self.phases = [[np.asarray(m, bool) for m in masks] for masks in phases]
         self.every = int(every)
         self.names = list(names) if names is not None else [f"phase{k}" for k in range(len(phases))]
-        self.current = None
 
     def phase(self, step):
         return (step // self.every) % len(self.phases)
 
     def apply(self, optimizer, step):
         k = self.phase(step)
-        if k == self.current:
-            return k
         masks = self.phases[k]
+        if optimizer.masks is masks:
+            return k
         if optimizer.state is not None:
             for state, m in zip(optimizer.state, masks):
                 first = state[0] if isinstance(state, tuple) else state
                 first[~m] = 0
         optimizer.masks = masks
-        self.current = k
         return k
 
     __call__ = apply

@@ -18,7 +18,7 @@ compared between "trained alone" and "trained with everything else".
 Outputs under ``out``: the run contract (config.json, metrics.jsonl with one
 ``step`` event per step and one ``eval`` event per evaluation, summary.json,
 model.npz of the baseline), one ``<run>.csv`` per run, ``<run>_weights.npz``
-with the trajectories of a sample of weights, and PNG plots when matplotlib
+with the trajectories of a sample of weights (the same number from every weight tensor), and PNG plots when matplotlib
 is importable.
 """
 import csv
@@ -115,9 +115,9 @@ def train_run(name, model, schedule, data, normalizer, o, subsets, run, csv_path
     layer_of = _layer_labels(model)
     tracker = Tracker(model, subsets, layer_of)
     sample_rng = np.random.default_rng(o["seed"] + 17)
-    flat_sizes = [p.size for p in params]
-    picks = [(int(i), int(sample_rng.integers(flat_sizes[i])))
-             for i in sample_rng.choice(len(params), o["sample_weights"], p=np.array(flat_sizes) / sum(flat_sizes))]
+    weight_tensors = [i for i, (n, _) in enumerate(model.named_parameters()) if n.endswith("/w")]
+    per_tensor = max(1, o["sample_weights"] // len(weight_tensors))
+    picks = [(i, int(j)) for i in weight_tensors for j in sample_rng.choice(params[i].size, per_tensor, replace=False)]
     trajectory = np.empty((o["steps"] + 1, len(picks)), np.float32)
     trajectory[0] = [params[i].flat[j] for i, j in picks]
     stream = _batch_stream(len(data.x_train), o["batch_size"], o["seed"])

@@ -113,6 +113,8 @@ def test_schedule_swaps_masks_and_frozen_entries_stop_at_once(make_opt):
             mv |= p != p0
     assert seen == {0, 1}
     assert all(mv.all() for mv in moved)                # every weight trained in some phase
+    fresh_opt = make_opt()
+    assert schedule.apply(fresh_opt, 0) == 0 and fresh_opt.masks is schedule.phases[0]
 
 
 def test_schedule_subsets_partition_the_parameters():
