@@ -76,17 +76,17 @@ class RegionCodes:
         return np.hstack([p.toarray() for p in self.parts])
 
 
-def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES):
+def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32):
     """Assign every patch of every image to its nearest centroid, streamed in image chunks.
 
     x (N, C, H, W) float; pre a fitted PatchPreprocessor; centers (k, d) float32.
     At most ``chunk_bytes`` of raw patches (plus their preprocessed copy and
     the (rows x k) distance block of ``assign``) are in memory at once.
-    Returns (RegionCodes, stats dict with inertia per patch and mean distinct centroids per image).
+    Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
     """
     n, c, h, w = x.shape
     k = len(centers)
-    sizes = region_sizes(h, w, side).astype(np.float32)
+    sizes = region_sizes(h, w, side).astype(dtype)
     per_image = h * w * 9 * c * 4
     step = max(1, chunk_bytes // per_image)
     sq = (centers.astype(np.float32) ** 2).sum(axis=1)
@@ -95,7 +95,7 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES):
     for start in range(0, n, step):
         xb = x[start:start + step]
         labels, dist = assign(pre.transform(extract_patches(xb)), centers, sq)
-        counts = np.zeros((len(xb), side * side, k), np.float32)
+        counts = np.zeros((len(xb), side * side, k), dtype)
         _count_codes(labels.astype(np.int64), len(xb), h, w, side, k, counts)
         inertia += float(dist.sum())
         distinct += int((counts.sum(axis=1) > 0).sum())

@@ -88,6 +88,7 @@ class PatchPreprocessor:
             a = a @ vecs[:, :d] * scale
             mu = mu @ vecs[:, :d] * scale
         else:
+            mu = np.zeros(dim)
             self.explained_variance_ratio_ = 1.0
         self.A_ = a.astype(np.float32)
         self.c_ = (-mu).astype(np.float32)

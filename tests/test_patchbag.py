@@ -24,22 +24,17 @@ def exact_dictionary(x):
     return pre, centers
 
 
-def as64(codes):
-    return RegionCodes([p.astype(np.float64) for p in codes.parts])
-
-
 @pytest.mark.parametrize("side", [1, 2])
 def test_code_layer_equals_explicit_conv_pool_head(side):
     x = small_images()
     y = np.array([0, 1, 2, 0, 1, 2])
     pre, centers = exact_dictionary(x)
-    codes, stats = encode(x, pre, centers, side)
+    codes, stats = encode(x, pre, centers, side, dtype=np.float64)
     assert stats["inertia_per_patch"] == pytest.approx(0.0, abs=1e-4)
     rng = np.random.default_rng(1)
     layer = CodeLayer(centers.astype(np.float64), 4, 3, side * side, "tanh", rng, np.float64)
     layer.params["b"][:] = rng.standard_normal(4)
     layer.params["a"][:] = rng.standard_normal(3)
-    codes = as64(codes)
 
     conv = Conv2d(4, 3, 1, 1)
     pool = GlobalAvgPool() if side == 1 else AvgPool2d(3)
@@ -106,9 +101,7 @@ def test_preprocessing_folds_into_the_conv():
     w = rng.standard_normal((12, 5))
     b = rng.standard_normal(5)
     cw, cb = fold_into_conv(pre, w, b, 3)
-    conv = Conv2d(5, 3, 1, 1).build((3, 8, 8), rng, np.float64)
-    conv.params["w"][...] = cw
-    conv.params["b"][...] = cb
+    conv = Conv2d(5, 3, 1, 1)
     out = Sequential([conv]).build((3, 8, 8), 0, np.float64)
     conv.params["w"][...] = cw
     conv.params["b"][...] = cb

@@ -1,0 +1,53 @@
+"""Patch-bag costs: one epoch on codes against one epoch of explicit conv + pool + head, per layer shape."""
+import time
+
+import numpy as np
+import pytest
+
+from greedy.layers import AvgPool2d, Conv2d, Dense, Tanh
+from greedy.losses import softmax_cross_entropy
+from greedy.model import Sequential
+from greedy.optim import Adam
+from greedy.patchbag import CodeLayer, encode
+from greedy.patches import PatchPreprocessor, extract_patches
+from greedy.kmeans import KMeans
+
+# (channels, size) of the default CIFAR-10 patch-bag layers' inputs
+SHAPES = [(3, 32), (256, 16), (256, 8)]
+
+
+def epoch_time(model, x, y, batch=256):
+    opt = Adam(1e-3)
+    params, grads = model.parameters(), model.gradients()
+    t = time.perf_counter()
+    for i in range(0, len(y), batch):
+        out = model.forward(x[i:i + batch], train=True)
+        _, d = softmax_cross_entropy(out, y[i:i + batch])
+        model.backward(d, input_grad=False)
+        opt.step(params, grads)
+    return time.perf_counter() - t
+
+
+@pytest.mark.parametrize("channels,size", SHAPES)
+def test_code_epoch_vs_image_epoch(benchmark, rng, channels, size):
+    n, filters, k = 1024, 256, 1024
+    x = rng.standard_normal((n, channels, size, size), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    sample = extract_patches(x[:64])
+    pre = PatchPreprocessor(channels, remove_mean=False, whiten="pca", n_components=64).fit(sample)
+    km = KMeans(k, max_iter=3, random_state=0).fit(pre.transform(sample))
+    codes, _ = encode(x, pre, km.cluster_centers_, side=2)
+    layer = CodeLayer(km.cluster_centers_, filters, 10, 4, "tanh", rng)
+    image_model = Sequential([Conv2d(filters, 3), Tanh(), AvgPool2d(size // 2), Dense(10)]) \
+        .build((channels, size, size), 0)
+
+    def code_epoch():
+        return epoch_time(layer, codes, y)
+
+    code_epoch()
+    benchmark.pedantic(code_epoch, rounds=3, warmup_rounds=1)
+    epoch_time(image_model, x[:256], y[:256])
+    image_seconds = min(epoch_time(image_model, x, y) for _ in range(2))
+    benchmark.extra_info["image_epoch_seconds"] = round(image_seconds, 4)
+    benchmark.extra_info["code_epoch_seconds"] = round(benchmark.stats.stats.min, 4)
+    benchmark.extra_info["speedup"] = round(image_seconds / benchmark.stats.stats.min, 1)
