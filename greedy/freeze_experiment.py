@@ -516,3 +516,53 @@ def write_table(summary, out):
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(text + "\n")
     return text
+
+
+def seed_table(folders):
+    """Markdown table over several experiment folders (e.g. seeds): mean and range per run and subset.
+
+    Reads each folder's summary.json. Columns: speed ratio (RMS move over the
+    baseline's for the same subset), share of the first-order loss decrease
+    (baseline's share), steps and best-step seconds to each folder's target loss
+    relative to the baseline's, and test accuracy.
+    """
+    import json
+    summaries = [json.load(open(os.path.join(f, "summary.json"))) for f in folders]
+
+    def stat(values, f="{:.2f}"):
+        missing = sum(v is None for v in values)
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        text = f.format(values[0]) if len(values) == 1 else \
+            f"{f.format(np.mean(values))} [{f.format(min(values))}, {f.format(max(values))}]"
+        return text + (f" ({missing} of {missing + len(values)} never)" if missing else "")
+
+    def rel(run, key):
+        out = []
+        for s in summaries:
+            r, b = s["runs"].get(run, {}), s["runs"]["baseline"]
+            if r.get(key) is not None and b.get(key):
+                out.append(r[key] / b[key])
+            elif r and r.get(key) is None:
+                out.append(None)
+        return out
+    lines = [f"{len(folders)} run(s); mean [min, max]; 'to target' = relative to the baseline "
+             "(< 1: sooner; '-' = target not reached)", "",
+             "| run | subset | RMS move / baseline's | share of loss decrease (baseline's) | steps to target "
+             "| seconds to target | test accuracy |", "|---|---|---|---|---|---|---|"]
+    runs = list(dict.fromkeys(r for s in summaries for r in s["runs"]))
+    base_acc = stat([s["runs"]["baseline"]["test_accuracy"] for s in summaries], "{:.4f}")
+    lines.append(f"| baseline | all | 1 | | 1 | 1 | {base_acc} |")
+    for run in runs[1:]:
+        subs = list(dict.fromkeys(k for s in summaries for k in s["runs"].get(run, {}).get("subsets", {})))
+        for k, sub in enumerate(subs):
+            entries = [s["runs"][run]["subsets"][sub] for s in summaries if sub in s["runs"].get(run, {}).get("subsets", {})]
+            first = k == 0
+            lines.append(
+                f"| {run} | {sub.split('/', 1)[1]} | {stat([e['speed_ratio'] for e in entries])} "
+                f"| {stat([e['share'] for e in entries])} ({stat([e['baseline_share'] for e in entries])}) "
+                f"| {stat(rel(run, 'steps_to_target')) if first else ''} "
+                f"| {stat(rel(run, 'best_seconds_to_target')) if first else ''} "
+                f"| {stat([s['runs'][run]['test_accuracy'] for s in summaries if run in s['runs']], '{:.4f}') if first else ''} |")
+    return "\n".join(lines)
