@@ -10,14 +10,15 @@ product ``centers @ X_chunk.T`` (k, m), then the numba kernel ``argmin_columns``
 kernels release the GIL). A Lloyd iteration also adds each chunk's points into its
 worker's private cluster sums in the same pass, and the partials are added afterwards.
 
-Why threads and not a numba ``prange``: on the 2-core development machine (1e6 x 27
-points, k = 1024) this runs at about a single-threaded BLAS matmul's rate per core;
-a fully fused numba kernel reached about 40% of that, and alternating multithreaded
-OpenBLAS with numba's OpenMP pool once per chunk was over 50x slower, because each
-pool's idle threads spin while the other works. When the machine is busy, each
-numba parallel launch also waits for a time slice (~20 ms measured per launch),
-which made a prange centre update 50x slower than its serial form. BLAS is limited
-to one thread (process wide, through threadpoolctl) during ``assign`` and ``fit``.
+Why threads and not a numba ``prange`` (measured on the shared 2-core development
+machine, 1e6 x 27 points, k = 1024): this runs at about a single-threaded BLAS
+matmul's rate per core; a fully fused numba kernel (FMA loop over centres, then an
+argmin) reached about a third of that; alternating multithreaded OpenBLAS with
+numba's OpenMP pool once per chunk was about 50x slower, as each pool's idle
+threads spin while the other works. On a busy machine every numba parallel launch
+also waited ~20 ms for its second thread, which made a prange centre update 50x
+slower than doing it inside the assignment workers. BLAS is limited to one thread
+(process wide, through threadpoolctl) during ``assign`` and ``fit``.
 """
 import concurrent.futures
 import sys

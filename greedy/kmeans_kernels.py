@@ -2,6 +2,8 @@
 
 Points ``x`` are (n, d) and centres (k, d), C-contiguous float32 or float64
 (both the same dtype). Sums, weights and k-means++ distances are float64.
+The kernels are serial and nogil: ``kmeans.py`` runs the assignment ones on chunks
+in its own worker threads (see there why not ``prange``); the rest are cheap.
 """
 import numpy as np
 from numba import njit
