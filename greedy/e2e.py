@@ -18,8 +18,7 @@ def train_e2e(data, normalizer, opts, run):
     n_classes = len(data.class_names)
     model = build_model(o["arch"].format(n_classes=n_classes), data.x_train.shape[1:], n_classes, o["seed"])
     rng = np.random.default_rng(o["seed"])
-    steps = int(np.ceil(o["epochs"] * len(data.x_train) / o["batch_size"]))
-    opt = make_optimizer(o["optimizer"], o["lr"], steps, o["schedule"], o["weight_decay"])
+    opt = make_optimizer(o["optimizer"], o["lr"], o["schedule"], o["weight_decay"])
     augment = random_crop_flip if o["augment"] else None
 
     def on_epoch(epoch, loss, train_acc):
