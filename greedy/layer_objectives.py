@@ -62,7 +62,7 @@ def aux_block_trainer(opts, n_classes):
         head = Sequential(head_layers(block.out_shape, n_classes, opts["aux_pool"], opts["aux_depth"])) \
             .build(block.out_shape, rng)
         model = Stack(block, head)
-        fit_block(model, x, y, opts, budget, rng, label=f"aux layer {layer}",
+        fit_block(model, x, y, opts, budget, rng, label=f"aux layer {layer}", progress=run.verbose,
                   on_epoch=_epoch_logger(run, layer, model, x_test, y_test))
         return {"aux_test_accuracy": accuracy(model, x_test, y_test, _as32)}
     return train
@@ -84,6 +84,7 @@ def _feature_block_trainer(opts, n_classes, loss_name):
             return value, grad.reshape(f.shape)
 
         fit_block(model, x, y, opts, budget, rng, loss_fn=loss_fn, label=f"{loss_name} layer {layer}",
+                  progress=run.verbose,
                   on_epoch=_epoch_logger(run, layer, None, x_test, y_test))
         f_train = predict(model, x[:10000], _as32).reshape(min(len(x), 10000), -1)
         f_test = predict(model, x_test, _as32).reshape(len(x_test), -1)

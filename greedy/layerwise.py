@@ -153,7 +153,7 @@ class Stack:
 
 
 def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,
-              sample_weight=None):
+              sample_weight=None, progress=True):
     """Train ``model`` on cached features (or codes) with the block optimiser options and an (amount, unit) budget."""
     amount, unit = budget
     opt = make_optimizer(opts["optimizer"], opts["lr"], opts["schedule"], opts["weight_decay"])
@@ -161,17 +161,33 @@ def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_ep
     epochs = amount if unit == "e" else 1e6
     return fit(model, x, y, opt, epochs=epochs, batch_size=opts["batch_size"],
                prepare=_as32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
-               time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=True,
+               time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=progress,
                label=label, augment=augment, **kwargs)
 
 
-def train_linear_classifier(features, y, test_features, y_test, n_classes, opts, rng, epochs=None):
-    """Fit a softmax linear classifier on pooled features (N, D); returns (Dense layer, test accuracy)."""
-    dense = Sequential([Dense(n_classes, init="glorot")]).build(features.shape[1:], rng)
-    opt = make_optimizer("adam", opts.get("final_lr", 1e-3), "cosine", opts.get("final_weight_decay", 5e-4))
-    fit(dense, features, y, opt, epochs=epochs or opts.get("final_epochs", 10),
-        batch_size=opts.get("final_batch_size", 256), prepare=_as32, rng=rng, label="classifier")
-    return dense, accuracy(dense, test_features, y_test, _as32)
+def train_linear_classifier(features, y, test_features, y_test, n_classes, opts, rng, min_steps=2000,
+                            progress=False):
+    """Fit a softmax linear classifier on pooled features (N, D); returns (Dense layer, test accuracy).
+
+    Features are standardised for training and the standardisation is folded into the
+    returned layer's weights, so it applies to raw pooled features. Trains for
+    ``opts['final_epochs']`` epochs, or ``min_steps`` steps if that is more (cheap on features).
+    """
+    mean = features.mean(axis=0, dtype=np.float64)
+    std = features.std(axis=0, dtype=np.float64) + 1e-6
+    z = ((features - mean) / std).astype(np.float32)
+    z_test = ((test_features - mean) / std).astype(np.float32)
+    batch = opts.get("final_batch_size", 256)
+    epochs = max(opts.get("final_epochs", 10), min_steps * batch / len(z))
+    dense = Sequential([Dense(n_classes, init="glorot")]).build(z.shape[1:], rng)
+    opt = make_optimizer("adam", opts.get("final_lr", 1e-2), "cosine", opts.get("final_weight_decay", 5e-4))
+    fit(dense, z, y, opt, epochs=epochs, batch_size=batch, rng=rng, label="classifier", progress=progress)
+    acc = accuracy(dense, z_test, y_test)
+    layer = dense.layers[0]
+    w = layer.params["w"] / std[:, None]
+    layer.params["b"][...] = layer.params["b"] - mean @ w
+    layer.params["w"][...] = w
+    return layer, acc
 
 
 def train_layerwise(data, normalizer, opts, run, block_trainer):
@@ -209,10 +225,12 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
     feats = predict(pooler, x, _as32) if pooler else x.reshape(len(x), -1)
     feats_test = predict(pooler, x_test, _as32) if pooler else x_test.reshape(len(x_test), -1)
     t = time.perf_counter()
-    dense, final_acc = train_linear_classifier(feats, y, feats_test, y_test, n_classes, opts, rng)
+    dense, final_acc = train_linear_classifier(feats.reshape(len(feats), -1), y,
+                                               feats_test.reshape(len(feats_test), -1), y_test, n_classes, opts,
+                                               rng, progress=run.verbose)
     run.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t, test_accuracy=final_acc)
 
-    layers = [lay for b in blocks for lay in b.layers] + pool_layers + dense.layers
+    layers = [lay for b in blocks for lay in b.layers] + pool_layers + [dense]
     model = Sequential(layers)
     model.in_shape, model.out_shape = tuple(data.x_train.shape[1:]), (n_classes,)
     extra = {"layers": per_layer, "arch": model.spec(), "accuracy_before_finetune": final_acc,
@@ -236,6 +254,6 @@ def finetune(model, data, normalizer, opts, rng, run):
 
     fit(model, data.x_train, data.y_train, opt, epochs=opts["finetune_epochs"], batch_size=opts["batch_size"],
         prepare=normalizer, augment=random_crop_flip if opts.get("augment") else None, rng=rng,
-        on_epoch=on_epoch, progress=True, label="finetune")
+        on_epoch=on_epoch, progress=run.verbose, label="finetune")
 
 

@@ -222,6 +222,7 @@ def patchbag_block_trainer(opts, n_classes):
             run.log("train_codes", layer=layer, epoch=epoch, train_loss=loss, aux_test_accuracy=acc)
 
         fit_block(model, train_codes, train_y, opts, budget, rng, label=f"patchbag layer {layer}",
+                  progress=run.verbose,
                   on_epoch=on_epoch, sample_weight=weights)
         aux_acc = float((model.forward(codes_test).argmax(1) == y_test).mean())
         w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], c)

@@ -1,0 +1,93 @@
+"""The layer-wise loop, budgets, and every layer-wise method through the CLI on small synthetic data."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from greedy import layerwise
+from greedy.cli import main
+from greedy.errors import ConfigError
+from greedy.layerwise import blocks_from_widths, parse_budget, propagate, split_blocks, train_linear_classifier
+from greedy.model import Sequential
+
+
+def test_split_blocks_and_widths():
+    assert split_blocks("c8k3-bn-relu-c16k3-relu-max2") == ["c8k3-bn-relu", "c16k3-relu-max2"]
+    assert blocks_from_widths(3, 16, widen_after=2) == ["c16k3-bn-relu-max2", "c16k3-bn-relu-max2",
+                                                         "c32k3-bn-relu-max2"]
+    with pytest.raises(ConfigError, match="conv blocks only"):
+        split_blocks("c8k3-relu-fc10")
+    with pytest.raises(ConfigError, match="start with a conv"):
+        split_blocks("relu-c8k3")
+
+
+def test_parse_budget_forms():
+    assert parse_budget("2", 3) == [(2.0, "e")] * 3
+    assert parse_budget("90s", 2) == [(90.0, "s")] * 2
+    assert parse_budget("4e*0.5", 3) == [(4.0, "e"), (2.0, "e"), (1.0, "e")]
+    assert parse_budget("3e,1e", 3) == [(3.0, "e"), (1.0, "e"), (1.0, "e")]
+    for bad in ("lots", "0e", "-1e"):
+        with pytest.raises(ConfigError):
+            parse_budget(bad, 2)
+
+
+def test_propagate_streams_and_switches_to_float16_for_large_caches(monkeypatch):
+    block = Sequential.from_spec("c4k3-relu-max2").build((2, 8, 8), 0)
+    x = np.random.default_rng(0).standard_normal((50, 2, 8, 8)).astype(np.float32)
+    full = block.forward(x)
+    out = propagate(block, x, batch_size=7)
+    assert out.dtype == np.float32 and np.allclose(out, full, atol=1e-6)
+    monkeypatch.setattr(layerwise, "CACHE_FLOAT32_BYTES", 100)
+    small = propagate(block, x, batch_size=7)
+    assert small.dtype == np.float16 and np.allclose(small, full, atol=1e-2)
+
+
+def test_linear_classifier_folds_its_standardisation():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    f = rng.standard_normal((600, 5)) * [1, 10, 100, 0.1, 1] + 50
+    f[:, 0] += 3 * y
+    f = f.astype(np.float32)
+    layer, acc = train_linear_classifier(f[:500], y[:500], f[500:], y[500:], 3, {}, rng)
+    raw_acc = float((layer.forward(f[500:]).argmax(1) == y[500:]).mean())
+    assert raw_acc == pytest.approx(acc)
+    assert acc > 0.8
+
+
+SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--quiet", "--batch-size", "32"]
+
+
+@pytest.mark.parametrize("method,args,floor", [
+    ("aux", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e"], 0.3),
+    ("cosine", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e"], 0.25),
+    ("kl", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--finetune-epochs", "1"], 0.15),
+    ("patchbag", ["--arch", "c16k3-tanh-max2-c16k3-tanh", "--clusters", "64", "--patch-sample", "5000",
+                  "--epochs-per-layer", "3", "--image-clusters", "20"], 0.2),
+])
+def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, args, floor):
+    out = tmp_path / method
+    result = CliRunner().invoke(main, ["train", "--method", method, *SMALL, "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    n_layers = len(summary["layers"])
+    assert n_layers == len(split_blocks(args[1]))
+    assert {e["layer"] for e in events if e["phase"] == "layer_done"} == set(range(n_layers))
+    assert all({"method", "layer", "epoch", "phase", "seconds"} <= set(e) for e in events)
+    assert all(0 <= layer["aux_test_accuracy"] <= 1 for layer in summary["layers"])
+    assert summary["test_accuracy"] > floor  # chance is 0.1
+    assert summary["finetuned"] == ("--finetune-epochs" in args)
+    result = CliRunner().invoke(main, ["evaluate", str(out), *SMALL[:6]])
+    assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_compare_writes_markdown_and_json(tmp_path):
+    result = CliRunner().invoke(main, ["compare", "--methods", "e2e,aux", *SMALL[:7], "--out", str(tmp_path),
+                                       "--arch", "c8k3-bn-relu-max2", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["method"] for r in rows] == ["e2e", "aux"]
+    assert "| e2e |" in (tmp_path / "compare.md").read_text()
+    result = CliRunner().invoke(main, ["compare", "--methods", "e2e,nope", *SMALL[:7], "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "nope" in result.output
