@@ -13,28 +13,44 @@ call and the output lands in NCHW order with contiguous copies only:
 y (F, n*P) = w (F, K) @ cols, dw = dy (F, n*P) @ cols.T,
 dcols = w.T @ dy (F, n*P), then the transposed col2im.
 
-The batch is processed in chunks of samples so that the im2col buffer of one
-chunk stays under ``COL_BUFFER_BYTES`` (16 MiB, which keeps it in L3 cache
-between im2col and the multiply; a single sample may exceed it when one sample
-alone is larger), next to an (F, n*Ho*Wo) buffer for the output or its
-gradient. Both live in a per-thread workspace that is reused across calls (so
-repeated calls do not pay page faults) and grows to the largest size needed.
+Threads: ``numba.get_num_threads()`` Python worker threads each take whole
+chunks (next free chunk first) and run serial ``nogil`` kernels and a
+single-threaded BLAS multiply on them; BLAS is limited to one thread, process
+wide through threadpoolctl, while they run. This replaces prange on purpose:
+alternating numba's OpenMP pool with OpenBLAS's threads once per chunk lets
+each pool's idle threads spin while the other works; on the shared 2-core
+machine (busy at the time) that version reached 0.1-0.4 of an equal-work
+matmul's throughput, this one 0.7-0.9 (perf/test_bench_conv.py).
+The dw partial of every chunk is added in chunk order, so
+results do not depend on thread timing.
+
+Memory: each worker holds the scratch memory of one chunk of n samples, the
+im2col buffer plus an (F, n*Ho*Wo) buffer for the output or its gradient, i.e.
+(C*KH*KW + F) * n*Ho*Wo values, at most ``CHUNK_BYTES`` (4 MiB, so that the
+chunks of the workers stay in L3 cache between im2col and the multiply; one
+sample may exceed it when one sample alone is larger). Scratch buffers are
+kept for reuse by later calls (so repeated calls do not pay page faults).
 
 All functions accept float32 or float64 (all array arguments of one call in
 the same dtype) and return that dtype. Pools use floor behaviour: windows that
 do not fit are dropped, like PyTorch's default.
 """
+import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import prange
+from threadpoolctl import ThreadpoolController
 
 from .errors import ConfigError
 
-COL_BUFFER_BYTES = 16 * 2**20
+CHUNK_BYTES = 4 * 2**20
 
-_workspace = threading.local()
+_scratch = []  # byte buffers free for reuse, one is taken per worker and call
+_scratch_lock = threading.Lock()
+_threadpools = None
 
 
 # ---------------------------------------------------------------- kernels
@@ -98,14 +114,11 @@ def _valid_range(b, stride, pad, w, wo):
     return lo, hi
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
-    """x (n, C, H, W) -> out (C*kh*kw, n, ho*wo): patch rows by (c, kh, kw), then sample, then position.
-
-    prange over (column, sample) pairs; each writes one contiguous run of ho*wo values.
-    """
+    """x (n, C, H, W) -> out (C*kh*kw, n, ho*wo): patch rows by (c, kh, kw), then sample, then position."""
     n, c, h, w = x.shape
-    for i in prange(c * kh * kw * n):
+    for i in range(c * kh * kw * n):
         j = i // n
         s = i - j * n
         ci = j // (kh * kw)
@@ -145,11 +158,11 @@ def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
             dst[hi:] = 0
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _col2imt_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
-    """Adds cols (C*kh*kw, n, ho*wo) into dx (n, C, H, W); prange over (sample, channel) planes."""
+    """Adds cols (C*kh*kw, n, ho*wo) into dx (n, C, H, W)."""
     n, c, h, w = dx.shape
-    for i in prange(n * c):
+    for i in range(n * c):
         s = i // c
         ci = i - s * c
         for a in range(kh):
@@ -171,11 +184,11 @@ def _col2imt_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
                             dst[q * stride] += src[q]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _fnp_to_nfp(yt, bias, y):
     """yt (F, n, P) + bias (F,) -> y (n, F, P)."""
     f, n, p = yt.shape
-    for i in prange(n * f):
+    for i in range(n * f):
         s = i // f
         k = i - s * f
         bk = bias[k]
@@ -183,11 +196,14 @@ def _fnp_to_nfp(yt, bias, y):
             y[s, k, q] = yt[k, s, q] + bk
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _nfp_to_fnp(dy, dyt, dbpart):
-    """dy (n, F, P) -> dyt (F, n, P); bias-gradient partials dbpart (n, F) = sum of dy over P."""
+    """dy (n, F, P) -> dyt (F, n, P); bias-gradient partials dbpart (n, F) = sum of dy over P.
+
+    ``reassoc`` lets the sum vectorise (7x faster than the sequential float64 sum).
+    """
     n, f, p = dy.shape
-    for i in prange(n * f):
+    for i in range(n * f):
         s = i // f
         k = i - s * f
         acc = 0.0
@@ -310,25 +326,72 @@ def _conv_args(x, w, stride, pad):
     return x, w, stride, pad, ho, wo
 
 
-def _chunk(n, rows_per_sample, k, itemsize):
-    """Samples per chunk so that the (chunk*rows_per_sample, k) buffer fits COL_BUFFER_BYTES."""
-    per_sample = rows_per_sample * k * itemsize
-    return max(1, min(n, COL_BUFFER_BYTES // max(per_sample, 1)))
+def _chunk(n, p, k, f, itemsize, workers):
+    """Samples per chunk so that its (k, chunk*p) and (f, chunk*p) buffers fit CHUNK_BYTES.
+
+    Work that fits one chunk stays one chunk (no worker threads); otherwise
+    there are at least ``workers`` chunks of near-equal size.
+    """
+    per_sample = (k + f) * p * itemsize
+    if n * per_sample <= CHUNK_BYTES:
+        return n
+    chunks = max(workers, -(-n * per_sample // CHUNK_BYTES))
+    return max(1, min(CHUNK_BYTES // per_sample, -(-n // chunks)))
 
 
-def _buffers(dtype, *sizes):
-    """Flat scratch arrays of the given element counts from this thread's reusable workspace."""
-    align = 64
-    spans = [-(-n * dtype.itemsize // align) * align for n in sizes]
-    buf = getattr(_workspace, "buf", None)
-    if buf is None or buf.nbytes < sum(spans):
-        buf = np.empty(sum(spans), np.uint8)
-        _workspace.buf = buf
+def _take_scratch(count, nbytes):
+    with _scratch_lock:
+        bufs = [_scratch.pop() for _ in range(min(count, len(_scratch)))]
+    bufs += [np.empty(0, np.uint8)] * (count - len(bufs))
+    return [b if b.nbytes >= nbytes else np.empty(nbytes, np.uint8) for b in bufs]
+
+
+def _give_scratch(bufs):
+    with _scratch_lock:
+        _scratch.extend(bufs)
+
+
+def _split(buf, dtype, *sizes):
+    """Flat arrays of the given element counts carved from one byte buffer (64-byte aligned offsets)."""
     out, start = [], 0
-    for n, span in zip(sizes, spans):
+    for n in sizes:
         out.append(buf[start:start + n * dtype.itemsize].view(dtype))
-        start += span
+        start += -(-n * dtype.itemsize // 64) * 64
     return out
+
+
+def _scratch_bytes(dtype, *sizes):
+    return sum(-(-n * dtype.itemsize // 64) * 64 for n in sizes)
+
+
+def _run_chunks(task, n, nb, nbytes):
+    """Runs task(n0, m, buf) over the chunks [n0, n0 + m) of n samples; returns their results in order.
+
+    Workers take the next free chunk; each owns one scratch byte buffer of nbytes.
+    """
+    global _threadpools
+    n_chunks = -(-n // nb)
+    workers = min(numba.get_num_threads(), n_chunks)
+    bufs = _take_scratch(workers, nbytes)
+    results = [None] * n_chunks
+    counter = itertools.count()
+
+    def work(buf):
+        while (q := next(counter)) < n_chunks:
+            results[q] = task(q * nb, min(nb, n - q * nb), buf)
+
+    try:
+        if workers == 1:
+            work(bufs[0])
+        else:
+            if _threadpools is None:
+                _threadpools = ThreadpoolController()
+            with _threadpools.limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+                for fut in [pool.submit(work, buf) for buf in bufs]:
+                    fut.result()
+    finally:
+        _give_scratch(bufs)
+    return results
 
 
 # ---------------------------------------------------------------- public API
@@ -382,19 +445,19 @@ def conv2d_forward(x, w, b, stride=1, pad=0):
     f, c, kh, kw = w.shape
     if b.shape[0] != f:
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
-    n = x.shape[0]
+    n, dt = x.shape[0], x.dtype
     p, k = ho * wo, c * kh * kw
     wm = w.reshape(f, k)
-    y = np.empty((n, f, ho, wo), x.dtype)
-    nb = _chunk(n, p, k, x.dtype.itemsize)
-    cbuf, ybuf = _buffers(x.dtype, k * nb * p, f * nb * p)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        cols = cbuf[:k * m * p].reshape(k, m * p)
-        yt = ybuf[:f * m * p].reshape(f, m * p)
+    y = np.empty((n, f, ho, wo), dt)
+    nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
+
+    def task(n0, m, buf):
+        cols, yt = _split(buf, dt, k * m * p, f * m * p)
         _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
-        np.matmul(wm, cols, out=yt)
+        np.matmul(wm, cols.reshape(k, m * p), out=yt.reshape(f, m * p))
         _fnp_to_nfp(yt.reshape(f, m, p), b, y[n0:n0 + m].reshape(m, f, p))
+
+    _run_chunks(task, n, nb, _scratch_bytes(dt, k * nb * p, f * nb * p))
     return y
 
 
@@ -408,27 +471,31 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
     dy = _float_array("dy", dy, 4)
     _same_dtype(x=x, w=w, dy=dy)
     f, c, kh, kw = w.shape
-    n = x.shape[0]
+    n, dt = x.shape[0], x.dtype
     if dy.shape != (n, f, ho, wo):
         raise ConfigError(f"dy has shape {dy.shape}, expected {(n, f, ho, wo)}")
     p, k = ho * wo, c * kh * kw
     wm = w.reshape(f, k)
-    dw = np.zeros((f, k), x.dtype)
     dbpart = np.empty((n, f), np.float64)
-    dx = np.zeros(x.shape, x.dtype) if need_dx else None
-    nb = _chunk(n, p, k, x.dtype.itemsize)
-    cbuf, ybuf = _buffers(x.dtype, k * nb * p, f * nb * p)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        cols = cbuf[:k * m * p].reshape(k, m * p)
-        dyt = ybuf[:f * m * p].reshape(f, m * p)
+    dx = np.zeros(x.shape, dt) if need_dx else None
+    nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
+
+    def task(n0, m, buf):
+        cols, dyt = _split(buf, dt, k * m * p, f * m * p)
+        cols, dyt = cols.reshape(k, m * p), dyt.reshape(f, m * p)
         _nfp_to_fnp(dy[n0:n0 + m].reshape(m, f, p), dyt.reshape(f, m, p), dbpart[n0:n0 + m])
         _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
-        dw += dyt @ cols.T
+        dw_chunk = dyt @ cols.T
         if need_dx:
             np.matmul(wm.T, dyt, out=cols)
             _col2imt_kernel(cols.reshape(k, m, p), kh, kw, stride, pad, ho, wo, dx[n0:n0 + m])
-    db = dbpart.sum(axis=0).astype(x.dtype)
+        return dw_chunk
+
+    parts = _run_chunks(task, n, nb, _scratch_bytes(dt, k * nb * p, f * nb * p))
+    dw = parts[0]
+    for part in parts[1:]:
+        dw += part
+    db = dbpart.sum(axis=0).astype(dt)
     return dx, dw.reshape(w.shape), db
 
 

@@ -1,4 +1,5 @@
 """Convolution and pooling kernels against plain NumPy references and finite differences."""
+import numba
 import numpy as np
 import pytest
 
@@ -121,17 +122,28 @@ def test_conv_backward_without_dx_and_float32():
     np.testing.assert_allclose(dw32, dw64, rtol=1e-4, atol=1e-4 * np.abs(dw64).max())
 
 
-def test_conv_chunking_gives_same_result(monkeypatch):
+@pytest.mark.parametrize("threads", sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}))
+def test_conv_chunking_gives_same_result(monkeypatch, threads):
     x, w, b, stride, pad = random_conv((7, 3, 9, 8, 4, 3, 3, 1, 1), np.float64)
     dy = np.random.default_rng(4).standard_normal((7, 4, 9, 8))
     y_one = ck.conv2d_forward(x, w, b, stride, pad)
     grads_one = ck.conv2d_backward(x, w, dy, stride, pad)
-    # room for 3 samples per chunk: chunks of 3, 3 and 1
-    monkeypatch.setattr(ck, "COL_BUFFER_BYTES", 3 * 9 * 8 * 27 * 8)
-    assert ck._chunk(7, 9 * 8, 27, 8) == 3
-    np.testing.assert_allclose(ck.conv2d_forward(x, w, b, stride, pad), y_one, rtol=1e-12)
-    for got, want in zip(ck.conv2d_backward(x, w, dy, stride, pad), grads_one):
+    # room for 3 samples per chunk: chunks of 3, 3 and 1; one chunk when everything fits
+    assert ck._chunk(7, 9 * 8, 27, 4, 8, threads) == 7
+    monkeypatch.setattr(ck, "CHUNK_BYTES", 3 * 9 * 8 * (27 + 4) * 8)
+    assert ck._chunk(7, 9 * 8, 27, 4, 8, threads) == 3
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        y = ck.conv2d_forward(x, w, b, stride, pad)
+        grads = ck.conv2d_backward(x, w, dy, stride, pad)
+        grads_again = ck.conv2d_backward(x, w, dy, stride, pad)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_allclose(y, y_one, rtol=1e-12)
+    for got, want, again in zip(grads, grads_one, grads_again):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(got, again)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
