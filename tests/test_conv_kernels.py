@@ -122,6 +122,17 @@ def test_conv_backward_without_dx_and_float32():
     np.testing.assert_allclose(dw32, dw64, rtol=1e-4, atol=1e-4 * np.abs(dw64).max())
 
 
+def test_conv_accepts_non_contiguous_inputs():
+    x, w, b, stride, pad = random_conv(CONV_CASES[0], np.float64)
+    dy = np.random.default_rng(3).standard_normal(ck.conv2d_forward(x, w, b, stride, pad).shape)
+    w_view = w[:, :, ::-1, ::-1].copy()[:, :, ::-1, ::-1]
+    np.testing.assert_array_equal(ck.conv2d_forward(np.asfortranarray(x), w_view, b, stride, pad),
+                                  ck.conv2d_forward(x, w, b, stride, pad))
+    for got, want in zip(ck.conv2d_backward(x, w_view, np.asfortranarray(dy), stride, pad),
+                         ck.conv2d_backward(x, w, dy, stride, pad)):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("threads", sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}))
 def test_conv_chunking_gives_same_result(monkeypatch, threads):
     x, w, b, stride, pad = random_conv((7, 3, 9, 8, 4, 3, 3, 1, 1), np.float64)
