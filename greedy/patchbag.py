@@ -29,6 +29,7 @@ from .layerwise import blocks_from_widths, fit_block, split_blocks, train_layerw
 from .patches import PatchPreprocessor, extract_patches, fold_into_conv, sample_patches
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
+DENSE_BATCH_DENSITY = 0.02
 
 
 @numba.njit(parallel=True, cache=True)
@@ -139,14 +140,16 @@ class CodeLayer:
         pre = self.centroids @ self.params["w"] + self.params["b"]
         return np.tanh(pre) if self.activation == "tanh" else np.maximum(pre, 0)
 
-    def pooled(self, codes):
-        """Regional average-pooled features (N, R*F) of the layer on codes."""
+    def pooled(self, parts):
+        """Regional average-pooled features (N, R*F) of the layer on code parts."""
         self.act = self.centroid_activations()
-        return np.hstack([np.asarray(part @ self.act) for part in codes.parts])
+        return np.hstack([np.asarray(part @ self.act) for part in parts])
 
     def forward(self, codes, train=False):
-        self.codes = codes
-        self.g = self.pooled(codes)
+        # a batch denser than a few percent multiplies faster as a dense BLAS product
+        self.parts = [p.toarray() if sp.issparse(p) and p.nnz > DENSE_BATCH_DENSITY * p.shape[0] * p.shape[1]
+                      else p for p in codes.parts]
+        self.g = self.pooled(self.parts)
         return self.g @ self.params["v"] + self.params["a"]
 
     def backward(self, dlogits, input_grad=False):
@@ -154,7 +157,7 @@ class CodeLayer:
         self.grads["v"][...] = self.g.T @ dlogits
         self.grads["a"][...] = dlogits.sum(axis=0)
         dg = dlogits @ self.params["v"].T
-        dact = sum(np.asarray(part.T @ dg[:, r * f:(r + 1) * f]) for r, part in enumerate(self.codes.parts))
+        dact = sum(np.asarray(part.T @ dg[:, r * f:(r + 1) * f]) for r, part in enumerate(self.parts))
         dpre = dact * (1 - self.act * self.act) if self.activation == "tanh" else dact * (self.act > 0)
         self.grads["w"][...] = self.centroids.T @ dpre
         self.grads["b"][...] = dpre.sum(axis=0)
