@@ -370,6 +370,8 @@ def _run_chunks(task, n, nb, nbytes):
     Workers take the next free chunk; each owns one scratch byte buffer of nbytes.
     """
     global _threadpools
+    if n == 0:
+        return []
     n_chunks = -(-n // nb)
     workers = min(numba.get_num_threads(), n_chunks)
     bufs = _take_scratch(workers, nbytes)
@@ -491,9 +493,8 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
             _col2imt_kernel(cols.reshape(k, m, p), kh, kw, stride, pad, ho, wo, dx[n0:n0 + m])
         return dw_chunk
 
-    parts = _run_chunks(task, n, nb, _scratch_bytes(dt, k * nb * p, f * nb * p))
-    dw = parts[0]
-    for part in parts[1:]:
+    dw = np.zeros((f, k), dt)
+    for part in _run_chunks(task, n, nb, _scratch_bytes(dt, k * nb * p, f * nb * p)):
         dw += part
     db = dbpart.sum(axis=0).astype(dt)
     return dx, dw.reshape(w.shape), db

@@ -122,6 +122,14 @@ def test_conv_backward_without_dx_and_float32():
     np.testing.assert_allclose(dw32, dw64, rtol=1e-4, atol=1e-4 * np.abs(dw64).max())
 
 
+def test_conv_of_empty_batch():
+    x, w, b, stride, pad = random_conv(CONV_CASES[0], np.float32)
+    y = ck.conv2d_forward(x[:0], w, b, stride, pad)
+    dx, dw, db = ck.conv2d_backward(x[:0], w, y, stride, pad)
+    assert y.shape == (0, 3, 7, 9) and dx.shape == (0, 2, 7, 9)
+    assert not dw.any() and not db.any()
+
+
 def test_conv_accepts_non_contiguous_inputs():
     x, w, b, stride, pad = random_conv(CONV_CASES[0], np.float64)
     dy = np.random.default_rng(3).standard_normal(ck.conv2d_forward(x, w, b, stride, pad).shape)
