@@ -40,7 +40,8 @@ EXPERIMENT_STRATEGIES = STRATEGIES[1:] + ("two-halves",)
 
 DEFAULTS = {
     "arch": "c16k5-relu-max2-c32k5-relu-max2-fc128-relu-fc{n_classes}",
-    "steps": 200, "batch_size": 64, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "schedule": "constant",
+    "steps": 200, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "constant",
+    "warmup": 0.1,
     "weight_decay": 0.0, "fraction": 0.5, "include_dense": False, "every": 25, "eval_every": 25,
     "n_groups": 2, "n_probes": 32, "hessian_batch": 256, "target_loss": None, "smooth": 20,
     "skip_frozen_grads": True, "sample_weights": 16, "seed": 0,
@@ -108,9 +109,18 @@ def _evaluate(model, x, y, normalizer, batch_size=500):
     return losses / len(x), correct / len(x)
 
 
+def _optimizer(o):
+    """The run's optimiser: the named schedule times a linear warm-up over the first o["warmup"] of the steps."""
+    opt = make_optimizer(o["optimizer"], o["lr"], o["schedule"], o["weight_decay"], o["momentum"])
+    if o["warmup"] > 0:
+        base, warmup = opt.schedule, o["warmup"]
+        opt.schedule = lambda p: min(1.0, p / warmup) * base(p)
+    return opt
+
+
 def train_run(name, model, schedule, data, normalizer, o, subsets, run, csv_path, verbose=True):
     """Train one run for o["steps"] steps; returns its list of per-step rows (dicts)."""
-    opt = make_optimizer(o["optimizer"], o["lr"], o["schedule"], o["weight_decay"], o["momentum"])
+    opt = _optimizer(o)
     params, grads = model.parameters(), model.gradients()
     layer_of = _layer_labels(model)
     tracker = Tracker(model, subsets, layer_of)
@@ -207,6 +217,8 @@ def resolve_options(opts):
             raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {o[key]}")
     if o["n_probes"] is not None and int(o["n_probes"]) < 0:
         raise ConfigError(f"n-probes must be >= 0 (0: exact), got {o['n_probes']}")
+    if not 0.0 <= float(o["warmup"]) < 1.0:
+        raise ConfigError(f"warmup must be a fraction of the steps in [0, 1), got {o['warmup']}")
     if not 0.0 < float(o["fraction"]) < 1.0:
         raise ConfigError(f"fraction must be strictly between 0 and 1, got {o['fraction']}")
     return o
@@ -285,8 +297,9 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
     summary.update({"arch": spec, "n_parameters": model.n_parameters(), "n_train": len(data.x_train),
                     "n_test": len(data.x_test), "test_accuracy": results["baseline"][-1]["test_accuracy"],
                     "train_seconds": results["baseline"][-1]["seconds"]})
+    summary = run.finish(summary)
     plot(results, summary, out)
-    return run.finish(summary)
+    return summary
 
 
 def kernel_tensor_masks(model, include_dense):
@@ -376,7 +389,7 @@ def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=5):
         configs["two-halves-half-b"] = (sub_model(full, keep_b), None)
     steps = {}
     for name, (model, masks) in configs.items():
-        opt = make_optimizer(o["optimizer"], o["lr"], o["schedule"], o["weight_decay"], o["momentum"])
+        opt = _optimizer(o)
         opt.masks = masks
         keep = trainable_kernels(model, masks) if masks is not None and o["skip_frozen_grads"] else {}
 
@@ -464,8 +477,9 @@ def plot(results, summary, out):
         fig, ax = plt.subplots(1, 3, figsize=(16, 4))
         for sub in subs:
             line, = ax[0].plot([r["step"] for r in rows], [r[f"rms:{sub}"] for r in rows], label=f"{sub} ({name})")
-            ax[0].plot([r["step"] for r in results["baseline"]], [r[f"rms:{sub}"] for r in results["baseline"]],
-                       "--", color=line.get_color(), label=f"{sub} (baseline)")
+            if f"rms:{sub}" in results["baseline"][0]:
+                ax[0].plot([r["step"] for r in results["baseline"]], [r[f"rms:{sub}"] for r in results["baseline"]],
+                           "--", color=line.get_color(), label=f"{sub} (baseline)")
         ax[0].set_ylabel("RMS distance from initial weights")
         ax[0].legend(fontsize=7)
         values = np.load(os.path.join(out, f"{name}_weights.npz"))["values"]
