@@ -185,10 +185,10 @@ def cluster_images(codes, y, n_classes, per_class, seed):
 
 DEFAULTS = {"clusters": 1024, "patch_sample": 200_000, "regions": 2, "activation": "tanh", "image_clusters": 0,
             "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle", "weight_decay": 1e-4, "batch_size": 256,
-            "layer_budget": "15e", "final_pool": "quadrant", "final_epochs": 15, "kmeans_iter": 20,
+            "layer_budget": "20e", "final_pool": "quadrant", "final_epochs": 15, "kmeans_iter": 20,
             "whiten": "pca", "remove_mean": True, "n_components": 64, "finetune_epochs": 0}
 
-DATASET_BLOCKS = {"cifar10": ["c256k3-tanh-max2", "c256k3-tanh-max2", "c256k3-tanh"],
+DATASET_BLOCKS = {"cifar10": ["c128k3-tanh-max2", "c256k3-tanh-max2", "c256k3-tanh"],
                   "mnist": ["c128k3-tanh-max2", "c128k3-tanh-max2"]}
 
 
