@@ -369,8 +369,8 @@ def _within_share(s, groups):
     return float((a * (groups[:, None] == groups[None, :])).sum() / total) if total else None
 
 
-def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=5):
-    """Best wall time of one training step (forward, backward, optimiser) per run, calls interleaved
+def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=10):
+    """Best-of-``repeats`` wall time of one training step (forward, backward, optimiser) per run, calls interleaved
     after one untimed call each.
 
     Uses phase 0 of each schedule and one fixed batch; less noisy than the running
