@@ -7,27 +7,7 @@ from greedy.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Globa
 from greedy.losses import log_softmax, softmax_cross_entropy
 from greedy.model import Sequential
 
-EPS = 1e-6
-
-
-def numeric_grad(f, x):
-    """Central differences of the scalar function f at x (float64), entry by entry."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        fp = f()
-        flat[i] = old - EPS
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * EPS)
-    return g
-
-
-def rel_error(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-12)
-
+from gradcheck import numeric_grad, rel_error
 
 def check_layer(layer, in_shape, n=2, seed=0, train=False):
     rng = np.random.default_rng(seed)

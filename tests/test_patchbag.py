@@ -9,7 +9,7 @@ from greedy.model import Sequential
 from greedy.patchbag import CodeLayer, RegionCodes, cluster_images, encode, region_sizes
 from greedy.patches import PatchPreprocessor, extract_patches, fold_into_conv, mean_removal_matrix, sample_patches
 
-from test_layers import numeric_grad, rel_error
+from gradcheck import numeric_grad, rel_error
 
 
 def small_images(n=6, c=2, h=6, w=6, seed=0):
