@@ -5,25 +5,12 @@ import pytest
 from greedy.errors import ConfigError
 from greedy.objectives import class_centroids, cosine_loss, cosine_predict, gaussian_kl_loss
 
-EPS = 1e-6
+from gradcheck import numeric_grad as _numeric_grad, rel_error
 
 
 def numeric_grad(loss, f):
-    """Central differences of loss(f) -> float at f (float64), entry by entry."""
-    g = np.zeros_like(f)
-    for idx in np.ndindex(f.shape):
-        old = f[idx]
-        f[idx] = old + EPS
-        fp = loss(f)
-        f[idx] = old - EPS
-        fm = loss(f)
-        f[idx] = old
-        g[idx] = (fp - fm) / (2 * EPS)
-    return g
-
-
-def rel_error(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-12)
+    """Central differences of loss(f) -> float at f (float64)."""
+    return _numeric_grad(lambda: loss(f), f)
 
 
 def batch(seed, labels, d=5, spread=1.0):
