@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+import re
 import sys
 
 import click
@@ -17,6 +18,7 @@ METHODS = {
     "cosine": "greedy.layer_objectives:train_cosine",
     "kl": "greedy.layer_objectives:train_kl",
     "patchbag": "greedy.patchbag:train_patchbag",
+    "binary": "greedy.binary:train_binary",
 }
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
@@ -111,6 +113,10 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--image-clusters", type=click.IntRange(min=0), default=None, help="patchbag: train on this many prototypes per class (0 = all images).")
 @click.option("--epochs-per-layer", type=click.FloatRange(min=0, min_open=True), default=None, help="patchbag: epochs on codes per layer.")
 @click.option("--activation", type=click.Choice(["tanh", "relu"]), default=None, help="patchbag: layer activation.")
+@click.option("--threshold", type=click.Choice(["median", "half", "quantile"]), default=None, help="binary: feature bit threshold.")
+@click.option("--colour-norm/--no-colour-norm", default=None, help="binary: subtract each 3x3 patch's mean colour.")
+@click.option("--colour-feed/--no-colour-feed", default=None, help="binary: feed the pooled image to later blocks.")
+@click.option("--split-fraction", type=click.FloatRange(0, 1), default=None, help="binary: share of split filters.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
@@ -140,8 +146,12 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
     run.start()
     model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
     train_seconds = run.seconds()
-    test_acc = accuracy(model, data.x_test, data.y_test, normalizer)
-    save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
+    own_format = hasattr(model, "save")  # e.g. greedy.binary: its own model file, and it takes uint8 images
+    test_acc = accuracy(model, data.x_test, data.y_test, None if own_format else normalizer)
+    if own_format:
+        model.save(run.path("model.npz"), normalizer, data.class_names, {"method": method, "dataset": dataset})
+    else:
+        save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
     return run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
                             "n_parameters": model.n_parameters(), "seed": seed, "threads": threads}, **extra))
 
@@ -151,12 +161,11 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
 @common_options
 def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     """Reload RUN_DIR/model.npz and print its test accuracy on DATASET."""
-    from .model import load_model
     from .train import accuracy
 
     set_threads(threads)
     path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
-    model, normalizer, meta = load_model(path)
+    model, normalizer, meta = load_any_model(path)
     config_path = os.path.join(os.path.dirname(path), "config.json")
     if dataset.startswith("synthetic") and os.path.isfile(config_path):
         with open(config_path) as f:
@@ -165,8 +174,26 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     if tuple(data.x_test.shape[1:]) != tuple(meta["in_shape"]):
         fail(f"{path} expects images of shape {tuple(meta['in_shape'])}, "
              f"dataset {dataset} has {tuple(data.x_test.shape[1:])}")
-    acc = accuracy(model, data.x_test, data.y_test, normalizer)
+    acc = accuracy(model, data.x_test, data.y_test, None if hasattr(model, "save") else normalizer)
     click.echo(json.dumps({"model": path, "dataset": dataset, "test_accuracy": acc}))
+
+
+def load_any_model(path):
+    """(model, normalizer, meta) from a model file; a file whose meta names a greedy ``loader``
+    ("module:function", e.g. binary models) is read by that function, any other by greedy.model."""
+    from .errors import CheckpointError
+    from .model import load_model
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            loader = json.loads(str(f["meta"])).get("loader")
+    except Exception:  # missing or unreadable: load_model says what is wrong
+        loader = None
+    if not loader:
+        return load_model(path)
+    if not isinstance(loader, str) or not re.fullmatch(r"greedy\.\w+:\w+", loader):
+        raise CheckpointError(f"{path}: unknown model loader {loader!r}")
+    module, func = loader.split(":")
+    return getattr(importlib.import_module(module), func)(path)
 
 
 @main.command()
