@@ -39,8 +39,8 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
 
 
 def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
-    args = ["--method", "e2e", "--arch", "c8k3-relu-max2-c16k3-relu-max2-fc10", "--epochs", "3", "--threads", "2",
-            "--n-train", "600", "--batch-size", "32", "--lr", "3e-3"]
+    args = ["--method", "e2e", "--arch", "c8k3-relu-max2-c16k3-relu-max2-fc10", "--epochs", "4", "--threads", "2",
+            "--n-train", "1000", "--n-test", "200", "--batch-size", "32", "--lr", "5e-3"]
     a = json.loads((train(tmp_path, "a", *args) / "summary.json").read_text())
     b = json.loads((train(tmp_path, "b", *args) / "summary.json").read_text())
     assert a["test_accuracy"] == b["test_accuracy"]
