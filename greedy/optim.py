@@ -67,6 +67,8 @@ class SGD(Optimizer):
         v *= self.momentum
         v += g
         step = g + self.momentum * v if self.nesterov else v
+        if mask is not None:
+            step = step * mask  # momentum from before a mask change must not move frozen entries
         p -= p.dtype.type(lr) * step
 
 
@@ -91,7 +93,10 @@ class Adam(Optimizer):
         v *= self.beta2
         v += (1 - self.beta2) * g * g
         step_size = lr * math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        p -= p.dtype.type(step_size) * (m / (np.sqrt(v) + self.eps))
+        update = m / (np.sqrt(v) + self.eps)
+        if mask is not None:
+            update *= mask
+        p -= p.dtype.type(step_size) * update
         if self.decoupled_decay:
             decay = p.dtype.type(lr * self.decoupled_decay) * p
             p -= decay if mask is None else decay * mask

@@ -63,6 +63,20 @@ def test_masked_entries_never_move(opt):
     assert np.all(p[mask] != 0)
 
 
+@pytest.mark.parametrize("opt", [SGD(0.1, momentum=0.9), Adam(0.1)])
+def test_entries_frozen_after_training_do_not_drift_on_momentum(opt):
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(6)
+    for _ in range(3):
+        opt.step([p], [rng.standard_normal(6)])
+    mask = np.array([True, False] * 3)
+    opt.masks = [mask]
+    frozen = p[~mask].copy()
+    for _ in range(3):
+        opt.step([p], [rng.standard_normal(6)])
+    assert np.array_equal(p[~mask], frozen)
+
+
 def test_schedules():
     assert step_decay(0.25, 0.5)(0.6) == pytest.approx(0.25)
     c = cosine(warmup=0.1)
