@@ -430,8 +430,9 @@ class ImageLayer:
 
     def padded(self, x):
         """uint8 (N, C, H, W) -> edge-padded NHWC uint8 (N, H+2, W+2, C)."""
-        if x.ndim != 4 or x.shape[1] != self.levels.shape[0]:
-            raise ConfigError(f"image layer expects images (N, {self.levels.shape[0]}, H, W), got shape {x.shape}")
+        if x.ndim != 4 or x.shape[1] != self.levels.shape[0] or x.dtype != np.uint8:
+            raise ConfigError(f"image layer expects uint8 images (N, {self.levels.shape[0]}, H, W), "
+                              f"got {x.dtype} of shape {x.shape}")
         return np.pad(np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.uint8),
                       ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
 
@@ -584,6 +585,8 @@ class BinaryNetwork:
 
     def bit_map(self, x):
         """uint8 images (N, C, H, W) -> the last layer's bit map (N, H', W', w) uint64 (popcounts only)."""
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ConfigError(f"this network takes images of shape {self.in_shape}, got {tuple(x.shape[1:])}")
         m = self.image_layer.forward(x)
         bits = self.image_layer.n_filters
         for layer in self.layers:

@@ -348,3 +348,12 @@ def test_cli_train_and_evaluate(tmp_path):
                                        "--n-test", "40"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_network_rejects_wrong_images(rng):
+    x, y = tiny_data(rng, n=40)
+    net, _ = fit_tiny(x, y)
+    with pytest.raises(ConfigError, match="uint8"):
+        net.forward(x.astype(np.float32))
+    with pytest.raises(ConfigError, match="shape"):
+        net.forward(x[:, :, :8, :8])
