@@ -227,7 +227,9 @@ def avg_pool_image(x, times):
 
 
 def sample_windows(n_images, h, w, n, rng, pooled):
-    """n random positions, or with ``pooled`` n random 2x2 pooling windows: (img (n,), y (n, k), x (n, k)), k = 1 or 4."""
+    """n random positions, or with ``pooled`` n random 2x2 pooling windows.
+
+    Returns img (n,), y (n, k), x (n, k) int64 with k = 1, or 4 (the window's pixels)."""
     if not pooled:
         img, y, x = sample_positions(n_images, h, w, n, rng)
         return img, y[:, None], x[:, None]
@@ -771,7 +773,7 @@ def choose_filters(layer, inputs, labels, parts, n_classes, n_filters, o, seed):
     rng = np.random.default_rng([seed, 1])
     chosen = []
     if n_filters - n_split:
-        codes = np.concatenate([c for c, _ in parts])
+        codes = np.concatenate([c for c, _ in parts])  # REDUCE: concatenate the shards' samples
         chosen.append(kmeans_filters(layer.unpack_codes(codes), n_filters - n_split, o["binarize"],
                                      o["kmeans_iter"], seed))
     if not n_split:
@@ -859,7 +861,7 @@ def fit_layer(layer, inputs, labels, n_classes, n_filters, o, index, log):
     seed = o["seed"]
     t = time.perf_counter()
     n_total = sum(len(inp) for inp in inputs)
-    # MAP: each shard samples its share of patches; REDUCE: concatenate
+    # MAP: each shard samples its share of patches (the statistics below reduce over these parts)
     per_window = 4 if layer.pool else 1
     parts = []
     for s, (inp, lab) in enumerate(zip(inputs, labels)):
@@ -964,6 +966,6 @@ def train_binary(data, normalizer, opts, run):
             ncm_test_accuracy=ncm_acc)
     packed, float32 = net.size_bytes()
     # CPU seconds of all threads: a steadier figure than wall time on a shared machine
-    return net, {"arch": o["arch"], "ncm_test_accuracy": ncm_acc, "cpu_seconds": round(time.process_time() - cpu0, 1), "model_bytes": packed,
-                 "float32_model_bytes": float32, "filter_bits": net.filter_bits(),
+    return net, {"arch": o["arch"], "ncm_test_accuracy": ncm_acc, "cpu_seconds": round(time.process_time() - cpu0, 1),
+                 "model_bytes": packed, "float32_model_bytes": float32, "filter_bits": net.filter_bits(),
                  "options": {k: o[k] for k in DEFAULTS}}
