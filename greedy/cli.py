@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from .errors import GreedyError
+from .runs import default_out_dir
 
 # method name -> "module:function"; each function has the signature
 # f(data, normalizer, opts, run) -> (model, extra_summary_fields)
@@ -126,11 +127,6 @@ def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet,
     summary = run_training(method, data, dataset, opts, out, seed, threads, data_dir, verbose=not quiet)
     click.echo(f"{method} on {dataset}: test accuracy {summary['test_accuracy']:.4f} "
                f"in {summary['train_seconds']:.1f} s -> {out}")
-
-
-def default_out_dir(method, dataset):
-    from .runs import default_out_dir as d
-    return d(method, dataset)
 
 
 def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None, verbose=True):
