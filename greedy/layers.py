@@ -15,6 +15,7 @@ float64 works everywhere (gradient checks).
 import numpy as np
 
 from . import conv_kernels as ck
+from . import pointwise_kernels as pk
 
 
 class Layer:
@@ -218,14 +219,19 @@ class Dense(Layer):
 
 class ReLU(Layer):
     def forward(self, x, train=False):
-        self.mask = x > 0
-        return np.where(self.mask, x, x.dtype.type(0))
+        x = np.ascontiguousarray(x)
+        self.y = np.empty_like(x)
+        pk.relu_forward(x.reshape(-1), self.y.reshape(-1))
+        return self.y
 
     def backward(self, dy):
-        return np.where(self.mask, dy, dy.dtype.type(0))
+        dy = np.ascontiguousarray(dy, dtype=self.y.dtype)
+        dx = np.empty_like(dy)
+        pk.relu_backward(self.y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+        return dx
 
     def r_forward(self, rx, rparams=None):
-        return None if rx is None else np.where(self.mask, rx, rx.dtype.type(0))
+        return None if rx is None else self.backward(rx)
 
     def r_backward(self, dy, rdy, need_dx=True):
         return self._r_linear_backward(dy, rdy, need_dx)
@@ -399,30 +405,34 @@ class BatchNorm2d(Layer):
         return self.in_shape
 
     def forward(self, x, train=False):
+        x = np.ascontiguousarray(x)
+        self.x = x.reshape(x.shape[0], x.shape[1], -1)
         if train:
-            mean = x.mean(axis=(0, 2, 3))
-            var = x.var(axis=(0, 2, 3))
+            mean, var = pk.channel_mean_var(self.x)
             m = self.momentum
             n = x.size / x.shape[1]
             self.buffers["mean"] *= 1 - m
-            self.buffers["mean"] += m * mean
+            self.buffers["mean"] += m * mean.astype(x.dtype)
             self.buffers["var"] *= 1 - m
-            self.buffers["var"] += m * var * n / max(n - 1, 1)
+            self.buffers["var"] += m * var.astype(x.dtype) * n / max(n - 1, 1)
         else:
-            mean, var = self.buffers["mean"], self.buffers["var"]
-        self.inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        self.xhat = (x - mean[None, :, None, None]) * self.inv_std[None, :, None, None]
-        return self.xhat * self.params["gamma"][None, :, None, None] + self.params["beta"][None, :, None, None]
+            mean, var = self.buffers["mean"].astype(np.float64), self.buffers["var"].astype(np.float64)
+        self.mean = mean
+        self.inv_std = 1.0 / np.sqrt(var + self.eps)
+        scale = self.params["gamma"] * self.inv_std
+        y = np.empty_like(x)
+        pk.channel_normalise(self.x, mean, scale, self.params["beta"], y.reshape(self.x.shape))
+        return y
 
     def backward(self, dy):
-        axes = (0, 2, 3)
-        self.grads["beta"][...] = dy.sum(axis=axes)
-        self.grads["gamma"][...] = (dy * self.xhat).sum(axis=axes)
-        n = dy.size / dy.shape[1]
-        g = (self.params["gamma"] * self.inv_std)[None, :, None, None]
-        dxhat_mean = self.grads["beta"][None, :, None, None] / n
-        dxhat_xhat = self.grads["gamma"][None, :, None, None] / n
-        return g * (dy - dxhat_mean - self.xhat * dxhat_xhat)
+        dy = np.ascontiguousarray(dy, dtype=self.x.dtype)
+        dx = np.empty_like(dy)
+        dgamma, dbeta = np.empty(dy.shape[1]), np.empty(dy.shape[1])
+        pk.batchnorm_backward(self.x, dy.reshape(self.x.shape), self.mean, self.inv_std,
+                              self.params["gamma"], dx.reshape(self.x.shape), dgamma, dbeta)
+        self.grads["gamma"][...] = dgamma
+        self.grads["beta"][...] = dbeta
+        return dx
 
     def spec(self):
         return "bn"

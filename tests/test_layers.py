@@ -63,6 +63,30 @@ def test_batchnorm_gradients_in_training_mode():
     check_layer(layer, (3, 4, 5), n=3, train=True)
 
 
+def test_batchnorm_matches_numpy_reference_with_large_offset_and_in_eval_mode():
+    rng = np.random.default_rng(4)
+    x = (1000 + 0.01 * rng.standard_normal((8, 3, 6, 5))).astype(np.float32)
+    layer = BatchNorm2d(momentum=1.0)
+    layer.build((3, 6, 5), rng)
+    y = layer.forward(x, train=True)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    want = (x64 - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    assert np.allclose(y, want, atol=2e-3)
+    n = x.size / 3
+    assert np.allclose(layer.buffers["var"], var * n / (n - 1), rtol=1e-3)
+    y_eval = layer.forward(x, train=False)
+    assert np.allclose(y_eval, want * np.sqrt((var + 1e-5) / (var * n / (n - 1) + 1e-5))[None, :, None, None],
+                       atol=2e-3)
+
+
+def test_relu_keeps_positive_values_and_routes_gradient():
+    x = np.array([[-1.0, 0.0, 2.5, -3.0]], np.float32)
+    layer = ReLU()
+    assert np.array_equal(layer.forward(x), [[0, 0, 2.5, 0]])
+    assert np.array_equal(layer.backward(np.full_like(x, 7.0)), [[0, 0, 7, 0]])
+
+
 def test_dropout_scales_kept_units_and_is_identity_at_inference():
     layer = Dropout(0.4)
     layer.build((1000,), np.random.default_rng(0), np.float32)

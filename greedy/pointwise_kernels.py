@@ -1,0 +1,86 @@
+"""Numba kernels for the memory-bound per-element layers: ReLU and batch normalisation.
+
+NumPy spends several full passes (and temporaries) on each of these; here each
+is one or two parallel passes over the data. Arrays are C-contiguous, float32
+or float64; batch-norm arrays are viewed as (N, C, P) with P = H*W.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+
+@numba.njit(parallel=True, cache=True)
+def relu_forward(x, y):
+    """y = max(x, 0) over flat arrays x, y of equal size."""
+    zero = x.dtype.type(0)
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > zero else zero
+
+
+@numba.njit(parallel=True, cache=True)
+def relu_backward(y, dy, dx):
+    """dx = dy where the forward output y > 0, else 0 (flat arrays)."""
+    zero = dy.dtype.type(0)
+    for i in prange(y.size):
+        dx[i] = dy[i] if y[i] > zero else zero
+
+
+@numba.njit(parallel=True, cache=True)
+def channel_mean_var(x):
+    """Per-channel mean and (biased) variance of x (N, C, P), accumulated in float64 around a shift."""
+    n, c, p = x.shape
+    mean = np.empty(c, np.float64)
+    var = np.empty(c, np.float64)
+    for j in prange(c):
+        shift = np.float64(x[0, j, 0])
+        s = 0.0
+        s2 = 0.0
+        for i in range(n):
+            for k in range(p):
+                d = np.float64(x[i, j, k]) - shift
+                s += d
+                s2 += d * d
+        m = s / (n * p)
+        mean[j] = shift + m
+        var[j] = max(s2 / (n * p) - m * m, 0.0)
+    return mean, var
+
+
+@numba.njit(parallel=True, cache=True)
+def channel_normalise(x, mean, scale, shift, y):
+    """y[:, c] = (x[:, c] - mean[c]) * scale[c] + shift[c] for x, y (N, C, P), computed in float64."""
+    n, c, p = x.shape
+    for t in prange(n * c):
+        i, j = t // c, t % c
+        m, a, b = np.float64(mean[j]), np.float64(scale[j]), np.float64(shift[j])
+        for k in range(p):
+            y[i, j, k] = (np.float64(x[i, j, k]) - m) * a + b
+
+
+@numba.njit(parallel=True, cache=True)
+def batchnorm_backward(x, dy, mean, inv_std, gamma, dx, dgamma, dbeta):
+    """Gradients of y = gamma * (x - mean) * inv_std + beta with batch statistics.
+
+    x, dy, dx: (N, C, P); mean, inv_std, gamma, dgamma, dbeta: (C,).
+    dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), per channel.
+    """
+    n, c, p = x.shape
+    for j in prange(c):
+        sd = 0.0
+        sdx = 0.0
+        m, s = np.float64(mean[j]), np.float64(inv_std[j])
+        for i in range(n):
+            for k in range(p):
+                g = np.float64(dy[i, j, k])
+                sd += g
+                sdx += g * (np.float64(x[i, j, k]) - m) * s
+        dbeta[j] = sd
+        dgamma[j] = sdx
+        a = sd / (n * p)
+        b = sdx / (n * p)
+        scale = np.float64(gamma[j]) * s
+        for i in range(n):
+            for k in range(p):
+                xh = (np.float64(x[i, j, k]) - m) * s
+                dx[i, j, k] = scale * (np.float64(dy[i, j, k]) - a - xh * b)
