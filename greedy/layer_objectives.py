@@ -13,7 +13,10 @@
 Each ``train_<method>`` has the CLI method signature
 ``(data, normalizer, opts, run) -> (model, extra summary fields)``.
 """
+import functools
+
 from . import objectives
+from .augment import random_crop_flip
 from .divergence import class_kl_matrix
 from .errors import ConfigError
 from .layerwise import (Stack, _as32, blocks_from_widths, fit_block, head_layers, parse_spec,
@@ -23,11 +26,12 @@ from .train import accuracy, predict
 
 COMMON = {"optimizer": "adam", "lr": 2e-3, "schedule": "onecycle", "weight_decay": 5e-4, "batch_size": 128,
           "aux_depth": 0, "aux_pool": "quadrant", "final_pool": "quadrant", "finetune_epochs": 0,
-          "final_epochs": 10, "temperature": 0.1, "augment": False}
+          "final_epochs": 10, "temperature": 0.1, "augment": False,
+          "augment_pad": 4, "augment_flip": True}
 
 DATASET_DEFAULTS = {
     "mnist": {"blocks": ["c32k5-bn-relu-max2", "c64k5-bn-relu-max2"], "layer_budget": "2e",
-              "final_pool": "none"},
+              "final_pool": "none", "augment_flip": False, "augment_pad": 2},
     "cifar10": {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu", "c256k3-bn-relu-max2", "c256k3-bn-relu"],
                 "layer_budget": "2e"},
 }
@@ -57,12 +61,27 @@ def _epoch_logger(run, layer, model, x_test, y_test):
     return on_epoch
 
 
+def feature_augment(opts, in_shape):
+    """Random crops and flips of a block's input (N, C, H, W) when ``opts['augment']``, else None.
+
+    The shift scales with the map: up to ``opts['augment_pad']`` pixels at image
+    size, at least one pixel on smaller maps. On later blocks the cached maps
+    are shifted and mirrored, an approximation of augmenting the image (a conv
+    commutes with shifts, not with mirroring).
+    """
+    if not opts["augment"]:
+        return None
+    pad = max(1, round(opts["augment_pad"] * in_shape[1] / opts["image_size"]))
+    return functools.partial(random_crop_flip, pad=pad, flip=opts["augment_flip"])
+
+
 def aux_block_trainer(opts, n_classes):
     def train(layer, block, x, y, x_test, y_test, budget, rng, run):
         head = Sequential(head_layers(block.out_shape, n_classes, opts["aux_pool"], opts["aux_depth"])) \
             .build(block.out_shape, rng)
         model = Stack(block, head)
         fit_block(model, x, y, opts, budget, rng, label=f"aux layer {layer}", progress=run.verbose,
+                  augment=feature_augment(opts, block.in_shape),
                   on_epoch=_epoch_logger(run, layer, model, x_test, y_test))
         return {"aux_test_accuracy": accuracy(model, x_test, y_test, _as32)}
     return train
@@ -72,8 +91,7 @@ def _feature_block_trainer(opts, n_classes, loss_name):
     """Block + pooling trained with a loss on pooled features; reports nearest-centroid accuracy and kNN KL."""
     def train(layer, block, x, y, x_test, y_test, budget, rng, run):
         token = pooling_token(block.out_shape, opts["aux_pool"])
-        pool = Sequential(parse_spec(token)).build(block.out_shape, rng)
-        model = Stack(block, pool)
+        model = Stack(block, Sequential(parse_spec(token)).build(block.out_shape, rng)) if token else block
 
         def loss_fn(f, yb, w):
             flat = f.reshape(len(f), -1)
@@ -84,7 +102,7 @@ def _feature_block_trainer(opts, n_classes, loss_name):
             return value, grad.reshape(f.shape)
 
         fit_block(model, x, y, opts, budget, rng, loss_fn=loss_fn, label=f"{loss_name} layer {layer}",
-                  progress=run.verbose,
+                  progress=run.verbose, augment=feature_augment(opts, block.in_shape),
                   on_epoch=_epoch_logger(run, layer, None, x_test, y_test))
         f_train = predict(model, x[:10000], _as32).reshape(min(len(x), 10000), -1)
         f_test = predict(model, x_test, _as32).reshape(len(x_test), -1)
@@ -97,6 +115,7 @@ def _feature_block_trainer(opts, n_classes, loss_name):
 
 def _train(method, data, normalizer, opts, run):
     o = resolve_options(opts, run.dataset)
+    o["image_size"] = data.x_train.shape[2]
     n_classes = len(data.class_names)
     if o["aux_depth"] < 0:
         raise ConfigError(f"--aux-depth must be >= 0, got {o['aux_depth']}")

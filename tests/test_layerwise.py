@@ -60,7 +60,10 @@ SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--qui
 
 @pytest.mark.parametrize("method,args,floor", [
     ("aux", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e"], 0.3),
+    ("aux", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu", "--layer-budget", "2e", "--augment", "--aux-pool", "none"],
+     0.3),
     ("cosine", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e"], 0.25),
+    ("cosine", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--aux-pool", "none"], 0.2),
     ("kl", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--finetune-epochs", "1"], 0.15),
     ("patchbag", ["--arch", "c16k3-tanh-max2-c16k3-tanh", "--clusters", "64", "--patch-sample", "5000",
                   "--epochs-per-layer", "3", "--image-clusters", "20"], 0.2),
@@ -80,6 +83,20 @@ def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, a
     assert summary["finetuned"] == ("--finetune-epochs" in args)
     result = CliRunner().invoke(main, ["evaluate", str(out), *SMALL[:6]])
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_feature_augment_scales_the_shift_with_the_map():
+    from greedy.layer_objectives import feature_augment
+    opts = {"augment": True, "augment_pad": 4, "augment_flip": False, "image_size": 32}
+    assert feature_augment(dict(opts, augment=False), (3, 32, 32)) is None
+    assert feature_augment(opts, (3, 32, 32)).keywords == {"pad": 4, "flip": False}
+    assert feature_augment(opts, (64, 8, 8)).keywords["pad"] == 1
+    assert feature_augment(opts, (64, 4, 4)).keywords["pad"] == 1
+    x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8) + 1
+    out = feature_augment(opts, (3, 8, 8))(x, np.random.default_rng(0))
+    assert out.shape == x.shape
+    # a shift by at most one pixel: every row of the output is a row of the input moved by <= 1, or zero fill
+    assert np.isin(out[out != 0], x).all() and (out == 0).sum() <= 2 * 3 * (8 + 8 - 1)
 
 
 def test_compare_writes_markdown_and_json(tmp_path):
