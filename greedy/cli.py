@@ -256,7 +256,8 @@ def experiment():
 @experiment.command("freeze")
 @click.option("--strategy", "strategies", multiple=True, default=("first-half",), show_default=True,
               help="Freezing strategy, repeatable or comma-separated: first-half, random-kernels, random-weights, "
-                   "hessian, schedule, two-halves (two half-width models, then fused), or all. "
+                   "hessian, schedule, two-halves (two half-width models, then fused), elastic or soft-share "
+                   "(the same two models trained in lockstep with elastic averaging or soft weight sharing), or all. "
                    "The baseline always runs.")
 @common_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -279,6 +280,8 @@ def experiment():
 @click.option("--hessian-batch", type=int, default=None, help="hessian: training images for the HVPs [256].")
 @click.option("--target-loss", type=float, default=None,
               help="Loss for steps/seconds-to-target [the baseline's running-mean loss at half its steps].")
+@click.option("--coupling", type=click.FloatRange(min=0), default=None,
+              help="elastic/soft-share: coupling strength rho between the two half-width models [0.03].")
 @click.option("--skip-frozen-grads/--compute-all-grads", default=None,
               help="Skip weight gradients of wholly frozen kernels [skip].")
 @click.option("--ensemble", "n_members", type=click.IntRange(min=0), default=0, show_default=True,

@@ -15,12 +15,19 @@ frozen part, also split per layer):
 The baseline tracks the subsets of every strategy, so the same subset can be
 compared between "trained alone" and "trained with everything else".
 
+The strategies ``two-halves``, ``elastic`` and ``soft-share`` remove half of the
+kernels instead of freezing them: two half-width models, trained in lockstep on
+the same batches, uncoupled or coupled by elastic averaging or soft weight
+sharing, then fused at the classifier (``train_halves``).
+
 Outputs under ``out``: the run contract (config.json, metrics.jsonl with one
-``step`` event per step and one ``eval`` event per evaluation, summary.json,
-model.npz of the baseline), one ``<run>.csv`` per run, ``<run>_weights.npz``
+``step`` event per step and one ``eval`` event per evaluation, plus a
+``coupling`` event per step of the half-width pairs, summary.json, model.npz of
+the baseline, ``<strategy>-half-a/b.npz``), one ``<run>.csv`` per run, ``<run>_weights.npz``
 with the trajectories of a sample of weights (the same number from every weight tensor), and PNG plots when matplotlib
 is importable.
 """
+import copy
 import csv
 import os
 import sys
@@ -36,7 +43,8 @@ from .model import build_model, save_model
 from .optim import make_optimizer
 from .runs import Run
 
-EXPERIMENT_STRATEGIES = STRATEGIES[1:] + ("two-halves",)
+HALF_STRATEGIES = ("two-halves", "elastic", "soft-share")        # two half-width models (train_halves)
+EXPERIMENT_STRATEGIES = STRATEGIES[1:] + HALF_STRATEGIES
 
 DEFAULTS = {
     "arch": "c16k5-relu-max2-c32k5-relu-max2-fc128-relu-fc{n_classes}",
@@ -44,7 +52,7 @@ DEFAULTS = {
     "warmup": 0.1,
     "weight_decay": 0.0, "fraction": 0.5, "include_dense": False, "every": 25, "eval_every": 25,
     "n_groups": 2, "n_probes": 32, "hessian_batch": 256, "target_loss": None, "smooth": 20,
-    "skip_frozen_grads": True, "sample_weights": 16, "seed": 0,
+    "skip_frozen_grads": True, "sample_weights": 16, "coupling": 0.03, "seed": 0,
 }
 
 
@@ -118,70 +126,109 @@ def _optimizer(o):
     return opt
 
 
-def train_run(name, model, schedule, data, normalizer, o, subsets, run, csv_path, verbose=True):
-    """Train one run for o["steps"] steps; returns its list of per-step rows (dicts)."""
-    opt = _optimizer(o)
-    params, grads = model.parameters(), model.gradients()
-    layer_of = _layer_labels(model)
-    tracker = Tracker(model, subsets, layer_of)
-    sample_rng = np.random.default_rng(o["seed"] + 17)
-    weight_tensors = [i for i, (n, _) in enumerate(model.named_parameters()) if n.endswith("/w")]
-    per_tensor = max(1, o["sample_weights"] // len(weight_tensors))
-    picks = [(i, int(j)) for i in weight_tensors for j in sample_rng.choice(params[i].size, per_tensor, replace=False)]
-    trajectory = np.empty((o["steps"] + 1, len(picks)), np.float32)
-    trajectory[0] = [params[i].flat[j] for i, j in picks]
-    stream = _batch_stream(len(data.x_train), o["batch_size"], o["seed"])
-    rows, train_seconds, wall0 = [], 0.0, time.perf_counter()
-    skip = {}
-    for step in range(o["steps"]):
-        phase = schedule.apply(opt, step) if schedule is not None else 0
-        if o["skip_frozen_grads"] and schedule is not None and phase not in skip:
-            skip[phase] = trainable_kernels(model, opt.masks)
-        idx = next(stream)
-        xb = normalizer(data.x_train[idx])
+def _forward_backward(model, xb, yb, keep=None):
+    """Forward, mean softmax cross-entropy and backward (weight gradients of the ``keep`` kernels only, if given);
+    returns the loss."""
+    out = model.forward(xb, train=True)
+    loss, dout = softmax_cross_entropy(out, yb)
+    dout = dout.astype(out.dtype, copy=False)
+    if keep:
+        backward_skipping_frozen(model, dout, keep)
+    else:
+        model.backward(dout, input_grad=False)
+    return loss
+
+
+class _Trainer:
+    """One run's training state and records.
+
+    ``backward(step, idx)`` computes the gradients on the batch ``idx``,
+    ``update(step)`` makes the optimiser step and records the step's row
+    (returned, and kept in ``rows``), ``finish()`` writes ``csv_path`` and the
+    weight trajectories and returns the rows. ``train_run`` alternates the two
+    steps for one model; ``train_halves`` steps two models on the same batches
+    and couples their gradients in between.
+    """
+
+    def __init__(self, name, model, schedule, data, normalizer, o, subsets, run, csv_path, verbose=True):
+        self.name, self.model, self.schedule, self.data, self.normalizer = name, model, schedule, data, normalizer
+        self.o, self.run, self.csv_path, self.verbose = o, run, csv_path, verbose
+        self.opt = _optimizer(o)
+        self.params, self.grads = model.parameters(), model.gradients()
+        self.layer_of = _layer_labels(model)
+        self.tracker = Tracker(model, subsets, self.layer_of)
+        sample_rng = np.random.default_rng(o["seed"] + 17)
+        weight_tensors = [i for i, (n, _) in enumerate(model.named_parameters()) if n.endswith("/w")]
+        per_tensor = max(1, o["sample_weights"] // len(weight_tensors))
+        self.picks = [(i, int(j)) for i in weight_tensors
+                      for j in sample_rng.choice(self.params[i].size, per_tensor, replace=False)]
+        self.trajectory = np.empty((o["steps"] + 1, len(self.picks)), np.float32)
+        self.trajectory[0] = [self.params[i].flat[j] for i, j in self.picks]
+        self.rows, self.seconds, self.wall0 = [], 0.0, time.perf_counter()
+        self.skip = {}
+
+    def backward(self, step, idx):
+        o = self.o
+        self.phase = self.schedule.apply(self.opt, step) if self.schedule is not None else 0
+        if o["skip_frozen_grads"] and self.schedule is not None and self.phase not in self.skip:
+            self.skip[self.phase] = trainable_kernels(self.model, self.opt.masks)
+        self.opt.progress = step / o["steps"]
+        xb = self.normalizer(self.data.x_train[idx])
         t0 = time.perf_counter()
-        out = model.forward(xb, train=True)
-        loss, dout = softmax_cross_entropy(out, data.y_train[idx])
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"{name}: loss became {loss} at step {step}; lower the learning rate")
-        dout = dout.astype(out.dtype, copy=False)
-        if skip.get(phase):
-            backward_skipping_frozen(model, dout, skip[phase])
-        else:
-            model.backward(dout, input_grad=False)
-        t1 = time.perf_counter()
+        self.loss = _forward_backward(self.model, xb, self.data.y_train[idx], self.skip.get(self.phase))
+        self.seconds += time.perf_counter() - t0
+        if not np.isfinite(self.loss):
+            raise FloatingPointError(f"{self.name}: loss became {self.loss} at step {step}; lower the learning rate")
+        return self.loss
+
+    def update(self, step):
+        o, params, name, loss = self.o, self.params, self.name, self.loss
         before = [p.copy() for p in params]
-        opt.progress = step / o["steps"]
-        t2 = time.perf_counter()
-        opt.step(params, grads)
-        train_seconds += (t1 - t0) + (time.perf_counter() - t2)
-        tracker.update(params, grads, before)
-        trajectory[step + 1] = [params[i].flat[j] for i, j in picks]
-        row = {"step": step + 1, "seconds": round(train_seconds, 4),
-               "wall_seconds": round(time.perf_counter() - wall0, 3), "loss": loss, "phase": phase,
+        t = time.perf_counter()
+        self.opt.step(params, self.grads)
+        self.seconds += time.perf_counter() - t
+        self.tracker.update(params, self.grads, before)
+        self.trajectory[step + 1] = [params[i].flat[j] for i, j in self.picks]
+        row = {"step": step + 1, "seconds": round(self.seconds, 4),
+               "wall_seconds": round(time.perf_counter() - self.wall0, 3), "loss": loss, "phase": self.phase,
                "test_loss": None, "test_accuracy": None}
-        row.update(tracker.row())
+        row.update(self.tracker.row())
         norms = {}
-        for i, layer in enumerate(layer_of):
+        for i, layer in enumerate(self.layer_of):
             norms[layer] = norms.get(layer, 0.0) + float(np.square(params[i]).sum())
         row.update({f"norm@{k}": float(np.sqrt(v)) for k, v in norms.items()})
         if (step + 1) % o["eval_every"] == 0 or step + 1 == o["steps"]:
-            row["test_loss"], row["test_accuracy"] = _evaluate(model, data.x_test, data.y_test, normalizer)
-            run.log("eval", run=name, step=step + 1, train_loss=loss, test_loss=row["test_loss"],
-                    test_accuracy=row["test_accuracy"], train_seconds=train_seconds)
-            if verbose:
+            row["test_loss"], row["test_accuracy"] = _evaluate(self.model, self.data.x_test, self.data.y_test,
+                                                               self.normalizer)
+            self.run.log("eval", run=name, step=step + 1, train_loss=loss, test_loss=row["test_loss"],
+                         test_accuracy=row["test_accuracy"], train_seconds=self.seconds)
+            if self.verbose:
                 print(f"  {name:>16} step {step + 1:5d}: loss {loss:.4f}, test loss {row['test_loss']:.4f}, "
-                      f"test accuracy {row['test_accuracy']:.4f}, {train_seconds:.1f} s", file=sys.stderr, flush=True)
-        run.log("step", run=name, step=step + 1, train_loss=loss, phase_index=phase, train_seconds=train_seconds,
-                **{"distance": {s: row[f"dist:{s}"] for s in tracker.names},
-                   "decrease": {s: row[f"decrease:{s}"] for s in tracker.names},
-                   "layer_distance": {k: v for k, v in row.items() if k.startswith("dist:") and "@" in k}})
-        rows.append(row)
-    _write_csv(csv_path, rows)
-    np.savez(csv_path[:-4] + "_weights.npz", steps=np.arange(o["steps"] + 1), values=trajectory,
-             tensor=np.array([model.named_parameters()[i][0] for i, _ in picks]),
-             param_index=np.array([i for i, _ in picks]), flat_index=np.array([j for _, j in picks]))
-    return rows
+                      f"test accuracy {row['test_accuracy']:.4f}, {self.seconds:.1f} s", file=sys.stderr, flush=True)
+        names = self.tracker.names
+        self.run.log("step", run=name, step=step + 1, train_loss=loss, phase_index=self.phase,
+                     train_seconds=self.seconds,
+                     **{"distance": {s: row[f"dist:{s}"] for s in names},
+                        "decrease": {s: row[f"decrease:{s}"] for s in names},
+                        "layer_distance": {k: v for k, v in row.items() if k.startswith("dist:") and "@" in k}})
+        self.rows.append(row)
+        return row
+
+    def finish(self):
+        _write_csv(self.csv_path, self.rows)
+        np.savez(self.csv_path[:-4] + "_weights.npz", steps=np.arange(self.o["steps"] + 1), values=self.trajectory,
+                 tensor=np.array([self.model.named_parameters()[i][0] for i, _ in self.picks]),
+                 param_index=np.array([i for i, _ in self.picks]), flat_index=np.array([j for _, j in self.picks]))
+        return self.rows
+
+
+def train_run(name, model, schedule, data, normalizer, o, subsets, run, csv_path, verbose=True):
+    """Train one run for o["steps"] steps; returns its list of per-step rows (dicts)."""
+    trainer = _Trainer(name, model, schedule, data, normalizer, o, subsets, run, csv_path, verbose)
+    for step, idx in zip(range(o["steps"]), _batch_stream(len(data.x_train), o["batch_size"], o["seed"])):
+        trainer.backward(step, idx)
+        trainer.update(step)
+    return trainer.finish()
 
 
 def _write_csv(path, rows):
@@ -219,6 +266,8 @@ def resolve_options(opts):
         raise ConfigError(f"n-probes must be >= 0 (0: exact), got {o['n_probes']}")
     if not 0.0 <= float(o["warmup"]) < 1.0:
         raise ConfigError(f"warmup must be a fraction of the steps in [0, 1), got {o['warmup']}")
+    if float(o["coupling"]) < 0:
+        raise ConfigError(f"coupling must be >= 0, got {o['coupling']}")
     if not 0.0 < float(o["fraction"]) < 1.0:
         raise ConfigError(f"fraction must be strictly between 0 and 1, got {o['fraction']}")
     return o
@@ -235,8 +284,8 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
     unknown = [s for s in strategies if s not in EXPERIMENT_STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown freezing strategy {unknown[0]!r}; choose from {', '.join(EXPERIMENT_STRATEGIES)}")
-    halves = "two-halves" in strategies
-    strategies = [s for s in strategies if s != "two-halves"]
+    halves = [s for s in strategies if s in HALF_STRATEGIES]
+    strategies = [s for s in strategies if s not in HALF_STRATEGIES]
     o = resolve_options(opts)
     n_classes = len(data.class_names)
     spec = o["arch"].format(n_classes=n_classes)
@@ -273,11 +322,11 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
         schedules[s] = make_mask_schedule(model, s, o["fraction"], np.random.default_rng(o["seed"] + 2),
                                           o["include_dense"], o["every"], groups)
     subsets = experiment_subsets(model, schedules, o["include_dense"])
-    if halves:
-        kernel = kernel_tensor_masks(model, o["include_dense"])
-        second = make_masks(model, "first-half", o["fraction"], None, o["include_dense"])
-        subsets["two-halves/half-a"] = [m & k for m, k in zip(second, kernel)]
-        subsets["two-halves/half-b"] = [~m & k for m, k in zip(second, kernel)]
+    kernel = kernel_tensor_masks(model, o["include_dense"])
+    second = make_masks(model, "first-half", o["fraction"], None, o["include_dense"])
+    for s in halves:
+        subsets[f"{s}/half-a"] = [m & k for m, k in zip(second, kernel)]
+        subsets[f"{s}/half-b"] = [~m & k for m, k in zip(second, kernel)]
     time_steps(fresh, schedules, halves, data, normalizer, o, repeats=0)    # warm-up: compile and touch every path
     results = {}
     for name in ["baseline"] + strategies:
@@ -289,8 +338,8 @@ def run_freeze_experiment(data, normalizer, strategies, out, opts, verbose=True)
                                   run.path(f"{name}.csv"), verbose)
         if name == "baseline":
             save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": "freeze-baseline"})
-    if halves:
-        extra["two_halves"] = train_halves(fresh, data, normalizer, o, run, results, verbose)
+    for s in halves:
+        extra[s.replace("-", "_")] = train_halves(fresh, data, normalizer, o, run, results, verbose, s)
     step_costs = time_steps(fresh, schedules, halves, data, normalizer, o)
     summary = summarise(results, o, step_costs)
     summary.update(extra)
@@ -312,39 +361,136 @@ def kernel_tensor_masks(model, include_dense):
     return kernel
 
 
-def train_halves(fresh, data, normalizer, o, run, results, verbose):
-    """The seed's alternative to freezing half: two half-width models trained separately, then fused.
+def half_models(full, o):
+    """{"half-a": model, "half-b": model}: the two half-width models of ``full`` (``sub_model``).
 
     half-a keeps the kernels the first-half strategy trains, half-b the ones it
-    freezes, each with its initial weights restricted to the kept channels
-    (``sub_model``); both train for o["steps"] steps on the same batches, then a
-    new classifier is trained on their concatenated features (``ensemble.fuse``,
-    one epoch). Adds runs ``two-halves-half-a/b`` to ``results``; returns figures.
+    freezes, each with its initial weights restricted to the kept channels.
+    """
+    keep_a = trainable_kernels(full, make_masks(full, "first-half", o["fraction"], None, o["include_dense"]))
+    keep_b = {li: np.setdiff1d(np.arange(n_kernels(full.layers[li])), idx) for li, idx in keep_a.items()}
+    return {"half-a": sub_model(full, keep_a), "half-b": sub_model(full, keep_b)}
+
+
+def soft_share_gradient(a, b, rho):
+    """Gradients of the penalty (rho/2) ||a - b||^2 with respect to a and to b."""
+    d = rho * (a - b)
+    return d, -d
+
+
+def couple_soft_share(pairs, grads, rho, lr, centre):
+    """Soft weight sharing: adds the gradients of (rho/2) ||theta_a - theta_b||^2 to each coupled pair."""
+    for (a, b), (ga, gb) in zip(pairs, grads):
+        da, db = soft_share_gradient(a, b, rho)
+        ga += da
+        gb += db
+
+
+def couple_elastic(pairs, grads, rho, lr, centre):
+    """Elastic averaging SGD (Zhang, Choromanska & LeCun 2015, synchronous form, eqs. 5-6).
+
+    Each model's gradient gets rho (theta_i - c); the centre c moves by
+    alpha sum_i (theta_i - c) with alpha = lr rho (lr: the current learning
+    rate), both from the weights before the optimiser step.
+    """
+    alpha = lr * rho
+    for (a, b), (ga, gb), c in zip(pairs, grads, centre):
+        da, db = a - c, b - c
+        ga += rho * da
+        gb += rho * db
+        c += alpha * (da + db)
+
+
+# strategy -> (coupling, couples every tensor of equal shape (True) or the kernel layers' only (False))
+COUPLINGS = {"two-halves": (None, False), "elastic": (couple_elastic, True), "soft-share": (couple_soft_share, False)}
+
+
+def coupled_tensors(a, b, include_dense, every_tensor):
+    """Indices of the parameter tensors of models a and b that have equal shapes (of the kernel layers only unless
+    ``every_tensor``)."""
+    kernel = [k.any() for k in kernel_tensor_masks(a, include_dense)]
+    return [i for i, (p, q) in enumerate(zip(a.parameters(), b.parameters()))
+            if p.shape == q.shape and (every_tensor or kernel[i])]
+
+
+def _distance(xs, ys):
+    return float(np.sqrt(sum(np.square(x.astype(np.float64) - y).sum() for x, y in zip(xs, ys))))
+
+
+def train_halves(fresh, data, normalizer, o, run, results, verbose, strategy="two-halves"):
+    """The seed's alternative to freezing half: two half-width models, trained in lockstep, then fused.
+
+    The models are ``half_models(fresh(), o)``; both train for o["steps"] steps
+    on the same batches. ``strategy`` picks the coupling between their
+    parameters of equal shape (``COUPLINGS``; strength rho = o["coupling"]):
+    none (``two-halves``: two independent runs), ``elastic`` (elastic averaging
+    with a centre per coupled tensor, initialised to the mean of the two) or
+    ``soft-share`` (the penalty (rho/2)||theta_a - theta_b||^2 on the kernel
+    layers). Each step's rows also get ``halves_distance`` (L2 distance between
+    the two models' kernel-layer tensors of equal shape) and, for elastic,
+    ``centre_distance`` (of the model from the centre). Then a new classifier
+    is trained on their concatenated features (``ensemble.fuse``, one epoch).
+    Adds runs ``<strategy>-half-a/b`` to ``results``, saves the trained models as
+    ``<strategy>-half-a/b.npz``; returns figures.
     """
     from .ensemble import fuse
-    full = fresh()
-    second = make_masks(full, "first-half", o["fraction"], None, o["include_dense"])
-    keep_a = trainable_kernels(full, second)                 # {layer: kernels first-half trains}
-    keep_b = {li: np.setdiff1d(np.arange(n_kernels(full.layers[li])), idx) for li, idx in keep_a.items()}
-    models, out = [], {}
-    for half, keep in (("half-a", keep_a), ("half-b", keep_b)):
-        model = sub_model(full, keep)
+    coupling, every_tensor = COUPLINGS[strategy]
+    rho = float(o["coupling"])
+    models = half_models(fresh(), o)
+    trainers = []
+    for half, model in models.items():
         kernel = kernel_tensor_masks(model, o["include_dense"])
-        own = {f"two-halves/{half}": kernel, f"two-halves/{half}-other": [~k for k in kernel]}
-        if verbose:
-            print(f"run two-halves-{half} ({model.spec()})", file=sys.stderr, flush=True)
-        name = f"two-halves-{half}"
-        results[name] = train_run(name, model, None, data, normalizer, o, own, run, run.path(f"{name}.csv"), verbose)
-        models.append(model)
-        out[f"{half}_arch"] = model.spec()
-        out[f"{half}_test_accuracy"] = results[name][-1]["test_accuracy"]
-        out[f"{half}_seconds"] = results[name][-1]["seconds"]
-    t = time.perf_counter()
-    fused = fuse(models, data.x_train, data.y_train, normalizer, epochs=1, lr=1e-2,
+        own = {f"{strategy}/{half}": kernel, f"{strategy}/{half}-other": [~k for k in kernel]}
+        name = f"{strategy}-{half}"
+        trainers.append(_Trainer(name, model, None, data, normalizer, o, own, run, run.path(f"{name}.csv"), verbose))
+    a, b = trainers
+    kernels = coupled_tensors(a.model, b.model, o["include_dense"], False)
+    tensors = coupled_tensors(a.model, b.model, o["include_dense"], every_tensor) if coupling else []
+    pairs = [(a.params[i], b.params[i]) for i in tensors]
+    grads = [(a.grads[i], b.grads[i]) for i in tensors]
+    centre = [(p + q) / 2 for p, q in pairs] if coupling is couple_elastic else None
+    if verbose:
+        print(f"run {strategy} ({', '.join(m.spec() for m in models.values())}"
+              f"{f', coupling {rho:g} on {len(tensors)} tensors' if coupling else ''})", file=sys.stderr, flush=True)
+    for step, idx in zip(range(o["steps"]), _batch_stream(len(data.x_train), o["batch_size"], o["seed"])):
+        for t in trainers:
+            t.backward(step, idx)
+        if coupling:
+            t0 = time.perf_counter()
+            coupling(pairs, grads, rho, a.opt.current_lr(), centre)
+            share = (time.perf_counter() - t0) / 2
+            for t in trainers:
+                t.seconds += share
+        rows = [t.update(step) for t in trainers]
+        event = {"halves_distance": _distance([a.params[i] for i in kernels], [b.params[i] for i in kernels])}
+        for t, row in zip(trainers, rows):
+            row.update(event)
+            if centre is not None:
+                row["centre_distance"] = _distance([t.params[i] for i in tensors], centre)
+        if centre is not None:
+            event["centre_distance"] = [row["centre_distance"] for row in rows]
+        run.log("coupling", run=strategy, step=step + 1, **event)
+    out = {"coupling": rho if coupling else None, "coupled_tensors": len(tensors),
+           "halves_distance": rows[0]["halves_distance"]}
+    for half, t in zip(models, trainers):
+        results[t.name] = t.finish()
+        save_model(run.path(f"{t.name}.npz"), t.model, normalizer, data.class_names, {"method": f"freeze-{strategy}"})
+        out[f"{half}_arch"] = t.model.spec()
+        out[f"{half}_test_accuracy"] = results[t.name][-1]["test_accuracy"]
+        out[f"{half}_seconds"] = results[t.name][-1]["seconds"]
+    if centre is not None and len(tensors) == len(a.params):     # the centre is a whole model: evaluate it too
+        centre_model = copy.deepcopy(a.model)
+        for p, c in zip(centre_model.parameters(), centre):
+            p[...] = c
+        out["centre_test_loss"], out["centre_test_accuracy"] = _evaluate(centre_model, data.x_test, data.y_test,
+                                                                         normalizer)
+    t0 = time.perf_counter()
+    fused = fuse([t.model for t in trainers], data.x_train, data.y_train, normalizer, epochs=1, lr=1e-2,
                  batch_size=o["batch_size"], seed=o["seed"])
-    out["fused_head_seconds"] = time.perf_counter() - t
+    out["fused_head_seconds"] = time.perf_counter() - t0
     out["fused_test_loss"], out["fused_test_accuracy"] = _evaluate(fused, data.x_test, data.y_test, normalizer)
-    run.log("two_halves_fused", test_accuracy=out["fused_test_accuracy"], seconds=out["fused_head_seconds"])
+    run.log(f"{strategy.replace('-', '_')}_fused", test_accuracy=out["fused_test_accuracy"],
+            seconds=out["fused_head_seconds"])
     return out
 
 
@@ -382,11 +528,7 @@ def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=10):
     for name, sch in schedules.items():
         configs[name] = (fresh(), sch.phases[0])
     if halves:
-        full = fresh()
-        keep_a = trainable_kernels(full, make_masks(full, "first-half", o["fraction"], None, o["include_dense"]))
-        keep_b = {li: np.setdiff1d(np.arange(n_kernels(full.layers[li])), idx) for li, idx in keep_a.items()}
-        configs["two-halves-half-a"] = (sub_model(full, keep_a), None)
-        configs["two-halves-half-b"] = (sub_model(full, keep_b), None)
+        configs.update({half: (model, None) for half, model in half_models(fresh(), o).items()})
     steps = {}
     for name, (model, masks) in configs.items():
         opt = _optimizer(o)
@@ -394,12 +536,7 @@ def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=10):
         keep = trainable_kernels(model, masks) if masks is not None and o["skip_frozen_grads"] else {}
 
         def step(model=model, opt=opt, keep=keep):
-            out = model.forward(xb, train=True)
-            dout = softmax_cross_entropy(out, yb)[1].astype(out.dtype, copy=False)
-            if keep:
-                backward_skipping_frozen(model, dout, keep)
-            else:
-                model.backward(dout, input_grad=False)
+            _forward_backward(model, xb, yb, keep)
             opt.step(model.parameters(), model.gradients())
         step()
         steps[name] = step
@@ -409,6 +546,8 @@ def time_steps(fresh, schedules, halves, data, normalizer, o, repeats=10):
             t = time.perf_counter()
             step()
             best[name] = min(best[name], time.perf_counter() - t)
+    for half in ("half-a", "half-b") if halves else ():        # the uncoupled step of the half-width models
+        best.update({f"{s}-{half}": best[half] for s in halves})
     return best
 
 

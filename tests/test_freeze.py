@@ -353,3 +353,87 @@ def test_sub_model_equals_the_full_model_with_the_dropped_kernels_cut_off(spec, 
     assert np.allclose(small.forward(x), model.forward(x), rtol=1e-12, atol=1e-12)
     with pytest.raises(ConfigError, match="distinct indices"):
         sub_model(model, {0: [0, 0]})
+
+
+# ---------------------------------------------------------------- coupled half-width models (elastic, soft-share)
+
+def test_coupling_gradients_match_finite_differences_of_their_penalties():
+    from gradcheck import numeric_grad, rel_error
+    from greedy.freeze_experiment import couple_elastic, couple_soft_share
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal((3, 2, 3, 3)) for _ in range(3))
+    rho, lr = 0.7, 0.05
+    for coupling, penalty in ((couple_soft_share, lambda: rho / 2 * np.sum((a - b) ** 2)),
+                              (couple_elastic, lambda: rho / 2 * (np.sum((a - c) ** 2) + np.sum((b - c) ** 2)))):
+        ga, gb, centre = np.zeros_like(a), np.zeros_like(b), [c.copy()]
+        coupling([(a, b)], [(ga, gb)], rho, lr, centre)
+        assert rel_error(ga, numeric_grad(penalty, a)) < 1e-8
+        assert rel_error(gb, numeric_grad(penalty, b)) < 1e-8
+    # the elastic centre moves by lr rho sum_i (theta_i - c), from the weights before the step
+    assert np.allclose(centre[0], c + lr * rho * ((a - c) + (b - c)), rtol=1e-12, atol=1e-14)
+
+
+def _halves_setup(tmp_path, **opts):
+    from greedy.datasets import load_dataset
+    from greedy.freeze_experiment import resolve_options
+    from greedy.model import Normalizer, build_model
+    from greedy.runs import Run
+    data = load_dataset("synthetic-grey", synthetic_size=(64, 32), seed=0)
+    o = resolve_options(dict({"arch": "c4k3-relu-max2-c4k3-relu-max2-fc8-relu-fc10", "batch_size": 16,
+                              "steps": 12, "eval_every": 6, "lr": 0.05}, **opts))
+    run = Run(str(tmp_path), "freeze", "synthetic-grey", o, verbose=False)
+    return data, Normalizer().fit(data.x_train), o, run, lambda: build_model(o["arch"], (1, 28, 28), 10, 0)
+
+
+@pytest.mark.parametrize("strategy", ["elastic", "soft-share"])
+def test_lockstep_without_coupling_equals_two_independent_runs(tmp_path, strategy):
+    from greedy.freeze_experiment import half_models, train_halves, train_run
+    from greedy.model import load_model
+    data, normalizer, o, run, fresh = _halves_setup(tmp_path, coupling=0.0)
+    results = {}
+    out = train_halves(fresh, data, normalizer, o, run, results, False, strategy)
+    assert out["coupled_tensors"] > 0
+    for half, model in half_models(fresh(), o).items():
+        rows = train_run(half, model, None, data, normalizer, o, {}, run, str(tmp_path / f"{half}.csv"), False)
+        coupled = load_model(str(tmp_path / f"{strategy}-{half}.npz"))[0]
+        assert all(np.array_equal(p, q) for p, q in zip(model.parameters(), coupled.parameters()))
+        assert [r["loss"] for r in rows] == [r["loss"] for r in results[f"{strategy}-{half}"]]
+
+
+@pytest.mark.parametrize("strategy", ["elastic", "soft-share"])
+def test_strong_coupling_brings_the_halves_together(tmp_path, strategy):
+    from greedy.freeze_experiment import train_halves
+    distance = {}
+    for rho in (0.0, 5.0):
+        data, normalizer, o, run, fresh = _halves_setup(tmp_path / str(rho), coupling=rho)
+        results = {}
+        distance[rho] = train_halves(fresh, data, normalizer, o, run, results, False, strategy)["halves_distance"]
+        first = results[f"{strategy}-half-a"][0]["halves_distance"]
+    assert distance[5.0] < 0.5 * distance[0.0] and distance[5.0] < first < distance[0.0]
+
+
+def test_experiment_freeze_cli_elastic_writes_coupled_halves(tmp_path):
+    import csv
+    import json
+    from click.testing import CliRunner
+    from greedy.cli import main
+    out = tmp_path / "el"
+    args = ["experiment", "freeze", "--dataset", "synthetic", "--strategy", "elastic", "--coupling", "0.5",
+            "--arch", "c4k3-relu-max2-c4k3-relu-max2-fc8-relu-fc10", "--steps", "6", "--eval-every", "3",
+            "--n-train", "64", "--n-test", "32", "--batch-size", "16", "--threads", "1", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"baseline", "elastic-half-a", "elastic-half-b"}
+    el = summary["elastic"]
+    assert el["coupling"] == 0.5 and el["coupled_tensors"] == 8
+    for key in ("fused_test_accuracy", "half-a_test_accuracy", "half-b_test_accuracy", "centre_test_accuracy",
+                "half-a_seconds", "half-b_seconds", "fused_head_seconds", "halves_distance"):
+        assert el[key] is not None, key
+    for half in ("half-a", "half-b"):
+        rows = list(csv.DictReader(open(out / f"elastic-{half}.csv")))
+        assert len(rows) == 6 and float(rows[-1]["halves_distance"]) > 0 and float(rows[-1]["centre_distance"]) > 0
+        assert (out / f"elastic-{half}.npz").is_file()
+    events = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert sum(e["phase"] == "coupling" for e in events) == 6
+    assert "| elastic-half-a |" in (out / "table.md").read_text()
