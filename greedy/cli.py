@@ -104,7 +104,8 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--layer-budget", default=None,
               help="Per-layer budget: 2e (epochs), 90s (seconds), 4e*0.5 (geometric), 3e,2e,1e (list).")
 @click.option("--aux-depth", type=click.IntRange(min=0), default=None, help="aux: hidden conv layers in each auxiliary head.")
-@click.option("--aux-pool", type=click.Choice(["gap", "quadrant"]), default=None, help="Pooling before auxiliary heads/objectives.")
+@click.option("--aux-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None,
+              help="Pooling before auxiliary heads/objectives (none: the whole feature map).")
 @click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="cosine: softmax temperature.")
