@@ -215,8 +215,8 @@ def _nfp_to_fnp(dy, dyt, dbpart):
 
 
 @numba.njit(parallel=True, cache=True)
-def _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax):
-    """x (n, c, H, W) -> y (n, c, ho, wo), argmax = flat index h*W + w of the maximum in its plane."""
+def _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax, keep_argmax):
+    """x (n, c, H, W) -> y (n, c, ho, wo), argmax = flat index h*W + w of the maximum in its plane (if kept)."""
     n, c, h, w = x.shape
     for i in prange(n * c):
         s = i // c
@@ -234,7 +234,8 @@ def _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax):
                             best = v
                             idx = (h0 + a) * w + w0 + b
                 y[s, ci, oh, ow] = best
-                argmax[s, ci, oh, ow] = idx
+                if keep_argmax:
+                    argmax[s, ci, oh, ow] = idx
 
 
 @numba.njit(parallel=True, cache=True)
@@ -500,11 +501,12 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
     return dx, dw.reshape(w.shape), db
 
 
-def maxpool2d_forward(x, size=2, stride=2):
+def maxpool2d_forward(x, size=2, stride=2, with_argmax=True):
     """Max pooling without padding. x (N, C, H, W) float32/float64.
 
     Returns y (N, C, Ho, Wo) with Ho = (H - size) // stride + 1, and argmax
-    (N, C, Ho, Wo) int64: flat index h*W + w of each maximum inside its (H, W) plane.
+    (N, C, Ho, Wo) int32: flat index h*W + w of each maximum inside its (H, W) plane
+    (None when not ``with_argmax``: inference needs no backward).
     """
     x = _float_array("x", x, 4)
     size = _int_at_least("size", size, 1)
@@ -512,9 +514,9 @@ def maxpool2d_forward(x, size=2, stride=2):
     n, c, h, w = x.shape
     ho, wo = _out_size(h, w, size, size, stride, 0, "max pool")
     y = np.empty((n, c, ho, wo), x.dtype)
-    argmax = np.empty((n, c, ho, wo), np.int64)
-    _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax)
-    return y, argmax
+    argmax = np.empty((n, c, ho, wo) if with_argmax else (1, 1, 1, 1), np.int32)
+    _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax, with_argmax)
+    return y, (argmax if with_argmax else None)
 
 
 def maxpool2d_backward(dy, argmax, x_shape):

@@ -30,8 +30,8 @@ COMMON = {"optimizer": "adam", "lr": 2e-3, "schedule": "onecycle", "weight_decay
           "augment_pad": 4, "augment_flip": True}
 
 DATASET_DEFAULTS = {
-    "mnist": {"blocks": ["c32k5-bn-relu-max2", "c64k5-bn-relu-max2"], "layer_budget": "2e",
-              "final_pool": "none", "augment_flip": False, "augment_pad": 2},
+    "mnist": {"blocks": ["c32k5-bn-relu-max2", "c64k3-bn-relu-max2", "c128k3-bn-relu"], "layer_budget": "1e,1e,2e",
+              "final_pool": "none", "augment": True, "augment_flip": False, "augment_pad": 2},
     "cifar10": {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu", "c256k3-bn-relu-max2", "c256k3-bn-relu"],
                 "layer_budget": "2e"},
 }

@@ -242,11 +242,16 @@ class ReLU(Layer):
 
 class Tanh(Layer):
     def forward(self, x, train=False):
-        self.y = np.tanh(x)
+        x = np.ascontiguousarray(x)
+        self.y = np.empty_like(x)
+        pk.tanh_forward(x.reshape(-1), self.y.reshape(-1))
         return self.y
 
     def backward(self, dy):
-        return dy * (1 - self.y * self.y)
+        dy = np.ascontiguousarray(dy, dtype=self.y.dtype)
+        dx = np.empty_like(dy)
+        pk.tanh_backward(self.y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+        return dx
 
     def r_forward(self, rx, rparams=None):
         self.ry = None if rx is None else rx * (1 - self.y * self.y)
@@ -279,20 +284,28 @@ class MaxPool2d(Layer):
         return (c, h // self.size, w // self.size)
 
     def forward(self, x, train=False):
-        self.x_shape = x.shape
-        y, self.argmax = ck.maxpool2d_forward(x, self.size, self.size)
+        # inference skips the argmax; backward or an R-op after it recomputes it from x
+        self.x = x
+        y, self._argmax = ck.maxpool2d_forward(x, self.size, self.size, with_argmax=train)
         return y
 
+    @property
+    def argmax(self):
+        if self._argmax is None:
+            self._argmax = ck.maxpool2d_forward(self.x, self.size, self.size)[1]
+        return self._argmax
+
     def backward(self, dy):
-        return ck.maxpool2d_backward(dy, self.argmax, self.x_shape)
+        return ck.maxpool2d_backward(dy, self.argmax, self.x.shape)
 
     def r_forward(self, rx, rparams=None):
         """R{y} picks Rx at the positions of the maxima."""
         if rx is None:
             return None
-        n, c = self.argmax.shape[:2]
-        picked = np.take_along_axis(rx.reshape(n, c, -1), self.argmax.reshape(n, c, -1), axis=2)
-        return picked.reshape(self.argmax.shape)
+        argmax = self.argmax
+        n, c = argmax.shape[:2]
+        picked = np.take_along_axis(rx.reshape(n, c, -1), argmax.reshape(n, c, -1), axis=2)
+        return picked.reshape(argmax.shape)
 
     def r_backward(self, dy, rdy, need_dx=True):
         return self._r_linear_backward(dy, rdy, need_dx)
