@@ -26,13 +26,13 @@ from .train import accuracy, predict
 
 COMMON = {"optimizer": "adam", "lr": 2e-3, "schedule": "onecycle", "weight_decay": 5e-4, "batch_size": 128,
           "aux_depth": 0, "aux_pool": "quadrant", "final_pool": "quadrant", "finetune_epochs": 0,
-          "final_epochs": 10, "temperature": 0.1, "augment": False,
+          "final_epochs": 10, "temperature": 0.1, "kl_variance": "shared", "augment": False,
           "augment_pad": 4, "augment_flip": True}
 
 DATASET_DEFAULTS = {
     "mnist": {"blocks": ["c32k5-bn-relu-max2", "c64k3-bn-relu-max2", "c128k3-bn-relu"], "layer_budget": "1e,1e,2e",
               "final_pool": "none", "augment": True, "augment_flip": False, "augment_pad": 2},
-    "cifar10": {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu", "c256k3-bn-relu-max2", "c256k3-bn-relu"],
+    "cifar10": {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu-max2", "c256k3-bn-relu", "c256k3-bn-relu"],
                 "layer_budget": "2e"},
 }
 
@@ -98,7 +98,8 @@ def _feature_block_trainer(opts, n_classes, loss_name):
             if loss_name == "cosine":
                 value, grad = objectives.cosine_loss(flat, yb, n_classes, temperature=opts["temperature"])
             else:
-                value, grad = objectives.gaussian_kl_loss(flat, yb, n_classes)
+                value, grad = objectives.gaussian_kl_loss(flat, yb, n_classes,
+                                                          shared_variance=opts["kl_variance"] == "shared")
             return value, grad.reshape(f.shape)
 
         fit_block(model, x, y, opts, budget, rng, loss_fn=loss_fn, label=f"{loss_name} layer {layer}",

@@ -131,7 +131,7 @@ def cosine_loss(f, y, n_classes, temperature=0.1, eps=1e-6, centroids=None):
     return float(loss), _normalise_backward(f, norm, du)
 
 
-def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6):
+def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6, shared_variance=False):
     """Minus the mean over class pairs of log(1 + SKL / D) between diagonal-Gaussian class models.
 
     f (N, D) float32/float64, y (N,) int; returns (loss: float <= 0, dL/df (N, D), f's dtype).
@@ -150,6 +150,12 @@ def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6):
        dominating (pairs close together get the larger gradient) and makes the
        loss grow slowly as classes collapse onto points (v -> eps).
 
+    With ``shared_variance`` every class uses the pooled within-class variance
+    v (plus eps), so SKL_ab = sum_d (m_a - m_b)^2 / v: a Fisher / LDA-style
+    separation of means. With per-class variances a class can also be
+    "separated" by shrinking its spread on a feature where the means agree,
+    which a linear classifier cannot use.
+
     Fewer than two classes in the batch give (0.0, zeros).
     """
     f, y, onehot = _check_batch(f, y, n_classes)
@@ -167,7 +173,10 @@ def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6):
     col = np.searchsorted(present, y)
     mean = (onehot.T @ g) / counts[:, None]
     resid = g - mean[col]
-    var = (onehot.T @ (resid * resid)) / counts[:, None] + eps
+    if shared_variance:
+        var = np.broadcast_to((resid * resid).mean(axis=0) + eps, mean.shape).copy()
+    else:
+        var = (onehot.T @ (resid * resid)) / counts[:, None] + eps
     inv = 1 / var
 
     c = len(present)
@@ -188,6 +197,9 @@ def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6):
         w = weight[a][:, None]
         dmean[a] = (w * delta * (inv[a] + inv)).sum(axis=0)
         dvar[a] = 0.5 * (w * (inv - (var + delta * delta) * inv[a] ** 2)).sum(axis=0)
-    dg = (dmean[col] + 2 * dvar[col] * resid) / counts[col][:, None]
+    if shared_variance:
+        dg = dmean[col] / counts[col][:, None] + 2 * dvar.sum(axis=0) * resid / n
+    else:
+        dg = (dmean[col] + 2 * dvar[col] * resid) / counts[col][:, None]
     df = (dg - dg.mean(axis=0) - g * (dg * g).mean(axis=0)) / std
     return float(loss), df

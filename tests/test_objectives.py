@@ -32,6 +32,7 @@ LOSSES = {
         f, y, 4, centroids=np.random.default_rng(1).standard_normal((4, f.shape[1]))),
     "gaussian kl": lambda f, y: gaussian_kl_loss(f, y, 4),
     "gaussian kl small eps": lambda f, y: gaussian_kl_loss(f, y, 4, eps=0.05, std_eps=1e-3),
+    "gaussian kl shared variance": lambda f, y: gaussian_kl_loss(f, y, 4, shared_variance=True),
 }
 
 
