@@ -85,6 +85,21 @@ def _im2col_kernel(x, kh, kw, stride, pad, ho, wo, out):
 
 
 @numba.njit(parallel=True, cache=True)
+def _gather_patches_kernel(x, img, row, col, kh, kw, pad, out):
+    """out[j] = the (C, kh, kw) window of image img[j] at output pixel (row[j], col[j]), stride 1, zero padding."""
+    n, c, h, w = x.shape
+    for j in prange(len(img)):
+        s = img[j]
+        for ci in range(c):
+            for a in range(kh):
+                hh = row[j] - pad + a
+                for b in range(kw):
+                    ww = col[j] - pad + b
+                    inside = hh >= 0 and hh < h and ww >= 0 and ww < w
+                    out[j, (ci * kh + a) * kw + b] = x[s, ci, hh, ww] if inside else 0
+
+
+@numba.njit(parallel=True, cache=True)
 def _col2im_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
     """Adds cols (n*ho*wo, C*kh*kw) into dx (n, C, H, W); prange over samples (no write races)."""
     n, c, h, w = dx.shape
@@ -416,6 +431,18 @@ def im2col(x, kh, kw, stride=1, pad=0):
     cols = np.empty((n * ho * wo, c * kh * kw), x.dtype)
     _im2col_kernel(x, kh, kw, stride, pad, ho, wo, cols)
     return cols
+
+
+def gather_patches(x, img, row, col, kh, kw, pad):
+    """Rows of ``im2col(x, kh, kw, 1, pad)`` for the given (image, output row, output column) triples only.
+
+    x (N, C, H, W) float; img, row, col (M,) int. Returns (M, C*kh*kw) in x's dtype.
+    """
+    x = _float_array("x", x, 4)
+    img, row, col = (np.ascontiguousarray(a, dtype=np.int64) for a in (img, row, col))
+    out = np.empty((len(img), x.shape[1] * kh * kw), x.dtype)
+    _gather_patches_kernel(x, img, row, col, kh, kw, pad, out)
+    return out
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, pad=0):

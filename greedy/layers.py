@@ -242,9 +242,7 @@ class ReLU(Layer):
 
 class Tanh(Layer):
     def forward(self, x, train=False):
-        x = np.ascontiguousarray(x)
-        self.y = np.empty_like(x)
-        pk.tanh_forward(x.reshape(-1), self.y.reshape(-1))
+        self.y = np.tanh(x)  # NumPy's SIMD tanh is ~20x faster than Numba's scalar libm call
         return self.y
 
     def backward(self, dy):

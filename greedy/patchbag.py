@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .kmeans import KMeans, assign
 from .layers import Conv2d, glorot_uniform
 from .layerwise import blocks_from_widths, fit_block, split_blocks, train_layerwise
-from .patches import PatchPreprocessor, extract_patches, fold_into_conv, sample_patches
+from .patches import PatchPreprocessor, fold_into_conv, sample_patches
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
 DENSE_BATCH_DENSITY = 0.02
@@ -81,8 +81,10 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     """Assign every patch of every image to its nearest centroid, streamed in image chunks.
 
     x (N, C, H, W) float; pre a fitted PatchPreprocessor; centers (k, d) float32.
-    At most ``chunk_bytes`` of raw patches (plus their preprocessed copy and
-    the (rows x k) distance block of ``assign``) are in memory at once.
+    Chunks hold images whose 3x3 patches would take ``chunk_bytes``; the patches
+    are projected by a convolution (``PatchPreprocessor.transform_images``), so
+    at most that much (d/9C of it for the projections, plus the distance blocks
+    of ``assign``) is in memory at once.
     Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
     """
     n, c, h, w = x.shape
@@ -95,7 +97,7 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     inertia, distinct = 0.0, 0
     for start in range(0, n, step):
         xb = x[start:start + step]
-        labels, dist = assign(pre.transform(extract_patches(xb)), centers, sq)
+        labels, dist = assign(pre.transform_images(xb), centers, sq)
         counts = np.zeros((len(xb), side * side, k), dtype)
         _count_codes(labels.astype(np.int64), len(xb), h, w, side, k, counts)
         inertia += float(dist.sum())

@@ -19,7 +19,7 @@ Defaults and why:
 """
 import numpy as np
 
-from .conv_kernels import im2col
+from .conv_kernels import conv2d_forward, gather_patches, im2col
 from .errors import ConfigError
 
 
@@ -32,20 +32,23 @@ def extract_patches(x, size=3):
 
 
 def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
-    """A uniform random sample of ``n_patches`` patches from images x (N, C, H, W), drawn image-chunk by chunk."""
+    """A uniform random sample of ``n_patches`` patches from images x (N, C, H, W), gathered image-chunk by chunk.
+
+    Only the sampled windows are read (no full patch matrix), so a chunk costs
+    ``chunk_images`` images converted to float32. Returns (n_patches, C*size*size) float32.
+    """
     n, _, h, w = x.shape
     positions = h * w
     picks = rng.choice(n * positions, size=min(n_patches, n * positions), replace=False)
     picks.sort()
-    img = picks // positions
+    img, pos = picks // positions, picks % positions
     out = []
     for start in range(0, n, chunk_images):
         sel = (img >= start) & (img < start + chunk_images)
         if not sel.any():
             continue
-        stop = min(start + chunk_images, n)
-        patches = extract_patches(x[start:stop], size)
-        out.append(patches[picks[sel] - start * positions])
+        xb = np.ascontiguousarray(x[start:start + chunk_images], dtype=np.float32)
+        out.append(gather_patches(xb, img[sel] - start, pos[sel] // w, pos[sel] % w, size, size, size // 2))
     return np.concatenate(out)
 
 
@@ -97,6 +100,17 @@ class PatchPreprocessor:
     def transform(self, patches):
         """Patches (n, 9C) -> preprocessed (n, d) float32."""
         return patches @ self.A_ + self.c_
+
+    def transform_images(self, x):
+        """Preprocessed patches at every position of x (N, C, H, W): (N*H*W, d) float32, rows image-major.
+
+        Equal to ``transform(extract_patches(x))`` but computed as a convolution
+        with d filters, so the (N*H*W, 9C) patch matrix is never built.
+        """
+        d = self.A_.shape[1]
+        w = np.ascontiguousarray(self.A_.T.reshape(d, self.channels, self.size, self.size))
+        y = conv2d_forward(np.ascontiguousarray(x, dtype=np.float32), w, self.c_, 1, self.size // 2)
+        return y.transpose(0, 2, 3, 1).reshape(-1, d)
 
 
 def fold_into_conv(pre, w, b, channels, size=3):

@@ -1,4 +1,4 @@
-"""Numba kernels for the per-element layers: ReLU, tanh and batch normalisation.
+"""Numba kernels for the per-element layers: ReLU, the tanh gradient and batch normalisation.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
 is one or two parallel passes over the data. Arrays are C-contiguous, float32
@@ -84,13 +84,6 @@ def batchnorm_backward(x, dy, mean, inv_std, gamma, dx, dgamma, dbeta):
             for k in range(p):
                 xh = (np.float64(x[i, j, k]) - m) * s
                 dx[i, j, k] = scale * (np.float64(dy[i, j, k]) - a - xh * b)
-
-
-@numba.njit(parallel=True, cache=True)
-def tanh_forward(x, y):
-    """y = tanh(x) over flat arrays."""
-    for i in prange(x.size):
-        y[i] = np.tanh(x[i])
 
 
 @numba.njit(parallel=True, cache=True)

@@ -252,3 +252,13 @@ def test_bad_inputs_raise_config_error():
         ck.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), np.full((2, 3, 2, 2), 99), x.shape)
     with pytest.raises(ConfigError, match="4 dimensions"):
         ck.avgpool2d_forward(x[0])
+
+
+def test_gather_patches_equals_the_matching_im2col_rows():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 5, 6)).astype(np.float32)
+    cols = ck.im2col(x, 3, 3, 1, 1)
+    img, row, col = rng.integers(0, 3, 40), rng.integers(0, 5, 40), rng.integers(0, 6, 40)
+    row[:2], col[:2] = 0, [0, 5]  # corners: padded windows
+    got = ck.gather_patches(x, img, row, col, 3, 3, 1)
+    assert np.array_equal(got, cols[(img * 5 + row) * 6 + col])

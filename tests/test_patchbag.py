@@ -138,3 +138,9 @@ def test_image_clustering_keeps_classes_and_weights():
     assert len(protos) == 6 and list(labels) == [0, 0, 1, 1, 2, 2]
     assert np.allclose(weights.reshape(3, 2).sum(axis=1), 4)
     assert np.allclose(np.asarray(protos.parts[0].sum(axis=1)).ravel(), 1.0, atol=1e-5)
+
+
+def test_transform_images_equals_transform_of_extracted_patches():
+    x = small_images(n=5).astype(np.float32)
+    pre = PatchPreprocessor(x.shape[1], n_components=8).fit(extract_patches(x))
+    assert np.allclose(pre.transform_images(x), pre.transform(extract_patches(x)), atol=1e-4)
