@@ -77,7 +77,7 @@ class PatchPreprocessor:
     def fit(self, patches):
         dim = patches.shape[1]
         a = mean_removal_matrix(self.channels, self.size) if self.remove_mean else np.eye(dim)
-        p = patches.astype(np.float64) @ a
+        p = patches.astype(np.float64) @ a if self.remove_mean else patches.astype(np.float64)
         mu = p.mean(axis=0)
         if self.whiten == "pca":
             vals, vecs = np.linalg.eigh(np.cov(p - mu, rowvar=False))
