@@ -145,9 +145,8 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
     run.start()
     model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
     train_seconds = run.seconds()
-    own_format = hasattr(model, "save")  # e.g. greedy.binary: its own model file, and it takes uint8 images
-    test_acc = accuracy(model, data.x_test, data.y_test, None if own_format else normalizer)
-    if own_format:
+    test_acc = accuracy(model, data.x_test, data.y_test, model_input(model, normalizer))
+    if hasattr(model, "save"):
         model.save(run.path("model.npz"), normalizer, data.class_names, {"method": method, "dataset": dataset})
     else:
         save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
@@ -173,8 +172,14 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     if tuple(data.x_test.shape[1:]) != tuple(meta["in_shape"]):
         fail(f"{path} expects images of shape {tuple(meta['in_shape'])}, "
              f"dataset {dataset} has {tuple(data.x_test.shape[1:])}")
-    acc = accuracy(model, data.x_test, data.y_test, None if hasattr(model, "save") else normalizer)
+    acc = accuracy(model, data.x_test, data.y_test, model_input(model, normalizer))
     click.echo(json.dumps({"model": path, "dataset": dataset, "test_accuracy": acc}))
+
+
+def model_input(model, normalizer):
+    """What maps raw images to the model's input: the normalizer, or None for models with their own
+    file format (``save``, e.g. greedy.binary), which take uint8 images."""
+    return None if hasattr(model, "save") else normalizer
 
 
 def load_any_model(path):

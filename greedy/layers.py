@@ -252,7 +252,7 @@ class Tanh(Layer):
         return dx
 
     def r_forward(self, rx, rparams=None):
-        self.ry = None if rx is None else rx * (1 - self.y * self.y)
+        self.ry = None if rx is None else self.backward(rx)  # R{y} = Rx (1 - y^2), the same map as backward
         return self.ry
 
     def r_backward(self, dy, rdy, need_dx=True):
@@ -438,11 +438,8 @@ class BatchNorm2d(Layer):
     def backward(self, dy):
         dy = np.ascontiguousarray(dy, dtype=self.x.dtype)
         dx = np.empty_like(dy)
-        dgamma, dbeta = np.empty(dy.shape[1]), np.empty(dy.shape[1])
-        pk.batchnorm_backward(self.x, dy.reshape(self.x.shape), self.mean, self.inv_std,
-                              self.params["gamma"], dx.reshape(self.x.shape), dgamma, dbeta)
-        self.grads["gamma"][...] = dgamma
-        self.grads["beta"][...] = dbeta
+        pk.batchnorm_backward(self.x, dy.reshape(self.x.shape), self.mean, self.inv_std, self.params["gamma"],
+                              dx.reshape(self.x.shape), self.grads["gamma"], self.grads["beta"])
         return dx
 
     def spec(self):
