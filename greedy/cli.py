@@ -109,8 +109,9 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="cosine: softmax temperature.")
-@click.option("--kl-variance", type=click.Choice(["shared", "class"]), default=None,
-              help="kl: Gaussian class models with the pooled within-class variance (shared) or their own.")
+@click.option("--kl-variance", type=click.Choice(["full", "shared", "class"]), default=None,
+              help="kl: Gaussian class models with the pooled within-class covariance (full), its diagonal "
+                   "(shared) or a diagonal variance each (class).")
 @click.option("--clusters", type=click.IntRange(min=1), default=None, help="patchbag: k-means centroids per layer.")
 @click.option("--patch-sample", type=click.IntRange(min=1), default=None, help="patchbag: patches sampled to fit each dictionary.")
 @click.option("--regions", type=click.IntRange(min=1), default=None, help="patchbag: count codes in a RxR grid of regions (1 = whole image).")

@@ -26,8 +26,14 @@ from .train import accuracy, predict
 
 COMMON = {"optimizer": "adam", "lr": 2e-3, "schedule": "onecycle", "weight_decay": 5e-4, "batch_size": 128,
           "aux_depth": 0, "aux_pool": "quadrant", "final_pool": "quadrant", "finetune_epochs": 0,
-          "final_epochs": 10, "temperature": 0.1, "kl_variance": "shared", "augment": False,
+          "final_epochs": 10, "augment": False,
           "augment_pad": 4, "augment_flip": True}
+
+METHOD_DEFAULTS = {
+    "aux": {},
+    "cosine": {"temperature": 0.01},
+    "kl": {"kl_variance": "full", "batch_size": 512},
+}
 
 DATASET_DEFAULTS = {
     "mnist": {"blocks": ["c32k5-bn-relu-max2", "c64k3-bn-relu-max2", "c128k3-bn-relu"], "layer_budget": "1e,1e,2e",
@@ -99,7 +105,7 @@ def _feature_block_trainer(opts, n_classes, loss_name):
                 value, grad = objectives.cosine_loss(flat, yb, n_classes, temperature=opts["temperature"])
             else:
                 value, grad = objectives.gaussian_kl_loss(flat, yb, n_classes,
-                                                          shared_variance=opts["kl_variance"] == "shared")
+                                                          variance=opts["kl_variance"])
             return value, grad.reshape(f.shape)
 
         fit_block(model, x, y, opts, budget, rng, loss_fn=loss_fn, label=f"{loss_name} layer {layer}",
@@ -115,7 +121,7 @@ def _feature_block_trainer(opts, n_classes, loss_name):
 
 
 def _train(method, data, normalizer, opts, run):
-    o = resolve_options(opts, run.dataset)
+    o = resolve_options(opts, run.dataset, METHOD_DEFAULTS[method])
     o["image_size"] = data.x_train.shape[2]
     n_classes = len(data.class_names)
     if o["aux_depth"] < 0:

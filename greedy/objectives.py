@@ -7,7 +7,7 @@ dtype. Classes absent from a batch are ignored.
 
 - ``cosine_loss``: cross-entropy over cosine similarities to class centroids
   (seed 000, idea 1, in a stable form).
-- ``gaussian_kl_loss``: minus a bounded symmetric KL between diagonal-Gaussian
+- ``gaussian_kl_loss``: minus a bounded symmetric KL between Gaussian
   models of the class-conditional feature distributions (seed 000, idea 2).
 - ``class_centroids`` and ``cosine_predict``: nearest-centroid predictions by
   cosine, to report the accuracy the cosine objective reaches.
@@ -131,8 +131,8 @@ def cosine_loss(f, y, n_classes, temperature=0.1, eps=1e-6, centroids=None):
     return float(loss), _normalise_backward(f, norm, du)
 
 
-def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6, shared_variance=False):
-    """Minus the mean over class pairs of log(1 + SKL / D) between diagonal-Gaussian class models.
+def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6, variance="class"):
+    """Minus the mean over class pairs of log(1 + SKL / D) between Gaussian class models.
 
     f (N, D) float32/float64, y (N,) int; returns (loss: float <= 0, dL/df (N, D), f's dtype).
 
@@ -150,17 +150,28 @@ def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6, shared_variance=Fa
        dominating (pairs close together get the larger gradient) and makes the
        loss grow slowly as classes collapse onto points (v -> eps).
 
-    With ``shared_variance`` every class uses the pooled within-class variance
-    v (plus eps), so SKL_ab = sum_d (m_a - m_b)^2 / v: a Fisher / LDA-style
-    separation of means. With per-class variances a class can also be
-    "separated" by shrinking its spread on a feature where the means agree,
-    which a linear classifier cannot use.
+    ``variance`` picks the class covariances:
+
+    - ``"class"``: each class its own diagonal variance (steps 2-3 above). A
+      class can then be "separated" by shrinking its spread on a feature where
+      the means agree, which a linear classifier cannot use.
+    - ``"shared"``: every class uses the pooled within-class variance v (plus
+      eps), so SKL_ab = sum_d (m_a - m_b)^2 / v_d: a per-feature Fisher ratio.
+      Each feature is scored on its own, so copies of one discriminative
+      feature all count: it rewards redundant features.
+    - ``"full"``: every class uses the pooled within-class covariance matrix S
+      plus eps * I, so SKL_ab = (m_a - m_b)^T (S + eps I)^-1 (m_a - m_b), the
+      Mahalanobis distance of LDA. A copied feature adds nothing, so the
+      features must carry different information. Costs a D x D inverse per
+      batch (in float64); eps also regularises S, which has rank < N.
 
     Fewer than two classes in the batch give (0.0, zeros).
     """
     f, y, onehot = _check_batch(f, y, n_classes)
     if not eps > 0 or not std_eps > 0:
         raise ConfigError(f"eps and std_eps must be > 0, got {eps!r}, {std_eps!r}")
+    if variance not in ("class", "shared", "full"):
+        raise ConfigError(f"variance must be 'class', 'shared' or 'full', got {variance!r}")
     n, d = f.shape
     centred = f - f.mean(axis=0)
     std = np.sqrt((centred * centred).mean(axis=0) + std_eps)
@@ -173,23 +184,58 @@ def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6, shared_variance=Fa
     col = np.searchsorted(present, y)
     mean = (onehot.T @ g) / counts[:, None]
     resid = g - mean[col]
-    if shared_variance:
+    c = len(present)
+    pairs = c * (c - 1) / 2
+    if variance == "full":
+        loss, dmean, dresid = _full_covariance_kl(mean, resid, eps, pairs)
+        dg = dmean[col] / counts[col][:, None] + dresid
+    else:
+        loss, dg = _diagonal_kl(mean, resid, onehot, col, counts, eps, pairs, variance == "shared")
+    df = (dg - dg.mean(axis=0) - g * (dg * g).mean(axis=0)) / std
+    return float(loss), df.astype(f.dtype, copy=False)
+
+
+def _pair_weights(skl, d, pairs):
+    """Loss -sum_{a<b} log(1 + SKL_ab / d) / pairs and its derivative by SKL_ab (symmetric, zero diagonal)."""
+    upper = np.triu_indices(len(skl), 1)
+    loss = -np.log1p(skl[upper] / d).sum() / pairs
+    weight = -1 / (pairs * (d + skl))
+    np.fill_diagonal(weight, 0)
+    return loss, weight
+
+
+def _full_covariance_kl(mean, resid, eps, pairs):
+    """Loss and its gradients by the class means (C, D) and residuals (N, D) for a shared full covariance."""
+    n, d = resid.shape
+    r64 = resid.astype(np.float64)
+    precision = np.linalg.inv(r64.T @ r64 / n + eps * np.eye(d))
+    m64 = mean.astype(np.float64)
+    q = m64 @ precision @ m64.T
+    sq = np.diag(q)
+    skl = sq[:, None] + sq[None, :] - 2 * q
+    loss, weight = _pair_weights(skl, d, pairs)
+    laplacian = np.diag(weight.sum(axis=1)) - weight
+    lm = laplacian @ m64
+    dmean = 2 * lm @ precision
+    dcov = -precision @ (m64.T @ lm) @ precision
+    dresid = 2 * r64 @ dcov / n
+    return loss, dmean.astype(mean.dtype), dresid.astype(resid.dtype)
+
+
+def _diagonal_kl(mean, resid, onehot, col, counts, eps, pairs, shared):
+    """Loss and its gradient by the standardised features for diagonal class covariances."""
+    n, d = resid.shape
+    if shared:
         var = np.broadcast_to((resid * resid).mean(axis=0) + eps, mean.shape).copy()
     else:
         var = (onehot.T @ (resid * resid)) / counts[:, None] + eps
     inv = 1 / var
-
-    c = len(present)
-    skl = np.empty((c, c), dtype=f.dtype)
+    c = len(mean)
+    skl = np.empty((c, c), dtype=mean.dtype)
     for a in range(c):
         delta = mean - mean[a]
         skl[a] = 0.5 * (var[a] * inv + var * inv[a] - 2 + delta * delta * (inv[a] + inv)).sum(axis=1)
-    pairs = c * (c - 1) / 2
-    upper = np.triu_indices(c, 1)
-    loss = -np.log1p(skl[upper] / d).sum() / pairs
-
-    weight = -1 / (pairs * (d + skl))  # dL/dSKL_ab for each unordered pair
-    np.fill_diagonal(weight, 0)
+    loss, weight = _pair_weights(skl, d, pairs)
     dmean = np.empty_like(mean)
     dvar = np.empty_like(var)
     for a in range(c):
@@ -197,9 +243,6 @@ def gaussian_kl_loss(f, y, n_classes, eps=1e-3, std_eps=1e-6, shared_variance=Fa
         w = weight[a][:, None]
         dmean[a] = (w * delta * (inv[a] + inv)).sum(axis=0)
         dvar[a] = 0.5 * (w * (inv - (var + delta * delta) * inv[a] ** 2)).sum(axis=0)
-    if shared_variance:
-        dg = dmean[col] / counts[col][:, None] + 2 * dvar.sum(axis=0) * resid / n
-    else:
-        dg = (dmean[col] + 2 * dvar[col] * resid) / counts[col][:, None]
-    df = (dg - dg.mean(axis=0) - g * (dg * g).mean(axis=0)) / std
-    return float(loss), df
+    if shared:
+        return loss, dmean[col] / counts[col][:, None] + 2 * dvar.sum(axis=0) * resid / n
+    return loss, (dmean[col] + 2 * dvar[col] * resid) / counts[col][:, None]

@@ -32,7 +32,9 @@ LOSSES = {
         f, y, 4, centroids=np.random.default_rng(1).standard_normal((4, f.shape[1]))),
     "gaussian kl": lambda f, y: gaussian_kl_loss(f, y, 4),
     "gaussian kl small eps": lambda f, y: gaussian_kl_loss(f, y, 4, eps=0.05, std_eps=1e-3),
-    "gaussian kl shared variance": lambda f, y: gaussian_kl_loss(f, y, 4, shared_variance=True),
+    "gaussian kl shared variance": lambda f, y: gaussian_kl_loss(f, y, 4, variance="shared"),
+    "gaussian kl full covariance": lambda f, y: gaussian_kl_loss(f, y, 4, variance="full"),
+    "gaussian kl full covariance large eps": lambda f, y: gaussian_kl_loss(f, y, 4, eps=0.5, variance="full"),
 }
 
 
@@ -78,6 +80,23 @@ def test_cosine_loss_is_bounded_by_temperature():
     for t in (0.05, 0.5):
         value, _ = cosine_loss(f, y, 5, temperature=t)
         assert 0 < value <= 2 / t + np.log(n_present)
+
+
+def test_full_covariance_kl_is_invariant_to_mixing_features_and_the_diagonal_is_not():
+    """The Mahalanobis form sees the same separation after any invertible linear map of the
+    features; the per-feature forms score mixed (correlated, redundant) features differently."""
+    f, y = batch(11, np.arange(40) % 4, d=5)
+    mix = np.random.default_rng(12).standard_normal((5, 5)) + 3 * np.eye(5)
+    full = gaussian_kl_loss(f, y, 4, eps=1e-9, variance="full")[0]
+    assert np.isclose(gaussian_kl_loss(f @ mix, y, 4, eps=1e-9, variance="full")[0], full, rtol=1e-6)
+    shared = gaussian_kl_loss(f, y, 4, variance="shared")[0]
+    assert not np.isclose(gaussian_kl_loss(f @ mix, y, 4, variance="shared")[0], shared, rtol=1e-2)
+
+
+def test_gaussian_kl_loss_rejects_an_unknown_variance_model():
+    f, y = batch(1, np.arange(12) % 3)
+    with pytest.raises(ConfigError, match="variance"):
+        gaussian_kl_loss(f, y, 3, variance="diagonal")
 
 
 def test_gaussian_kl_loss_is_invariant_to_per_feature_affine_maps():
