@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from .errors import ConfigError
 from .kmeans import KMeans, assign
-from .layers import Conv2d, glorot_uniform
+from .layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Tanh, glorot_uniform
 from .layerwise import blocks_from_widths, fit_block, split_blocks, train_layerwise
 from .patches import PatchPreprocessor, fold_into_conv, sample_patches
 
@@ -194,12 +194,27 @@ DATASET_BLOCKS = {"cifar10": ["c128k3-tanh-max2", "c256k3-tanh-max2", "c256k3-ta
                   "mnist": ["c128k3-tanh-max2", "c128k3-tanh-max2"]}
 
 
+def block_activation(block):
+    """(conv, 'tanh' | 'relu') of a patch-bag block: a 3x3 stride-1 conv, its activation, then only pooling.
+
+    The codes train the conv through that activation, so a block with anything else
+    (batch norm, a second conv) would not compute what was trained; it is refused.
+    """
+    layers = block.layers
+    conv = layers[0]
+    if not isinstance(conv, Conv2d) or conv.kernel_size != 3 or conv.stride != 1 or conv.padding != 1:
+        raise ConfigError(f"patch-bag blocks start with a 3x3 stride-1 conv, got {conv.spec()}")
+    if len(layers) < 2 or not isinstance(layers[1], (Tanh, ReLU)) \
+            or not all(isinstance(lay, (MaxPool2d, AvgPool2d)) for lay in layers[2:]):
+        raise ConfigError(f"a patch-bag block is a 3x3 conv, tanh or relu, then optional pooling "
+                          f"(e.g. c128k3-tanh-max2), got {block.spec()}")
+    return conv, "tanh" if isinstance(layers[1], Tanh) else "relu"
+
+
 def patchbag_block_trainer(opts, n_classes):
     """Block trainer for ``train_layerwise``: fit dictionary, encode, train on codes, fold into the conv."""
     def train(layer, block, x, y, x_test, y_test, budget, rng, run):
-        conv = block.layers[0]
-        if not isinstance(conv, Conv2d) or conv.kernel_size != 3 or conv.stride != 1 or conv.padding != 1:
-            raise ConfigError(f"patch-bag blocks start with a 3x3 stride-1 conv, got {conv.spec()}")
+        conv, activation = block_activation(block)
         c = x.shape[1]
         t = time.perf_counter()
         sample = sample_patches(x, opts["patch_sample"], rng)
@@ -216,7 +231,7 @@ def patchbag_block_trainer(opts, n_classes):
         codes_test, _ = encode(x_test, pre, km.cluster_centers_, side)
         run.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - t, **stats)
         t = time.perf_counter()
-        model = CodeLayer(km.cluster_centers_, conv.filters, n_classes, side * side, opts["activation"], rng)
+        model = CodeLayer(km.cluster_centers_, conv.filters, n_classes, side * side, activation, rng)
         train_codes, train_y, weights = codes, y, None
         if opts["image_clusters"]:
             train_codes, train_y, weights = cluster_images(codes, y, n_classes, opts["image_clusters"],

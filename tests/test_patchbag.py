@@ -144,3 +144,18 @@ def test_transform_images_equals_transform_of_extracted_patches():
     x = small_images(n=5).astype(np.float32)
     pre = PatchPreprocessor(x.shape[1], n_components=8).fit(extract_patches(x))
     assert np.allclose(pre.transform_images(x), pre.transform(extract_patches(x)), atol=1e-4)
+
+
+def test_block_activation_reads_the_block_and_refuses_what_codes_cannot_train():
+    from greedy.errors import ConfigError
+    from greedy.model import Sequential
+    from greedy.patchbag import block_activation
+
+    def block(spec):
+        return Sequential.from_spec(spec).build((3, 8, 8), 0)
+
+    assert block_activation(block("c8k3-tanh-max2"))[1] == "tanh"
+    assert block_activation(block("c8k3-relu"))[1] == "relu"
+    for spec in ("c8k3-bn-relu-max2", "c8k3-max2", "c8k3-relu-c8k3-relu", "c8k5-relu"):
+        with pytest.raises(ConfigError, match="patch-bag block"):
+            block_activation(block(spec))
