@@ -211,6 +211,33 @@ def _fnp_to_nfp(yt, bias, y):
             y[s, k, q] = yt[k, s, q] + bk
 
 
+@numba.njit(nogil=True, cache=True)
+def _fnp_to_nfp_relu_pool(yt, bias, wo, size, relu, y):
+    """yt (F, n, Ho*Wo) -> y (n, F, Ho // size, Wo // size): max over size x size windows, + bias, then ReLU if ``relu``.
+
+    Equals bias, ReLU, then max pooling, since both commute with a per-channel max.
+    """
+    f, n = yt.shape[0], yt.shape[1]
+    hp, wp = y.shape[2], y.shape[3]
+    for i in range(n * f):
+        s = i // f
+        k = i - s * f
+        bk = bias[k]
+        for a in range(hp):
+            for b in range(wp):
+                best = -np.inf
+                for u in range(size):
+                    row = (a * size + u) * wo + b * size
+                    for v in range(size):
+                        val = yt[k, s, row + v]
+                        if val > best:
+                            best = val
+                best += bk
+                if relu and best < 0:
+                    best = 0
+                y[s, k, a, b] = best
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _nfp_to_fnp(dy, dyt, dbpart):
     """dy (n, F, P) -> dyt (F, n, P); bias-gradient partials dbpart (n, F) = sum of dy over P.
@@ -463,11 +490,14 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     return dx
 
 
-def conv2d_forward(x, w, b, stride=1, pad=0):
-    """Cross-correlation y = conv(x, w) + b with zero padding.
+def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1):
+    """Cross-correlation y = conv(x, w) + b with zero padding; optionally ReLU and max pooling fused in.
 
     x (N, C, H, W), w (F, C, KH, KW), b (F,), one float dtype.
     Returns y (N, F, Ho, Wo) with Ho = (H + 2*pad - KH) // stride + 1 (same for Wo).
+    With ``relu`` and/or ``pool`` > 1 it returns maxpool(relu(y)) of shape
+    (N, F, Ho // pool, Wo // pool), computed from each chunk's GEMM output
+    without writing the full-size y (an inference pass; nothing is kept for backward).
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
     b = _float_array("b", b, 1)
@@ -475,17 +505,24 @@ def conv2d_forward(x, w, b, stride=1, pad=0):
     f, c, kh, kw = w.shape
     if b.shape[0] != f:
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
+    pool = _int_at_least("pool", pool, 1)
+    if pool > min(ho, wo):
+        raise ConfigError(f"pool {pool} does not fit a {ho}x{wo} conv output")
     n, dt = x.shape[0], x.dtype
     p, k = ho * wo, c * kh * kw
     wm = w.reshape(f, k)
-    y = np.empty((n, f, ho, wo), dt)
+    fused = relu or pool > 1
+    y = np.empty((n, f, ho // pool, wo // pool), dt)
     nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
 
     def task(n0, m, buf):
         cols, yt = _split(buf, dt, k * m * p, f * m * p)
         _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
         np.matmul(wm, cols.reshape(k, m * p), out=yt.reshape(f, m * p))
-        _fnp_to_nfp(yt.reshape(f, m, p), b, y[n0:n0 + m].reshape(m, f, p))
+        if fused:
+            _fnp_to_nfp_relu_pool(yt.reshape(f, m, p), b, wo, pool, bool(relu), y[n0:n0 + m])
+        else:
+            _fnp_to_nfp(yt.reshape(f, m, p), b, y[n0:n0 + m].reshape(m, f, p))
 
     _run_chunks(task, n, nb, _scratch_bytes(dt, k * nb * p, f * nb * p))
     return y

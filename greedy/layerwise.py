@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from . import inference
 from .errors import ConfigError
 from .layers import Dense
 from .model import Sequential, parse_spec
@@ -89,13 +90,16 @@ def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
 
 
 def propagate(block, x, batch_size=256):
-    """Apply a frozen block to cached inputs x (N, C, H, W) -> outputs, stored float16 if large."""
-    first = block.forward(_as32(x[:1]))
+    """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) -> outputs, stored float16 if large.
+
+    Uses the fused inference pass (``greedy.inference``): no full-size conv map is written.
+    """
+    first = block.predict_batch(_as32(x[:1]))
     n = len(x)
     dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
     out = np.empty((n,) + first.shape[1:], dtype)
     for i in range(0, n, batch_size):
-        out[i:i + batch_size] = block.forward(_as32(x[i:i + batch_size]))
+        out[i:i + batch_size] = block.predict_batch(_as32(x[i:i + batch_size]))
     return out
 
 
@@ -144,6 +148,10 @@ class Stack:
         for i in range(len(self.parts) - 1, -1, -1):
             dy = self.parts[i].backward(dy, input_grad=input_grad or i > 0)
         return dy
+
+    def predict_batch(self, x):
+        """Inference output for one batch, with conv runs fused (``greedy.inference``)."""
+        return inference.forward([lay for p in self.parts for lay in p.layers], x)
 
     def parameters(self):
         return [q for p in self.parts for q in p.parameters()]

@@ -31,6 +31,7 @@ import tempfile
 
 import numpy as np
 
+from . import inference
 from .errors import CheckpointError, ConfigError
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
                      ReLU, Tanh)
@@ -128,9 +129,14 @@ class Sequential:
     def n_parameters(self):
         return int(sum(p.size for p in self.parameters()))
 
+    def predict_batch(self, x):
+        """Inference output for one batch x (N, ...), with conv runs fused (``greedy.inference``); keeps
+        nothing for backward."""
+        return inference.forward(self.layers, x)
+
     def predict_logits(self, x, batch_size=500):
         """Logits (N, K) for float inputs x (N, ...), in batches."""
-        out = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        out = [self.predict_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,) + tuple(self.out_shape), np.float32)
 
 

@@ -67,9 +67,13 @@ class PatchPreprocessor:
     Fitted: ``A_`` (9C, d) float32, ``c_`` (d,) float32, ``explained_variance_ratio_``.
     """
 
-    def __init__(self, channels, size=3, remove_mean=True, whiten="pca", n_components=None, eps=1e-2):
+    def __init__(self, channels, size=3, remove_mean=True, whiten="pca", n_components=None, eps=1e-2,
+                 cov_samples=50_000):
         if whiten not in ("pca", None):
             raise ConfigError(f"whiten must be 'pca' or None, got {whiten!r}")
+        if cov_samples < 2:
+            raise ConfigError(f"cov_samples must be >= 2, got {cov_samples!r}")
+        self.cov_samples = int(cov_samples)
         self.channels, self.size = channels, size
         self.remove_mean, self.whiten = remove_mean, whiten
         self.n_components, self.eps = n_components, eps
@@ -80,7 +84,8 @@ class PatchPreprocessor:
         p = patches.astype(np.float64) @ a if self.remove_mean else patches.astype(np.float64)
         mu = p.mean(axis=0)
         if self.whiten == "pca":
-            vals, vecs = np.linalg.eigh(np.cov(p - mu, rowvar=False))
+            sub = (p[::-(-len(p) // self.cov_samples)] - mu).astype(np.float32)
+            vals, vecs = np.linalg.eigh((sub.T @ sub).astype(np.float64) / max(len(sub) - 1, 1))
             order = np.argsort(vals)[::-1]
             vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
             d = self.n_components or min(dim, 64)

@@ -23,11 +23,15 @@ def batches(n, batch_size, rng=None):
 
 
 def predict(model, x, prepare=None, batch_size=500):
-    """Model outputs for all of x, computed in batches; ``prepare`` maps a raw batch to model input."""
+    """Model outputs for all of x, computed in batches; ``prepare`` maps a raw batch to model input.
+
+    Models with a ``predict_batch`` (Sequential, layer-wise stacks) use it: the fused inference pass.
+    """
+    run = getattr(model, "predict_batch", None) or (lambda xb: model.forward(xb, train=False))
     outs = []
     for idx in batches(len(x), batch_size):
         xb = x[idx[0]:idx[-1] + 1]
-        outs.append(model.forward(prepare(xb) if prepare else xb, train=False))
+        outs.append(run(prepare(xb) if prepare else xb))
     return np.concatenate(outs)
 
 

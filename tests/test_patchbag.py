@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from greedy.errors import ConfigError
 from greedy.layers import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Tanh
 from greedy.losses import softmax_cross_entropy
 from greedy.model import Sequential
@@ -147,8 +148,6 @@ def test_transform_images_equals_transform_of_extracted_patches():
 
 
 def test_block_activation_reads_the_block_and_refuses_what_codes_cannot_train():
-    from greedy.errors import ConfigError
-    from greedy.model import Sequential
     from greedy.patchbag import block_activation
 
     def block(spec):
@@ -159,3 +158,16 @@ def test_block_activation_reads_the_block_and_refuses_what_codes_cannot_train():
     for spec in ("c8k3-bn-relu-max2", "c8k3-max2", "c8k3-relu-c8k3-relu", "c8k5-relu"):
         with pytest.raises(ConfigError, match="patch-bag block"):
             block_activation(block(spec))
+
+
+def test_whitening_from_a_covariance_subsample_still_whitens_the_patches():
+    rng = np.random.default_rng(5)
+    mix = rng.standard_normal((27, 27))
+    patches = (rng.standard_normal((6000, 27)) @ mix).astype(np.float32)
+    full = PatchPreprocessor(3, remove_mean=False, n_components=10).fit(patches)
+    sub = PatchPreprocessor(3, remove_mean=False, n_components=10, cov_samples=1500).fit(patches)
+    cov = np.cov(sub.transform(patches).astype(np.float64), rowvar=False)
+    assert np.allclose(np.diag(cov), 1.0, atol=0.15)
+    assert sub.explained_variance_ratio_ == pytest.approx(full.explained_variance_ratio_, abs=0.03)
+    with pytest.raises(ConfigError, match="cov_samples"):
+        PatchPreprocessor(3, cov_samples=1)

@@ -1,0 +1,61 @@
+"""Fused inference over a list of layers: conv, batch norm, activation and max pool in one pass.
+
+A run of ``Conv2d`` [``BatchNorm2d``] [``ReLU`` | ``Tanh``] [``MaxPool2d``] is computed as
+one convolution whose weights carry the batch norm (folded with its running
+statistics), with the ReLU and the max pool applied to each chunk's GEMM output
+as it is written (``conv_kernels.conv2d_forward(..., relu, pool)``). Tanh is
+increasing, so it commutes with the max and is applied to the pooled map,
+a quarter of the values for a 2x2 pool. Every other layer runs its own
+``forward``. The result equals ``Sequential.forward(x, train=False)`` up to
+float rounding, without the full-size conv, batch-norm and activation maps.
+
+This is what applying frozen blocks costs in the layer-wise loop; it keeps
+nothing for a backward pass.
+"""
+import numpy as np
+
+from . import conv_kernels as ck
+from .layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Tanh
+
+
+def fold_batchnorm(conv, bn):
+    """Weights (F, C, K, K) and bias (F,) of ``conv`` followed by ``bn`` in inference mode, in conv's dtype."""
+    w, b = conv.params["w"], conv.params["b"]
+    scale = bn.params["gamma"].astype(np.float64) / np.sqrt(bn.buffers["var"].astype(np.float64) + bn.eps)
+    shift = bn.params["beta"] - bn.buffers["mean"] * scale
+    return (w * scale[:, None, None, None]).astype(w.dtype), (b * scale + shift).astype(b.dtype)
+
+
+def _conv_group(layers, i):
+    """(weights, bias, conv, activation or None, pool size, index after the group) for the run at layers[i]."""
+    conv = layers[i]
+    j = i + 1
+    w, b = conv.params["w"], conv.params["b"]
+    if j < len(layers) and isinstance(layers[j], BatchNorm2d):
+        w, b = fold_batchnorm(conv, layers[j])
+        j += 1
+    act = None
+    if j < len(layers) and isinstance(layers[j], (ReLU, Tanh)):
+        act = "relu" if isinstance(layers[j], ReLU) else "tanh"
+        j += 1
+    pool = 1
+    if j < len(layers) and type(layers[j]) is MaxPool2d:  # not its subclass AvgPool2d
+        pool = layers[j].size
+        j += 1
+    return w, b, conv, act, pool, j
+
+
+def forward(layers, x):
+    """Inference output of ``layers`` applied in order to x (N, C, H, W) float32, with conv runs fused."""
+    i = 0
+    while i < len(layers):
+        if not isinstance(layers[i], Conv2d):
+            x = layers[i].forward(x, train=False)
+            i += 1
+            continue
+        w, b, conv, act, pool, i = _conv_group(layers, i)
+        x = ck.conv2d_forward(np.ascontiguousarray(x), w, b, conv.stride, conv.padding, relu=act == "relu",
+                              pool=pool)
+        if act == "tanh":
+            np.tanh(x, out=x)
+    return x
