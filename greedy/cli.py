@@ -108,6 +108,9 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
               help="Pooling before auxiliary heads/objectives (none: the whole feature map).")
 @click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
+@click.option("--final-classifier", type=click.Choice(["retrain", "last-head"]), default=None,
+              help="Layer-wise methods: end with a linear classifier retrained on the frozen last block "
+                   "(retrain), or with the last block's own auxiliary head (last-head, aux's default).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="cosine: softmax temperature.")
 @click.option("--kl-variance", type=click.Choice(["full", "shared", "class"]), default=None,
               help="kl: Gaussian class models with the pooled within-class covariance (full), its diagonal "

@@ -12,7 +12,8 @@ conv, e.g. ``c128k3-bn-relu-max2``). For each block in turn:
    block's input.
 
 Then a linear softmax classifier is trained on the last block's pooled features
-and, optionally, the whole stack is fine-tuned end to end. The result is an
+(or, with ``final_classifier="last-head"``, the last block keeps the head it
+was trained with) and, optionally, the whole stack is fine-tuned end to end. The result is an
 ordinary ``Sequential`` CNN (blocks, pooling, classifier).
 
 Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above
@@ -203,7 +204,13 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
 
     ``block_trainer(layer, block, x, y, x_test, y_test, budget, rng, run) -> dict`` trains the
     already built ``block`` (a Sequential) in place on cached inputs and returns figures to log
-    (e.g. its auxiliary test accuracy).
+    (e.g. its auxiliary test accuracy); a trainer with the attribute ``trains_head = True``
+    returns its trained head (a Sequential on the block's output) under ``"head"``.
+
+    ``opts['final_classifier']``: ``"retrain"`` (default) ends the model with the linear
+    classifier trained on the frozen last block; ``"last-head"`` ends it with the last block's
+    own head, trained together with the block (the retrained classifier's accuracy is still
+    reported, as ``retrained_classifier_accuracy``).
     """
     n_classes = len(data.class_names)
     blocks_spec = opts["blocks"]
@@ -212,11 +219,17 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
     x, x_test = normalizer(data.x_train), normalizer(data.x_test)
     y, y_test = data.y_train, data.y_test
     shape = x.shape[1:]
-    blocks, per_layer = [], []
+    final_classifier = opts.get("final_classifier", "retrain")
+    if final_classifier not in ("retrain", "last-head"):
+        raise ConfigError(f"final classifier must be 'retrain' or 'last-head', got {final_classifier!r}")
+    if final_classifier == "last-head" and not getattr(block_trainer, "trains_head", False):
+        raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
+    blocks, per_layer, head = [], [], None
     for layer, (spec, budget) in enumerate(zip(blocks_spec, budgets)):
         block = Sequential.from_spec(spec).build(shape, rng)
         t = time.perf_counter()
         info = block_trainer(layer, block, x, y, x_test, y_test, budget, rng, run)
+        head = info.pop("head", None)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         x, x_test = propagate(block, x), propagate(block, x_test)
@@ -238,11 +251,16 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
                                                rng, progress=run.verbose)
     run.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t, test_accuracy=final_acc)
 
-    layers = [lay for b in blocks for lay in b.layers] + pool_layers + [dense]
-    model = Sequential(layers)
+    body = [lay for b in blocks for lay in b.layers]
+    extra = {"layers": per_layer, "final_classifier": final_classifier}
+    if final_classifier == "last-head":
+        extra["retrained_classifier_accuracy"] = final_acc
+        final_acc = accuracy(head, x_test, y_test, _as32)
+        model = Sequential(body + head.layers)
+    else:
+        model = Sequential(body + pool_layers + [dense])
     model.in_shape, model.out_shape = tuple(data.x_train.shape[1:]), (n_classes,)
-    extra = {"layers": per_layer, "arch": model.spec(), "accuracy_before_finetune": final_acc,
-             "finetuned": False}
+    extra.update(arch=model.spec(), accuracy_before_finetune=final_acc, finetuned=False)
     if opts.get("finetune_epochs"):
         t = time.perf_counter()
         finetune(model, data, normalizer, opts, rng, run)

@@ -59,9 +59,10 @@ SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--qui
 
 
 @pytest.mark.parametrize("method,args,floor", [
-    ("aux", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e"], 0.3),
+    ("aux", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e", "--final-classifier",
+             "retrain"], 0.3),
     ("aux", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu", "--layer-budget", "2e", "--augment", "--aux-pool", "none"],
-     0.3),
+     0.15),  # the last block's own head after 50 steps; the retrained classifier gets 2000
     ("cosine", ["--arch", "c8k3-bn-relu-max2-c16k3-bn-relu-max2", "--layer-budget", "2e"], 0.25),
     ("cosine", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--aux-pool", "none"], 0.2),
     ("kl", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--finetune-epochs", "1"], 0.15),
@@ -81,8 +82,30 @@ def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, a
     assert all(0 <= layer["aux_test_accuracy"] <= 1 for layer in summary["layers"])
     assert summary["test_accuracy"] > floor  # chance is 0.1
     assert summary["finetuned"] == ("--finetune-epochs" in args)
+    last_head = method == "aux" and "retrain" not in args
+    assert summary["final_classifier"] == ("last-head" if last_head else "retrain")
+    assert ("retrained_classifier_accuracy" in summary) == last_head
     result = CliRunner().invoke(main, ["evaluate", str(out), *SMALL[:6]])
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_last_head_keeps_the_trained_head_and_needs_a_method_that_has_one(tmp_path):
+    args = ["--arch", "c8k3-bn-relu-max2-c8k3-bn-relu", "--layer-budget", "1e", "--final-classifier"]
+    result = CliRunner().invoke(main, ["train", "--method", "aux", *SMALL, "--out", str(tmp_path / "a"), *args,
+                                       "retrain"])
+    assert result.exit_code == 0, result.output
+    retrained = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert retrained["arch"].endswith("-bn-relu-avg8-fc10") and "retrained_classifier_accuracy" not in retrained
+    result = CliRunner().invoke(main, ["train", "--method", "aux", *SMALL, "--out", str(tmp_path / "b"), *args,
+                                       "last-head", "--aux-depth", "1"])
+    assert result.exit_code == 0, result.output
+    kept = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert kept["arch"].endswith("-bn-relu-c8k3-relu-avg8-fc10")  # the head's hidden conv is part of the model
+    assert kept["retrained_classifier_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=0.2)
+    assert kept["test_accuracy"] == pytest.approx(kept["layers"][-1]["aux_test_accuracy"])
+    result = CliRunner().invoke(main, ["train", "--method", "cosine", *SMALL, "--out", str(tmp_path / "c"),
+                                       *args, "last-head"])
+    assert result.exit_code == 2 and "last-head" in result.output
 
 
 def test_feature_augment_scales_the_shift_with_the_map():
