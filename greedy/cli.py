@@ -120,7 +120,7 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--regions", type=click.IntRange(min=1), default=None, help="patchbag: count codes in a RxR grid of regions (1 = whole image).")
 @click.option("--image-clusters", type=click.IntRange(min=0), default=None, help="patchbag: train on this many prototypes per class (0 = all images).")
 @click.option("--epochs-per-layer", type=click.FloatRange(min=0, min_open=True), default=None, help="patchbag: epochs on codes per layer.")
-@click.option("--activation", type=click.Choice(["tanh", "relu"]), default=None, help="patchbag: layer activation.")
+@click.option("--activation", type=click.Choice(["tanh", "relu"]), default=None, help="patchbag: activation of the default blocks (default relu).")
 @click.option("--threshold", type=click.Choice(["median", "half", "quantile"]), default=None, help="binary: feature bit threshold.")
 @click.option("--colour-norm/--no-colour-norm", default=None, help="binary: subtract each 3x3 patch's mean colour.")
 @click.option("--colour-feed/--no-colour-feed", default=None, help="binary: feed the pooled image to later blocks.")

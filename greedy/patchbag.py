@@ -185,13 +185,15 @@ def cluster_images(codes, y, n_classes, per_class, seed):
     return RegionCodes(parts), np.concatenate(labels), np.concatenate(weights)
 
 
-DEFAULTS = {"clusters": 1024, "patch_sample": 200_000, "regions": 2, "activation": "tanh", "image_clusters": 0,
+DEFAULTS = {"clusters": 512, "patch_sample": 200_000, "regions": 2, "activation": "relu", "image_clusters": 0,
             "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle", "weight_decay": 1e-4, "batch_size": 256,
-            "layer_budget": "20e", "final_pool": "quadrant", "final_epochs": 15, "kmeans_iter": 20,
+            "layer_budget": "10e", "final_pool": "quadrant", "final_epochs": 15, "kmeans_iter": 20,
             "whiten": "pca", "remove_mean": True, "n_components": 64, "finetune_epochs": 0}
 
-DATASET_BLOCKS = {"cifar10": ["c128k3-tanh-max2", "c256k3-tanh-max2", "c256k3-tanh"],
-                  "mnist": ["c128k3-tanh-max2", "c128k3-tanh-max2"]}
+# {act} is --activation, ReLU by default (perf/README.md: CIFAR-10 71.0 % against 58.8 % for tanh,
+# MNIST 98.3 % against 96.8 %)
+DATASET_BLOCKS = {"cifar10": ["c128k3-{act}-max2", "c256k3-{act}-max2", "c256k3-{act}"],
+                  "mnist": ["c128k3-{act}-max2", "c128k3-{act}-max2"]}
 
 
 def block_activation(block):
@@ -257,13 +259,15 @@ def resolve_options(opts, dataset):
     o = dict(DEFAULTS)
     o.update({k: v for k, v in opts.items() if v is not None})
     base = DATASET_BLOCKS["mnist" if dataset in ("mnist", "fashion-mnist", "synthetic-grey") else "cifar10"]
+    if opts.get("arch") and opts.get("activation"):
+        raise ConfigError("--activation sets the default blocks' activation; with --arch each block names its own")
     if opts.get("arch"):
         o["blocks"] = split_blocks(opts["arch"])
     elif opts.get("layers") or opts.get("width"):
         o["blocks"] = blocks_from_widths(opts.get("layers") or len(base), opts.get("width") or 256,
                                          activation=o["activation"], batchnorm=False)
     else:
-        o["blocks"] = [b.replace("tanh", o["activation"]) for b in base]
+        o["blocks"] = [b.format(act=o["activation"]) for b in base]
     if opts.get("epochs_per_layer") is not None:
         o["layer_budget"] = f"{opts['epochs_per_layer']}e"
     for name in ("clusters", "patch_sample", "regions"):

@@ -81,10 +81,10 @@ class PatchPreprocessor:
     def fit(self, patches):
         dim = patches.shape[1]
         a = mean_removal_matrix(self.channels, self.size) if self.remove_mean else np.eye(dim)
-        p = patches.astype(np.float64) @ a if self.remove_mean else patches.astype(np.float64)
-        mu = p.mean(axis=0)
+        mu = patches.mean(axis=0, dtype=np.float64) @ a
         if self.whiten == "pca":
-            sub = (p[::-(-len(p) // self.cov_samples)] - mu).astype(np.float32)
+            sub = patches[::-(-len(patches) // self.cov_samples)].astype(np.float64)
+            sub = ((sub @ a if self.remove_mean else sub) - mu).astype(np.float32)
             vals, vecs = np.linalg.eigh((sub.T @ sub).astype(np.float64) / max(len(sub) - 1, 1))
             order = np.argsort(vals)[::-1]
             vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]

@@ -171,3 +171,12 @@ def test_whitening_from_a_covariance_subsample_still_whitens_the_patches():
     assert sub.explained_variance_ratio_ == pytest.approx(full.explained_variance_ratio_, abs=0.03)
     with pytest.raises(ConfigError, match="cov_samples"):
         PatchPreprocessor(3, cov_samples=1)
+
+
+def test_default_blocks_are_relu_unless_told():
+    from greedy.patchbag import resolve_options
+    assert resolve_options({}, "cifar10")["blocks"][0] == "c128k3-relu-max2"
+    assert resolve_options({}, "mnist")["blocks"] == ["c128k3-relu-max2", "c128k3-relu-max2"]
+    assert resolve_options({"activation": "tanh"}, "mnist")["blocks"][1] == "c128k3-tanh-max2"
+    with pytest.raises(ConfigError, match="--arch"):
+        resolve_options({"arch": "c8k3-tanh", "activation": "relu"}, "mnist")
