@@ -39,7 +39,7 @@ DATASET_DEFAULTS = {
     "mnist": {"blocks": ["c32k5-bn-relu-max2", "c64k3-bn-relu-max2", "c128k3-bn-relu"], "layer_budget": "1e,1e,2e",
               "final_pool": "none", "augment": True, "augment_flip": False, "augment_pad": 2},
     "cifar10": {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu-max2", "c256k3-bn-relu", "c256k3-bn-relu-max2",
-                           "c512k3-bn-relu"], "layer_budget": "2e"},
+                           "c512k3-bn-relu"], "layer_budget": "2e,2e,3e,2e,4e"},
 }
 
 
