@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from greedy.layers import AvgPool2d, Conv2d, Dense, Tanh
+from greedy.layers import AvgPool2d, Conv2d, Dense, ReLU, Tanh
 from greedy.losses import softmax_cross_entropy
 from greedy.model import Sequential
 from greedy.optim import Adam
@@ -28,17 +28,19 @@ def epoch_time(model, x, y, batch=256):
     return time.perf_counter() - t
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("channels,size", SHAPES)
-def test_code_epoch_vs_image_epoch(benchmark, rng, channels, size):
-    n, filters, k = 1024, 256, 1024
+def test_code_epoch_vs_image_epoch(benchmark, rng, channels, size, activation):
+    n, filters, k = 1024, 256, 512
     x = rng.standard_normal((n, channels, size, size), dtype=np.float32)
     y = rng.integers(0, 10, n)
     sample = extract_patches(x[:64])
     pre = PatchPreprocessor(channels, remove_mean=False, whiten="pca", n_components=64).fit(sample)
     km = KMeans(k, max_iter=3, random_state=0).fit(pre.transform(sample))
     codes, _ = encode(x, pre, km.cluster_centers_, side=2)
-    layer = CodeLayer(km.cluster_centers_, filters, 10, 4, "tanh", rng)
-    image_model = Sequential([Conv2d(filters, 3), Tanh(), AvgPool2d(size // 2), Dense(10)]) \
+    layer = CodeLayer(km.cluster_centers_, filters, 10, 4, activation, rng)
+    act = ReLU() if activation == "relu" else Tanh()
+    image_model = Sequential([Conv2d(filters, 3), act, AvgPool2d(size // 2), Dense(10)]) \
         .build((channels, size, size), 0)
 
     def code_epoch():
