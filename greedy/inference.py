@@ -54,8 +54,7 @@ def forward(layers, x):
             i += 1
             continue
         w, b, conv, act, pool, i = _conv_group(layers, i)
-        x = ck.conv2d_forward(np.ascontiguousarray(x), w, b, conv.stride, conv.padding, relu=act == "relu",
-                              pool=pool)
+        x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool)
         if act == "tanh":
             np.tanh(x, out=x)
     return x

@@ -83,8 +83,10 @@ class PatchPreprocessor:
         a = mean_removal_matrix(self.channels, self.size) if self.remove_mean else np.eye(dim)
         mu = patches.mean(axis=0, dtype=np.float64) @ a
         if self.whiten == "pca":
-            sub = patches[::-(-len(patches) // self.cov_samples)].astype(np.float64)
-            sub = ((sub @ a if self.remove_mean else sub) - mu).astype(np.float32)
+            sub = patches[::-(-len(patches) // self.cov_samples)]
+            if self.remove_mean:
+                sub = sub.astype(np.float64) @ a  # 9C is small on the only layer that removes means
+            sub = (sub - mu).astype(np.float32)
             vals, vecs = np.linalg.eigh((sub.T @ sub).astype(np.float64) / max(len(sub) - 1, 1))
             order = np.argsort(vals)[::-1]
             vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]

@@ -13,18 +13,23 @@ import pytest
 os.environ.setdefault("GREEDY_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
 
+def best_seconds(fn, repeats=5):
+    """Best wall time of ``repeats`` calls of fn() in seconds."""
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_gflops(m, k, n, repeats=5):
     """Best GFLOP/s of a float32 (m, k) @ (k, n) NumPy matrix multiply (2*m*k*n flops)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     a @ b
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * m * k * n / best / 1e9
+    return 2.0 * m * k * n / best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def record(benchmark, flops, m, k, n):

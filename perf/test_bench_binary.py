@@ -7,10 +7,9 @@ thresholds, 2x2 max pooling, the pooled colour code appended as extra channels, 
 means and the same linear head. It is timed in the same run (best of 3) because the
 machine is shared and noisy. ``record`` counts one multiply-add per filter bit.
 """
-import time
 
 import numpy as np
-from conftest import record
+from conftest import best_seconds, record
 
 from greedy.binary import BinaryNetwork, ConvLayer, ImageLayer, avg_pool_image
 from greedy.bitops import pack_bits, unpack_bits
@@ -80,15 +79,6 @@ def multiply_adds(net):
                 + (SIZE // 2) ** 2 * F2 * net.layers[0].n_code_bits)
 
 
-def best_seconds(f, repeats=3):
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def test_bench_binary_inference(benchmark):
     rng = np.random.default_rng(0)
     net = random_network(rng)
@@ -103,7 +93,7 @@ def test_bench_binary_inference(benchmark):
     k = net.layers[0].n_code_bits
     record(benchmark, 2.0 * work, work // (k * F2), k, F2)
     ours = N / benchmark.stats.stats.min
-    ref = N / best_seconds(lambda: float_forward(x))
+    ref = N / best_seconds(lambda: float_forward(x), repeats=3)
     benchmark.extra_info["images_per_s"] = round(ours)
     benchmark.extra_info["float32_images_per_s"] = round(ref)
     benchmark.extra_info["ratio_to_float32"] = round(ours / ref, 2)

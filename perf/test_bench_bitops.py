@@ -5,10 +5,9 @@ counted as b multiply-adds, i.e. the float network of the same shape), the
 hamming benchmarks report distances per second and the ratio to a NumPy
 ``np.bitwise_count`` implementation timed in the same run on a subset of rows.
 """
-import time
 
 import numpy as np
-from conftest import record
+from conftest import best_seconds, record
 
 from greedy.bitops import binary_conv2d, hamming_pairwise, pack_bits
 
@@ -24,12 +23,7 @@ def numpy_hamming(a, b, chunk=64):
 
 def numpy_distances_per_second(a, b, rows=4_000, repeats=3):
     sub = a[:rows]
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        numpy_hamming(sub, b)
-        best = min(best, time.perf_counter() - t)
-    return sub.shape[0] * b.shape[0] / best
+    return sub.shape[0] * b.shape[0] / best_seconds(lambda: numpy_hamming(sub, b), repeats)
 
 
 def codes(rng):

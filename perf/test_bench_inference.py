@@ -7,11 +7,10 @@ the best time of ``Sequential.forward(x, train=False)`` over the fused pass's
 best, both in this run, and ``ratio_to_matmul`` compares the conv's flop rate
 with a same-work NumPy matmul.
 """
-import time
 
 import numpy as np
 import pytest
-from conftest import record
+from conftest import best_seconds, record
 
 from greedy import inference
 from greedy.model import Sequential
@@ -19,15 +18,6 @@ from greedy.model import Sequential
 BLOCKS = [("c128k3-bn-relu-max2", (3, 32, 32)), ("c128k3-bn-relu-max2", (128, 16, 16)),
           ("c256k3-tanh-max2", (128, 16, 16))]
 N = 256
-
-
-def best_seconds(fn, repeats=5):
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 @pytest.mark.parametrize("spec,in_shape", BLOCKS, ids=[f"{s}-on-{c}x{h}x{w}" for s, (c, h, w) in BLOCKS])
