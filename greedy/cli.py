@@ -8,7 +8,7 @@ import sys
 import click
 import numpy as np
 
-from .errors import GreedyError
+from .errors import ConfigError, GreedyError
 from .runs import default_out_dir
 
 # method name -> "module:function"; each function has the signature
@@ -23,6 +23,12 @@ METHODS = {
 }
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
+
+# Methods whose models have their own file format and predict on uint8 images: no test-time augmentation.
+OWN_FORMAT_METHODS = ("binary",)
+
+# Datasets whose classes keep their meaning in a mirror image: test-time flips by default.
+MIRROR_SYMMETRIC = ("cifar10",)
 
 
 def method_function(name):
@@ -125,6 +131,9 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--colour-norm/--no-colour-norm", default=None, help="binary: subtract each 3x3 patch's mean colour.")
 @click.option("--colour-feed/--no-colour-feed", default=None, help="binary: feed the pooled image to later blocks.")
 @click.option("--split-fraction", type=click.FloatRange(0, 1), default=None, help="binary: share of split filters.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
+              help="Test-time augmentation: average the logits of each image and its mirror image "
+                   "(default flip on cifar10, none elsewhere and for binary models).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
@@ -142,6 +151,11 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
     from .runs import Run
     from .train import accuracy
 
+    tta = opts.get("tta") or ("flip" if dataset in MIRROR_SYMMETRIC and method not in OWN_FORMAT_METHODS
+                              else "none")
+    if tta != "none" and method in OWN_FORMAT_METHODS:
+        raise ConfigError(f"--tta {tta}: {method} models do not support test-time augmentation")
+    opts = dict(opts, tta=tta)
     normalizer = Normalizer().fit(data.x_train)
     config = dict(opts, seed=seed, threads=threads, data_dir=data_dir, n_train=len(data.x_train),
                   n_test=len(data.x_test))
@@ -150,12 +164,17 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
     model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
     train_seconds = run.seconds()
     test_acc = accuracy(model, data.x_test, data.y_test, model_input(model, normalizer))
+    if tta != "none":
+        extra = dict(extra, test_accuracy_without_tta=test_acc)
+        model.tta = tta
+        test_acc = accuracy(model, data.x_test, data.y_test, normalizer)
     if hasattr(model, "save"):
         model.save(run.path("model.npz"), normalizer, data.class_names, {"method": method, "dataset": dataset})
     else:
         save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
     return run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
-                            "n_parameters": model.n_parameters(), "seed": seed, "threads": threads}, **extra))
+                            "n_parameters": model.n_parameters(), "seed": seed, "threads": threads,
+                            "tta": tta}, **extra))
 
 
 @main.command()

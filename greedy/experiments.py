@@ -39,7 +39,8 @@ def summary_row(method, summary):
     layers = summary.get("layers", [])
     return {"method": method, "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],
             "aux_accuracy": [layer.get("aux_test_accuracy") for layer in layers],
-            "finetuned": summary.get("finetuned", False), "arch": summary.get("arch")}
+            "finetuned": summary.get("finetuned", False), "tta": summary.get("tta", "none"),
+            "arch": summary.get("arch")}
 
 
 def markdown_table(rows, columns):
@@ -78,7 +79,7 @@ def compare(run_training, data, dataset, methods, out_dir, seed, threads, arch=N
               f"budget {'%gs' % time_budget if time_budget else '%g epochs' % epochs if epochs else 'defaults'}\n\n")
     atomic_write_text(os.path.join(out_dir, "compare.md"),
                       header + markdown_table(rows, ["method", "test_accuracy", "train_seconds", "aux_accuracy",
-                                                     "finetuned"]))
+                                                     "finetuned", "tta"]))
     return rows
 
 

@@ -22,7 +22,11 @@ The last token is the classifier, ``fc<n_classes>``; ``build_model`` checks it.
 Model file (``model.npz``, loadable with ``allow_pickle=False``): arrays
 ``param/<layer index>/<name>`` and ``buffer/<layer index>/<name>``, plus
 ``meta``: a JSON string with the spec, input shape, channel mean and std used
-to normalise uint8 images, and class names.
+to normalise uint8 images, class names, and the test-time augmentation (``tta``).
+
+Test-time augmentation: a model whose ``tta`` is ``"flip"`` predicts the mean of
+its logits for the image and for its mirror image (left-right), which suits
+datasets whose classes are mirror-symmetric (CIFAR-10, not digits).
 """
 import json
 import os
@@ -48,6 +52,14 @@ _TOKENS = [
     (re.compile(r"bn"), lambda m: BatchNorm2d()),
     (re.compile(r"drop(0?\.\d+|0)"), lambda m: Dropout(float(m[1]))),
 ]
+
+TTA_MODES = ("none", "flip")
+
+
+def check_tta(tta):
+    if tta not in TTA_MODES:
+        raise ConfigError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
 
 
 def parse_spec(spec):
@@ -80,9 +92,10 @@ class Sequential:
     list the arrays in a fixed order for the optimisers.
     """
 
-    def __init__(self, layers):
+    def __init__(self, layers, tta="none"):
         self.layers = list(layers)
         self.in_shape = None
+        self.tta = check_tta(tta)
 
     @classmethod
     def from_spec(cls, spec):
@@ -131,8 +144,11 @@ class Sequential:
 
     def predict_batch(self, x):
         """Inference output for one batch x (N, ...), with conv runs fused (``greedy.inference``); keeps
-        nothing for backward."""
-        return inference.forward(self.layers, x)
+        nothing for backward. With ``tta == "flip"``: the mean over x and x mirrored left-right."""
+        out = inference.forward(self.layers, x)
+        if self.tta == "flip":
+            out = 0.5 * (out + inference.forward(self.layers, x[..., ::-1]))
+        return out
 
     def predict_logits(self, x, batch_size=500):
         """Logits (N, K) for float inputs x (N, ...), in batches."""
@@ -189,7 +205,7 @@ def save_model(path, model, normalizer, class_names=(), extra=None):
     """Save a built model with its input normalisation and class names (see module docstring)."""
     meta = {"spec": model.spec(), "in_shape": list(model.in_shape),
             "mean": np.asarray(normalizer.mean).tolist(), "std": np.asarray(normalizer.std).tolist(),
-            "class_names": list(class_names), "extra": extra or {}}
+            "class_names": list(class_names), "tta": model.tta, "extra": extra or {}}
     arrays = {"meta": np.array(json.dumps(meta))}
     for i, layer in enumerate(model.layers):
         for k, v in layer.params.items():
@@ -218,4 +234,7 @@ def load_model(path):
                     raise CheckpointError(f"{path}: array {key} is missing or has the wrong shape "
                                           f"for architecture {meta['spec']}")
                 store[k][...] = arrays[key]
+    if meta.get("tta", "none") not in TTA_MODES:
+        raise CheckpointError(f"{path}: unknown test-time augmentation {meta['tta']!r}")
+    model.tta = meta.get("tta", "none")
     return model, Normalizer(meta["mean"], meta["std"]), meta

@@ -38,6 +38,19 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
+def test_flip_tta_is_recorded_and_evaluate_applies_it(tmp_path):
+    out = train(tmp_path, "run", "--method", "e2e", "--arch", "c8k3-relu-max2-fc10", "--epochs", "2", "--tta", "flip")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tta"] == "flip" and 0.0 <= summary["test_accuracy_without_tta"] <= 1.0
+    result = CliRunner().invoke(main, ["evaluate", str(out), *DATA])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    plain = json.loads((train(tmp_path, "plain", "--method", "e2e", "--arch", "c8k3-relu-max2-fc10",
+                              "--epochs", "2") / "summary.json").read_text())
+    assert plain["tta"] == "none" and "test_accuracy_without_tta" not in plain  # synthetic: no flips by default
+    assert plain["test_accuracy"] == summary["test_accuracy_without_tta"]
+
+
 def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
     args = ["--method", "e2e", "--arch", "c8k3-relu-max2-c16k3-relu-max2-fc10", "--epochs", "4", "--threads", "2",
             "--n-train", "1000", "--n-test", "200", "--batch-size", "32", "--lr", "5e-3"]
@@ -55,6 +68,7 @@ def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
     (["--arch", "c8k3-blah-fc10"], "unknown architecture token"),
     (["--arch", "c8k3-fc7"], "10 classes"),
     (["--method", "aux", "--layer-budget", "lots"], "layer budget"),
+    (["--method", "binary", "--tta", "flip"], "test-time augmentation"),
 ])
 def test_bad_options_give_one_line_errors_with_exit_code_2(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", *SMALL, "--out", str(tmp_path / "x"), *args])

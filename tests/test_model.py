@@ -71,3 +71,22 @@ def test_normalizer_standardises_channels():
     assert z.dtype == np.float32
     assert np.allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-4)
     assert np.allclose(z.std(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+def test_flip_tta_averages_the_mirror_image_and_survives_save_and_load(tmp_path):
+    model = build_model("c4k3-bn-relu-max2-fc10", (3, 8, 8), 10, seed=1)
+    x = np.random.default_rng(2).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    plain = model.predict_batch(x)
+    mirrored = model.predict_batch(np.ascontiguousarray(x[..., ::-1]))
+    assert not np.allclose(plain, mirrored)  # the model itself is not mirror-invariant
+    model.tta = "flip"
+    both = model.predict_batch(x)
+    np.testing.assert_allclose(both, 0.5 * (plain + mirrored), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict_batch(x[..., ::-1]), both, rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "m.npz")
+    save_model(path, model, Normalizer([0.5] * 3, [0.25] * 3))
+    loaded, _, meta = load_model(path)
+    assert meta["tta"] == "flip" and loaded.tta == "flip"
+    np.testing.assert_allclose(loaded.predict_batch(x), both, rtol=1e-6)
+    with pytest.raises(ConfigError, match="test-time augmentation"):
+        Sequential([], tta="rotate")
