@@ -128,7 +128,7 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--epochs-per-layer", type=click.FloatRange(min=0, min_open=True), default=None, help="patchbag: epochs on codes per layer.")
 @click.option("--activation", type=click.Choice(["tanh", "relu"]), default=None, help="patchbag: activation of the default blocks (default relu).")
 @click.option("--threshold", type=click.Choice(["median", "half", "quantile"]), default=None, help="binary: feature bit threshold.")
-@click.option("--colour-norm/--no-colour-norm", default=None, help="binary: subtract each 3x3 patch's mean colour.")
+@click.option("--colour-norm/--no-colour-norm", default=None, help="binary, patchbag (first layer): subtract each 3x3 patch's mean colour.")
 @click.option("--colour-feed/--no-colour-feed", default=None, help="binary: feed the pooled image to later blocks.")
 @click.option("--split-fraction", type=click.FloatRange(0, 1), default=None, help="binary: share of split filters.")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default=None,

@@ -188,7 +188,7 @@ def cluster_images(codes, y, n_classes, per_class, seed):
 DEFAULTS = {"clusters": 512, "patch_sample": 200_000, "regions": 2, "activation": "relu", "image_clusters": 0,
             "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle", "weight_decay": 1e-4, "batch_size": 256,
             "layer_budget": "10e", "final_pool": "quadrant", "final_epochs": 15, "kmeans_iter": 20,
-            "whiten": "pca", "remove_mean": True, "n_components": 64, "finetune_epochs": 0}
+            "whiten": "pca", "colour_norm": True, "n_components": 64, "finetune_epochs": 0}
 
 # {act} is --activation, ReLU by default (perf/README.md: CIFAR-10 71.0 % against 58.8 % for tanh,
 # MNIST 98.3 % against 96.8 %)
@@ -220,7 +220,7 @@ def patchbag_block_trainer(opts, n_classes):
         c = x.shape[1]
         t = time.perf_counter()
         sample = sample_patches(x, opts["patch_sample"], rng)
-        pre = PatchPreprocessor(c, remove_mean=opts["remove_mean"] and layer == 0, whiten=opts["whiten"],
+        pre = PatchPreprocessor(c, remove_mean=opts["colour_norm"] and layer == 0, whiten=opts["whiten"],
                                 n_components=opts["n_components"]).fit(sample)
         km = KMeans(opts["clusters"], max_iter=opts["kmeans_iter"], random_state=int(rng.integers(2**31)))
         km.fit(pre.transform(sample))
