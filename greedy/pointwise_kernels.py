@@ -1,4 +1,5 @@
-"""Numba kernels for the per-element layers: ReLU, the tanh gradient and batch normalisation.
+"""Numba kernels for the per-element layers: ReLU, the tanh gradient, batch normalisation, and the
+column statistics that standardise features for a linear classifier.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
 is one or two parallel passes over the data. Arrays are C-contiguous, float32
@@ -44,6 +45,32 @@ def channel_mean_var(x):
         m = s / (n * p)
         mean[j] = shift + m
         var[j] = max(s2 / (n * p) - m * m, 0.0)
+    return mean, var
+
+
+@numba.njit(parallel=True, cache=True)
+def column_mean_var(x, parts):
+    """Mean and (biased) variance of each column of x (N, D), in float64 around the first row.
+
+    Rows are split into ``parts`` blocks (one per thread), each summing into its own
+    partial row (contiguous reads); the partials are added after the parallel loop.
+    """
+    n, d = x.shape
+    step = (n + parts - 1) // parts
+    s = np.zeros((parts, d), np.float64)
+    s2 = np.zeros((parts, d), np.float64)
+    for t in prange(parts):
+        for i in range(t * step, min(n, (t + 1) * step)):
+            for j in range(d):
+                v = np.float64(x[i, j]) - np.float64(x[0, j])
+                s[t, j] += v
+                s2[t, j] += v * v
+    mean = np.empty(d, np.float64)
+    var = np.empty(d, np.float64)
+    for j in range(d):
+        m = s[:, j].sum() / n
+        mean[j] = x[0, j] + m
+        var[j] = max(s2[:, j].sum() / n - m * m, 0.0)
     return mean, var
 
 

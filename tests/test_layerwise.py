@@ -8,7 +8,9 @@ from click.testing import CliRunner
 from greedy import layerwise
 from greedy.cli import main
 from greedy.errors import ConfigError
-from greedy.layerwise import blocks_from_widths, parse_budget, propagate, split_blocks, train_linear_classifier
+from greedy.layerwise import (blocks_from_widths, parse_budget, propagate, split_blocks, standardize,
+                              train_linear_classifier)
+from greedy.pointwise_kernels import column_mean_var
 from greedy.model import Sequential
 
 
@@ -53,6 +55,18 @@ def test_linear_classifier_folds_its_standardisation():
     raw_acc = float((layer.forward(f[500:]).argmax(1) == y[500:]).mean())
     assert raw_acc == pytest.approx(acc)
     assert acc > 0.8
+
+
+@pytest.mark.parametrize("parts", [1, 2, 7])
+def test_column_statistics_and_standardize_match_numpy_in_float64(parts):
+    rng = np.random.default_rng(parts)
+    x = (rng.standard_normal((203, 9)) * [1, 10, 1e3, 0.01, 1, 1, 1, 1, 1] + 1e4).astype(np.float32)
+    mean, var = column_mean_var(x, parts)
+    np.testing.assert_allclose(mean, x.mean(axis=0, dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(var, x.var(axis=0, dtype=np.float64), rtol=1e-6, atol=1e-12)
+    z = standardize(x, mean, np.sqrt(var))
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z, (x - mean) / np.sqrt(var), rtol=1e-5, atol=1e-5)
 
 
 SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--quiet", "--batch-size", "32"]

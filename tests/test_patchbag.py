@@ -176,7 +176,10 @@ def test_whitening_from_a_covariance_subsample_still_whitens_the_patches():
 def test_default_blocks_are_relu_unless_told():
     from greedy.patchbag import resolve_options
     assert resolve_options({}, "cifar10")["blocks"][0] == "c128k3-relu-max2"
-    assert resolve_options({}, "mnist")["blocks"] == ["c128k3-relu-max2", "c128k3-relu-max2"]
-    assert resolve_options({"activation": "tanh"}, "mnist")["blocks"][1] == "c128k3-tanh-max2"
+    mnist = resolve_options({}, "mnist")
+    assert mnist["blocks"] == ["c32k3-relu-max2", "c64k3-relu-max2", "c128k3-relu"]
+    assert not mnist["colour_norm"] and resolve_options({}, "cifar10")["colour_norm"]
+    assert resolve_options({"colour_norm": True, "clusters": 64}, "mnist")["clusters"] == 64
+    assert resolve_options({"activation": "tanh"}, "mnist")["blocks"][1] == "c64k3-tanh-max2"
     with pytest.raises(ConfigError, match="--arch"):
         resolve_options({"arch": "c8k3-tanh", "activation": "relu"}, "mnist")
