@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .layers import Dense
 from .model import Sequential, parse_spec
 from .optim import make_optimizer
-from .pointwise_kernels import channel_normalise, column_mean_var
+from .pointwise_kernels import channel_normalise, column_sums
 from .train import accuracy, fit, predict
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
@@ -176,11 +176,37 @@ def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_ep
                label=label, augment=augment, **kwargs)
 
 
+STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
+
+
+def _row_chunks(x):
+    rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * x[0].size))
+    for i in range(0, len(x), rows):
+        yield i, _as32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
+
+
+def column_mean_std(x):
+    """Per-column mean and standard deviation (float64, (D,)) of x (N, D), float32 or float16.
+
+    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``; sums in float64 around the first row.
+    """
+    shift = _as32(x[:1]).reshape(-1).astype(np.float64)
+    total, total2 = np.zeros_like(shift), np.zeros_like(shift)
+    for _, chunk in _row_chunks(x):
+        s, s2 = column_sums(chunk, shift, numba.get_num_threads())
+        total += s
+        total2 += s2
+    m = total / len(x)
+    return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
+
+
 def standardize(x, mean, std):
-    """(x - mean) / std as float32, for x (N, D) and per-column mean, std (D,), in one parallel pass."""
-    x = np.ascontiguousarray(x)
-    z = np.empty(x.shape, np.float32)
-    channel_normalise(x.reshape(len(x), -1, 1), mean, 1.0 / std, np.zeros_like(mean), z.reshape(len(x), -1, 1))
+    """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,)."""
+    z = np.empty((len(x), len(mean)), np.float32)
+    inv, zero = 1.0 / std, np.zeros_like(mean)
+    for i, chunk in _row_chunks(x):
+        m = len(chunk)
+        channel_normalise(chunk.reshape(m, -1, 1), mean, inv, zero, z[i:i + m].reshape(m, -1, 1))
     return z
 
 
@@ -192,8 +218,8 @@ def train_linear_classifier(features, y, test_features, y_test, n_classes, opts,
     ``opts['final_epochs']`` epochs at rate ``opts['final_lr']``, or ``opts['final_min_steps']``
     (default 2000) steps if that is more: small training sets still get enough steps.
     """
-    mean, var = column_mean_var(np.ascontiguousarray(features), numba.get_num_threads())
-    std = np.sqrt(var) + 1e-6
+    mean, std = column_mean_std(features)
+    std += 1e-6
     z, z_test = standardize(features, mean, std), standardize(test_features, mean, std)
     batch = opts.get("final_batch_size", 256)
     epochs = max(opts.get("final_epochs", 10), opts.get("final_min_steps", 2000) * batch / len(z))

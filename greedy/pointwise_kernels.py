@@ -49,8 +49,8 @@ def channel_mean_var(x):
 
 
 @numba.njit(parallel=True, cache=True)
-def column_mean_var(x, parts):
-    """Mean and (biased) variance of each column of x (N, D), in float64 around the first row.
+def column_sums(x, shift, parts):
+    """Sums of (x - shift) and of its squares over the rows of x (N, D), float64 (D,) each.
 
     Rows are split into ``parts`` blocks (one per thread), each summing into its own
     partial row (contiguous reads); the partials are added after the parallel loop.
@@ -62,16 +62,10 @@ def column_mean_var(x, parts):
     for t in prange(parts):
         for i in range(t * step, min(n, (t + 1) * step)):
             for j in range(d):
-                v = np.float64(x[i, j]) - np.float64(x[0, j])
+                v = np.float64(x[i, j]) - shift[j]
                 s[t, j] += v
                 s2[t, j] += v * v
-    mean = np.empty(d, np.float64)
-    var = np.empty(d, np.float64)
-    for j in range(d):
-        m = s[:, j].sum() / n
-        mean[j] = x[0, j] + m
-        var[j] = max(s2[:, j].sum() / n - m * m, 0.0)
-    return mean, var
+    return s.sum(axis=0), s2.sum(axis=0)
 
 
 @numba.njit(parallel=True, cache=True)

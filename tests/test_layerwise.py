@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from greedy import layerwise
 from greedy.cli import main
 from greedy.errors import ConfigError
-from greedy.layerwise import (blocks_from_widths, parse_budget, propagate, split_blocks, standardize,
-                              train_linear_classifier)
-from greedy.pointwise_kernels import column_mean_var
+from greedy.layerwise import (blocks_from_widths, column_mean_std, parse_budget, propagate, split_blocks,
+                              standardize, train_linear_classifier)
+from greedy.pointwise_kernels import column_sums
 from greedy.model import Sequential
 
 
@@ -57,16 +57,22 @@ def test_linear_classifier_folds_its_standardisation():
     assert acc > 0.8
 
 
-@pytest.mark.parametrize("parts", [1, 2, 7])
-def test_column_statistics_and_standardize_match_numpy_in_float64(parts):
-    rng = np.random.default_rng(parts)
-    x = (rng.standard_normal((203, 9)) * [1, 10, 1e3, 0.01, 1, 1, 1, 1, 1] + 1e4).astype(np.float32)
-    mean, var = column_mean_var(x, parts)
-    np.testing.assert_allclose(mean, x.mean(axis=0, dtype=np.float64), rtol=1e-12)
-    np.testing.assert_allclose(var, x.var(axis=0, dtype=np.float64), rtol=1e-6, atol=1e-12)
-    z = standardize(x, mean, np.sqrt(var))
-    assert z.dtype == np.float32
-    np.testing.assert_allclose(z, (x - mean) / np.sqrt(var), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("dtype,chunk", [(np.float32, 256 * 1024**2), (np.float32, 400), (np.float16, 400)])
+def test_column_statistics_and_standardize_match_numpy_in_float64(monkeypatch, dtype, chunk):
+    monkeypatch.setattr(layerwise, "STANDARDIZE_CHUNK_BYTES", chunk)  # 400 bytes: 11 rows per chunk
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((203, 9)) * [1, 10, 100, 0.5, 1, 1, 1, 1, 1] + 100).astype(dtype)
+    x64 = x.astype(np.float64)
+    mean, std = column_mean_std(x)
+    np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, x64.std(axis=0), rtol=1e-6)
+    z = standardize(x, mean, std)
+    assert z.dtype == np.float32 and z.shape == x.shape
+    np.testing.assert_allclose(z, (x64 - mean) / std, rtol=1e-4, atol=1e-4)
+    for parts in (1, 2, 7):
+        s, s2 = column_sums(x.astype(np.float32), np.zeros(9), parts)
+        np.testing.assert_allclose(s, x64.sum(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(s2, (x64 ** 2).sum(axis=0), rtol=1e-9)
 
 
 SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--quiet", "--batch-size", "32"]
