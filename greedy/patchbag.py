@@ -196,7 +196,7 @@ DEFAULTS = {"clusters": 512, "patch_sample": 200_000, "regions": 2, "activation"
 # it (perf/README.md, "MNIST").
 DATASET_DEFAULTS = {
     "cifar10": {"blocks": ["c128k3-{act}-max2", "c256k3-{act}-max2", "c256k3-{act}"]},
-    "mnist": {"blocks": ["c32k3-{act}-max2", "c64k3-{act}-max2", "c128k3-{act}"], "clusters": 256,
+    "mnist": {"blocks": ["c32k3-{act}-max2", "c64k3-{act}-max2", "c128k3-{act}"], "clusters": 128,
               "colour_norm": False, "final_pool": "none", "final_epochs": 5, "final_lr": 3e-3,
               "final_min_steps": 1000},
 }
