@@ -67,11 +67,14 @@ def resolve_options(opts, dataset, method_defaults=None, method=None):
 
 
 def _epoch_logger(run, layer, model, x_test, y_test):
+    """``on_epoch`` callback logging each epoch; with a model, also its test accuracy, kept as ``.last_accuracy``
+    (``fit`` calls it after the last step, so that is the trained model's accuracy)."""
     def on_epoch(epoch, loss, train_acc):
         fields = {"train_loss": loss}
         if model is not None:
-            fields["aux_test_accuracy"] = accuracy(model, x_test, y_test, _as32)
+            fields["aux_test_accuracy"] = on_epoch.last_accuracy = accuracy(model, x_test, y_test, _as32)
         run.log("train_layer", layer=layer, epoch=epoch, **fields)
+    on_epoch.last_accuracy = None
     return on_epoch
 
 
@@ -94,10 +97,11 @@ def aux_block_trainer(opts, n_classes):
         head = Sequential(head_layers(block.out_shape, n_classes, opts["aux_pool"], opts["aux_depth"])) \
             .build(block.out_shape, rng)
         model = Stack(block, head)
+        logger = _epoch_logger(run, layer, model, x_test, y_test)
         fit_block(model, x, y, opts, budget, rng, label=f"aux layer {layer}", progress=run.verbose,
-                  augment=feature_augment(opts, block.in_shape),
-                  on_epoch=_epoch_logger(run, layer, model, x_test, y_test))
-        return {"aux_test_accuracy": accuracy(model, x_test, y_test, _as32), "head": head}
+                  augment=feature_augment(opts, block.in_shape), on_epoch=logger)
+        acc = logger.last_accuracy
+        return {"aux_test_accuracy": accuracy(model, x_test, y_test, _as32) if acc is None else acc, "head": head}
     train.trains_head = True
     return train
 
