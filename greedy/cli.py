@@ -147,9 +147,9 @@ def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet,
 
 def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None, verbose=True):
     """Train ``method`` on loaded ``data`` into run folder ``out``; returns the summary dict."""
-    from .model import Normalizer, save_model
+    from .model import Normalizer, flip_average, mirror, save_model
     from .runs import Run
-    from .train import accuracy
+    from .train import label_accuracy, predict
 
     tta = opts.get("tta") or ("flip" if dataset in MIRROR_SYMMETRIC and method not in OWN_FORMAT_METHODS
                               else "none")
@@ -163,11 +163,13 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
     run.start()
     model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
     train_seconds = run.seconds()
-    test_acc = accuracy(model, data.x_test, data.y_test, model_input(model, normalizer))
-    if tta != "none":
+    logits = predict(model, data.x_test, model_input(model, normalizer))
+    test_acc = label_accuracy(logits, data.y_test)
+    if tta == "flip":  # one more pass, over the mirror images; the model then predicts as evaluate will
+        mirrored = predict(model, data.x_test, lambda xb: mirror(normalizer(xb)))
         extra = dict(extra, test_accuracy_without_tta=test_acc)
+        test_acc = label_accuracy(flip_average(logits, mirrored), data.y_test)
         model.tta = tta
-        test_acc = accuracy(model, data.x_test, data.y_test, normalizer)
     if hasattr(model, "save"):
         model.save(run.path("model.npz"), normalizer, data.class_names, {"method": method, "dataset": dataset})
     else:

@@ -56,6 +56,16 @@ _TOKENS = [
 TTA_MODES = ("none", "flip")
 
 
+def mirror(x):
+    """Images x (..., H, W) mirrored left-right: the second view of ``tta="flip"``."""
+    return x[..., ::-1]
+
+
+def flip_average(logits, mirrored_logits):
+    """The output of ``tta="flip"``: the mean of the logits of the images and of their mirror images."""
+    return 0.5 * (logits + mirrored_logits)
+
+
 def check_tta(tta):
     if tta not in TTA_MODES:
         raise ConfigError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {tta!r}")
@@ -147,7 +157,7 @@ class Sequential:
         nothing for backward. With ``tta == "flip"``: the mean over x and x mirrored left-right."""
         out = inference.forward(self.layers, x)
         if self.tta == "flip":
-            out = 0.5 * (out + inference.forward(self.layers, x[..., ::-1]))
+            out = flip_average(out, inference.forward(self.layers, mirror(x)))
         return out
 
     def predict_logits(self, x, batch_size=500):

@@ -27,6 +27,7 @@ from .kmeans import KMeans, assign
 from .layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Tanh, glorot_uniform
 from .layerwise import blocks_from_widths, fit_block, split_blocks, train_layerwise
 from .patches import PatchPreprocessor, fold_into_conv, sample_patches
+from .train import label_accuracy
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
 DENSE_BATCH_DENSITY = 0.02
@@ -246,13 +247,13 @@ def patchbag_block_trainer(opts, n_classes):
                                                            int(rng.integers(2**31)))
 
         def on_epoch(epoch, loss, train_acc):
-            acc = float((model.forward(codes_test).argmax(1) == y_test).mean())
+            acc = label_accuracy(model.forward(codes_test), y_test)
             run.log("train_codes", layer=layer, epoch=epoch, train_loss=loss, aux_test_accuracy=acc)
 
         fit_block(model, train_codes, train_y, opts, budget, rng, label=f"patchbag layer {layer}",
                   progress=run.verbose,
                   on_epoch=on_epoch, sample_weight=weights)
-        aux_acc = float((model.forward(codes_test).argmax(1) == y_test).mean())
+        aux_acc = label_accuracy(model.forward(codes_test), y_test)
         w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], c)
         conv.params["w"][...] = w
         conv.params["b"][...] = b

@@ -35,11 +35,18 @@ def predict(model, x, prepare=None, batch_size=500):
     return np.concatenate(outs)
 
 
+def label_accuracy(outputs, y):
+    """Fraction of rows of outputs (N, K) whose arg-max equals y (N,); NaN when N is 0."""
+    if len(y) == 0:
+        return float("nan")
+    return float((outputs.argmax(axis=1) == y).mean())
+
+
 def accuracy(model, x, y, prepare=None, batch_size=500):
     """Fraction of x whose arg-max output equals y."""
     if len(x) == 0:
         return float("nan")
-    return float((predict(model, x, prepare, batch_size).argmax(axis=1) == y).mean())
+    return label_accuracy(predict(model, x, prepare, batch_size), y)
 
 
 def fit(model, x, y, optimizer, *, epochs, batch_size=128, loss_fn=softmax_cross_entropy,
