@@ -74,7 +74,7 @@ The head
 --------
 The last bit map, flattened (``regions=0``) or as fractions of set bits in an
 RxR grid of regions (popcounts), feeds a linear softmax classifier trained with
-the project optimiser (``greedy.layerwise.train_linear_classifier``) and a
+the project optimiser (``greedy.layerwise.train_classifier``) and a
 gradient-free nearest-class-mean classifier (reported as
 ``ncm_test_accuracy``). Inference is popcounts up to the head. Model files store
 filters bit-packed (``BinaryNetwork.save``, ``load_binary_model``).
@@ -727,6 +727,8 @@ def parse_arch(spec):
 def resolve_options(opts, dataset):
     o = dict(DEFAULTS)
     o.update({k: v for k, v in opts.items() if v is not None})
+    if opts.get("final_hidden") not in (None, "", "none"):
+        raise ConfigError("binary: the head on the packed bits is linear; --final-hidden is not supported")
     if opts.get("epochs") is not None:
         o["final_epochs"] = opts["epochs"]
     if opts.get("lr") is not None:
@@ -941,7 +943,7 @@ def fit_ncm(features, labels, n_classes):
 
 def train_binary(data, normalizer, opts, run):
     """Binary network built layer by layer without gradients, then a linear head; CLI method ``binary``."""
-    from .layerwise import train_linear_classifier
+    from .layerwise import train_classifier
     cpu0 = time.process_time()
     o = resolve_options(opts, run.dataset)
     n_classes = len(data.class_names)
@@ -959,8 +961,8 @@ def train_binary(data, normalizer, opts, run):
     ncm_acc = float((net.ncm_scores(test_feats).argmax(1) == data.y_test).mean())
     t = time.perf_counter()
     rng = np.random.default_rng(o["seed"])
-    dense, head_acc = train_linear_classifier(np.concatenate(feats), data.y_train, test_feats, data.y_test,
-                                              n_classes, o, rng)
+    (dense,), head_acc = train_classifier(np.concatenate(feats), data.y_train, test_feats, data.y_test,
+                                          n_classes, o, rng)
     net.head_w, net.head_b = dense.params["w"], dense.params["b"]
     run.log("classifier", seconds_in_phase=round(time.perf_counter() - t, 3), test_accuracy=head_acc,
             ncm_test_accuracy=ncm_acc)

@@ -11,9 +11,10 @@ conv, e.g. ``c128k3-bn-relu-max2``). For each block in turn:
 3. the trained block is frozen and applied to the real input to make the next
    block's input.
 
-Then a linear softmax classifier is trained on the last block's pooled features
-(or, with ``final_classifier="last-head"``, the last block keeps the head it
-was trained with) and, optionally, the whole stack is fine-tuned end to end. The result is an
+Then a softmax classifier (linear, or with the hidden layers of ``final_hidden``)
+is trained on the last block's pooled features (or, with
+``final_classifier="last-head"``, the last block keeps the head it was trained
+with) and, optionally, the whole stack is fine-tuned end to end. The result is an
 ordinary ``Sequential`` CNN (blocks, pooling, classifier).
 
 Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above
@@ -29,7 +30,7 @@ import numpy as np
 
 from . import inference
 from .errors import ConfigError
-from .layers import Dense
+from .layers import Dense, Dropout, ReLU, Tanh
 from .model import Sequential, parse_spec
 from .optim import make_optimizer
 from .pointwise_kernels import channel_normalise, column_sums
@@ -210,28 +211,42 @@ def standardize(x, mean, std):
     return z
 
 
-def train_linear_classifier(features, y, test_features, y_test, n_classes, opts, rng, progress=False):
-    """Fit a softmax linear classifier on pooled features (N, D); returns (Dense layer, test accuracy).
+def classifier_layers(hidden, n_classes):
+    """Unbuilt layers of the final classifier: the ``hidden`` spec (e.g. 'fc512-relu-drop0.4'; None, ''
+    or 'none' for none) followed by a linear ``fc<n_classes>``."""
+    layers = parse_spec(hidden) if hidden and hidden != "none" else []
+    if layers and (not isinstance(layers[0], Dense)
+                   or not all(isinstance(lay, (Dense, ReLU, Tanh, Dropout)) for lay in layers)):
+        raise ConfigError(f"the final classifier's hidden layers are fc<units> layers with relu, tanh or "
+                          f"drop<p> between them, starting with fc (e.g. fc512-relu-drop0.4), got {hidden!r}")
+    return layers + [Dense(n_classes, init="glorot")]
 
+
+def train_classifier(features, y, test_features, y_test, n_classes, opts, rng, progress=False):
+    """Fit the final softmax classifier on pooled features (N, D); returns (list of layers, test accuracy).
+
+    Linear unless ``opts['final_hidden']`` names hidden layers (``classifier_layers``).
     Features are standardised for training and the standardisation is folded into the
-    returned layer's weights, so it applies to raw pooled features. Trains for
-    ``opts['final_epochs']`` epochs at rate ``opts['final_lr']``, or ``opts['final_min_steps']``
-    (default 2000) steps if that is more: small training sets still get enough steps.
+    first layer's weights, so the returned layers apply to raw pooled features. Trains
+    for ``opts['final_epochs']`` epochs at rate ``opts['final_lr']``, or
+    ``opts['final_min_steps']`` (default 2000) steps if that is more: small training sets
+    still get enough steps.
     """
+    layers = classifier_layers(opts.get("final_hidden"), n_classes)
     mean, std = column_mean_std(features)
     std += 1e-6
     z, z_test = standardize(features, mean, std), standardize(test_features, mean, std)
     batch = opts.get("final_batch_size", 256)
     epochs = max(opts.get("final_epochs", 10), opts.get("final_min_steps", 2000) * batch / len(z))
-    dense = Sequential([Dense(n_classes, init="glorot")]).build(z.shape[1:], rng)
+    head = Sequential(layers).build(z.shape[1:], rng)
     opt = make_optimizer("adam", opts.get("final_lr", 1e-2), "cosine", opts.get("final_weight_decay", 5e-4))
-    fit(dense, z, y, opt, epochs=epochs, batch_size=batch, rng=rng, label="classifier", progress=progress)
-    acc = accuracy(dense, z_test, y_test)
-    layer = dense.layers[0]
-    w = layer.params["w"] / std[:, None]
-    layer.params["b"][...] = layer.params["b"] - mean @ w
-    layer.params["w"][...] = w
-    return layer, acc
+    fit(head, z, y, opt, epochs=epochs, batch_size=batch, rng=rng, label="classifier", progress=progress)
+    acc = accuracy(head, z_test, y_test)
+    first = layers[0]
+    w = first.params["w"] / std[:, None]
+    first.params["b"][...] = first.params["b"] - mean @ w
+    first.params["w"][...] = w
+    return layers, acc
 
 
 def train_layerwise(data, normalizer, opts, run, block_trainer):
@@ -259,6 +274,7 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
         raise ConfigError(f"final classifier must be 'retrain' or 'last-head', got {final_classifier!r}")
     if final_classifier == "last-head" and not getattr(block_trainer, "trains_head", False):
         raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
+    classifier_layers(opts.get("final_hidden"), n_classes)  # a bad spec fails now, not after the blocks
     blocks, per_layer, head = [], [], None
     for layer, (spec, budget) in enumerate(zip(blocks_spec, budgets)):
         block = Sequential.from_spec(spec).build(shape, rng)
@@ -281,9 +297,9 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
     feats = predict(pooler, x, _as32) if pooler else x.reshape(len(x), -1)
     feats_test = predict(pooler, x_test, _as32) if pooler else x_test.reshape(len(x_test), -1)
     t = time.perf_counter()
-    dense, final_acc = train_linear_classifier(feats.reshape(len(feats), -1), y,
-                                               feats_test.reshape(len(feats_test), -1), y_test, n_classes, opts,
-                                               rng, progress=run.verbose)
+    classifier, final_acc = train_classifier(feats.reshape(len(feats), -1), y,
+                                             feats_test.reshape(len(feats_test), -1), y_test, n_classes, opts,
+                                             rng, progress=run.verbose)
     run.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t, test_accuracy=final_acc)
 
     body = [lay for b in blocks for lay in b.layers]
@@ -293,7 +309,7 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
         final_acc = accuracy(head, x_test, y_test, _as32)
         model = Sequential(body + head.layers)
     else:
-        model = Sequential(body + pool_layers + [dense])
+        model = Sequential(body + pool_layers + classifier)
     model.in_shape, model.out_shape = tuple(data.x_train.shape[1:]), (n_classes,)
     extra.update(arch=model.spec(), accuracy_before_finetune=final_acc, finetuned=False)
     if opts.get("finetune_epochs"):

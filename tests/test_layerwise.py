@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from greedy import layerwise
 from greedy.cli import main
 from greedy.errors import ConfigError
-from greedy.layerwise import (blocks_from_widths, column_mean_std, parse_budget, propagate, split_blocks,
-                              standardize, train_linear_classifier)
+from greedy.layerwise import (blocks_from_widths, classifier_layers, column_mean_std, parse_budget, propagate, split_blocks,
+                              standardize, train_classifier)
 from greedy.pointwise_kernels import column_sums
 from greedy.model import Sequential
 
@@ -51,10 +51,34 @@ def test_linear_classifier_folds_its_standardisation():
     f = rng.standard_normal((600, 5)) * [1, 10, 100, 0.1, 1] + 50
     f[:, 0] += 3 * y
     f = f.astype(np.float32)
-    layer, acc = train_linear_classifier(f[:500], y[:500], f[500:], y[500:], 3, {}, rng)
+    (layer,), acc = train_classifier(f[:500], y[:500], f[500:], y[500:], 3, {}, rng)
     raw_acc = float((layer.forward(f[500:]).argmax(1) == y[500:]).mean())
     assert raw_acc == pytest.approx(acc)
     assert acc > 0.8
+
+
+def test_classifier_with_hidden_layers_folds_standardisation_into_its_first_layer():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    f = rng.standard_normal((600, 6)) * [1, 10, 100, 0.1, 1, 1] + 50
+    f[:, 0] += 3 * y
+    f[:, 1] += 20 * (y == 2)
+    f = f.astype(np.float32)
+    layers, acc = train_classifier(f[:500], y[:500], f[500:], y[500:], 3,
+                                   {"final_hidden": "fc16-relu-drop0.2"}, rng)
+    assert [lay.spec() for lay in layers] == ["fc16", "relu", "drop0.2", "fc3"]
+    raw = Sequential(layers)
+    raw_acc = float((raw.predict_batch(f[500:]).argmax(1) == y[500:]).mean())
+    assert raw_acc == pytest.approx(acc)
+    assert acc > 0.8
+
+
+@pytest.mark.parametrize("hidden", ["relu-fc16", "fc16-max2", "c8k3-relu", "fc16-bogus"])
+def test_classifier_hidden_layers_must_be_dense_layers(hidden):
+    with pytest.raises(ConfigError):
+        classifier_layers(hidden, 3)
+    for linear in (None, "", "none"):
+        assert [lay.spec() for lay in classifier_layers(linear, 3)] == ["fc3"]
 
 
 @pytest.mark.parametrize("dtype,chunk", [(np.float32, 256 * 1024**2), (np.float32, 400), (np.float16, 400)])
@@ -87,7 +111,7 @@ SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--qui
     ("cosine", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--aux-pool", "none"], 0.2),
     ("kl", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--finetune-epochs", "1"], 0.15),
     ("patchbag", ["--arch", "c16k3-tanh-max2-c16k3-tanh", "--clusters", "64", "--patch-sample", "5000",
-                  "--epochs-per-layer", "3", "--image-clusters", "20"], 0.2),
+                  "--epochs-per-layer", "3", "--image-clusters", "20", "--final-hidden", "fc32-relu-drop0.2"], 0.2),
 ])
 def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, args, floor):
     out = tmp_path / method
@@ -105,6 +129,8 @@ def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, a
     last_head = method == "aux" and "retrain" not in args
     assert summary["final_classifier"] == ("last-head" if last_head else "retrain")
     assert ("retrained_classifier_accuracy" in summary) == last_head
+    if "--final-hidden" in args:
+        assert summary["arch"].endswith(args[args.index("--final-hidden") + 1] + "-fc10")
     result = CliRunner().invoke(main, ["evaluate", str(out), *SMALL[:6]])
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
@@ -126,6 +152,13 @@ def test_last_head_keeps_the_trained_head_and_needs_a_method_that_has_one(tmp_pa
     result = CliRunner().invoke(main, ["train", "--method", "cosine", *SMALL, "--out", str(tmp_path / "c"),
                                        *args, "last-head"])
     assert result.exit_code == 2 and "last-head" in result.output
+
+
+def test_final_hidden_layers_are_refused_where_the_head_is_linear_by_design(tmp_path):
+    for method, hidden in (("binary", "fc16-relu"), ("aux", "relu-fc16")):
+        result = CliRunner().invoke(main, ["train", "--method", method, *SMALL, "--out", str(tmp_path / method),
+                                           "--final-hidden", hidden])
+        assert result.exit_code == 2 and "hidden" in result.output, result.output
 
 
 def test_feature_augment_scales_the_shift_with_the_map():
