@@ -113,9 +113,12 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
 @click.option("--aux-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None,
               help="Pooling before auxiliary heads/objectives (none: the whole feature map).")
 @click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
+@click.option("--final-features", type=click.Choice(["last", "all"]), default=None,
+              help="Layer-wise methods: the final classifier sees the last block's pooled map (last) or every "
+                   "block's, max-pooled to the same side (all; default for patchbag on MNIST).")
 @click.option("--final-hidden", default=None,
               help="Layer-wise methods: hidden layers of the final classifier, e.g. fc512-relu-drop0.4 "
-                   "or none for a linear classifier (default: none; patchbag on MNIST: fc512-relu-drop0.4).")
+                   "or none for a linear classifier (default: none; patchbag on MNIST: fc256-relu-drop0.4).")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
 @click.option("--final-classifier", type=click.Choice(["retrain", "last-head"]), default=None,
               help="Layer-wise methods: end with a linear classifier retrained on the frozen last block "

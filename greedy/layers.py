@@ -463,3 +463,67 @@ def _conv_input_grad(dy, w, x_shape, stride, pad):
         rows = dy[n0:n0 + m].transpose(0, 2, 3, 1).reshape(m * p, f)
         dx[n0:n0 + m] = ck.col2im(rows @ wm, (m,) + tuple(x_shape[1:]), k, k, stride, pad)
     return dx
+
+
+class Tap(Layer):
+    """Passes x (N, C, H, W) through unchanged and keeps its ``size`` x ``size`` max pool for a later ``Concat``.
+
+    ``tap1`` keeps the map itself. Together with ``Concat`` this lets a classifier
+    see every block's pooled output (multi-scale features) in a plain layer list.
+    """
+
+    def __init__(self, size=1):
+        super().__init__()
+        self.pool = MaxPool2d(size) if int(size) > 1 else None
+        self.size = int(size)
+        self.grad_out = None
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        self.tap_shape = self.pool.build(in_shape, rng, dtype) if self.pool else tuple(in_shape)
+        return super().build(in_shape, rng, dtype)
+
+    def forward(self, x, train=False):
+        self.out = self.pool.forward(x, train) if self.pool else x
+        return x
+
+    def backward(self, dy):
+        """dy plus the gradient that the ``Concat`` layer sent back to this tap (``grad_out``)."""
+        g = self.grad_out.reshape((len(dy),) + self.tap_shape)
+        self.grad_out = None
+        return dy + (self.pool.backward(g) if self.pool else g)
+
+    def spec(self):
+        return f"tap{self.size}"
+
+
+class Concat(Layer):
+    """Flattens x and appends it to the kept outputs of the ``Tap`` layers before it: (N, sum of sizes).
+
+    ``Sequential.build`` links each ``Concat`` to the taps since the previous one (``taps``);
+    the taps come first, in order, then x.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.taps = []
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        if not self.taps:
+            from .errors import ConfigError
+            raise ConfigError("'cat' needs at least one 'tap<k>' layer before it")
+        self.in_shape = tuple(in_shape)
+        self.sizes = [int(np.prod(t.tap_shape)) for t in self.taps] + [int(np.prod(in_shape))]
+        return (sum(self.sizes),)
+
+    def forward(self, x, train=False):
+        n = len(x)
+        return np.concatenate([t.out.reshape(n, -1) for t in self.taps] + [x.reshape(n, -1)], axis=1)
+
+    def backward(self, dy):
+        parts = np.split(dy, np.cumsum(self.sizes)[:-1], axis=1)
+        for tap, part in zip(self.taps, parts):
+            tap.grad_out = part
+        return parts[-1].reshape((len(dy),) + self.in_shape)
+
+    def spec(self):
+        return "cat"

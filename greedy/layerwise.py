@@ -12,7 +12,8 @@ conv, e.g. ``c128k3-bn-relu-max2``). For each block in turn:
    block's input.
 
 Then a softmax classifier (linear, or with the hidden layers of ``final_hidden``)
-is trained on the last block's pooled features (or, with
+is trained on the last block's pooled features (with ``final_features="all"``,
+on every block's, pooled to the same side) (or, with
 ``final_classifier="last-head"``, the last block keeps the head it was trained
 with) and, optionally, the whole stack is fine-tuned end to end. The result is an
 ordinary ``Sequential`` CNN (blocks, pooling, classifier).
@@ -30,7 +31,7 @@ import numpy as np
 
 from . import inference
 from .errors import ConfigError
-from .layers import Dense, Dropout, ReLU, Tanh
+from .layers import Concat, Dense, Dropout, MaxPool2d, ReLU, Tanh, Tap
 from .model import Sequential, parse_spec
 from .optim import make_optimizer
 from .pointwise_kernels import channel_normalise, column_sums
@@ -83,6 +84,32 @@ def pooling_token(shape, mode):
     if mode == "none":
         return None
     raise ConfigError(f"unknown pooling {mode!r}; choose gap, quadrant or none")
+
+
+def block_shapes(blocks_spec, in_shape):
+    """Output shape of each block of ``blocks_spec`` for a per-sample input ``in_shape``."""
+    shapes, rng = [], np.random.default_rng(0)
+    for spec in blocks_spec:
+        in_shape = Sequential.from_spec(spec).build(in_shape, rng).out_shape
+        shapes.append(in_shape)
+    return shapes
+
+
+def tap_pool_sizes(shapes, pool):
+    """Max-pool size of the tap after each block but the last, for ``final_features="all"``: each
+    block's map (``shapes``, from ``block_shapes``) pooled to about the side of the map the
+    classifier sees (the last block's, after the ``pool`` token)."""
+    last = Sequential(parse_spec(pool)).build(shapes[-1]).out_shape if pool else shapes[-1]
+    side = last[1] if len(last) == 3 else 1
+    return [max(1, shape[1] // side) for shape in shapes[:-1]]
+
+
+def pool_maps(x, size, batch_size=500):
+    """Maps x (N, C, H, W), float32 or float16, max-pooled ``size`` x ``size`` and flattened: (N, D) float32."""
+    if size == 1:
+        return _as32(x).reshape(len(x), -1)
+    pooler = Sequential([MaxPool2d(size)]).build(x.shape[1:])
+    return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
 
 
 def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
@@ -233,6 +260,9 @@ def train_classifier(features, y, test_features, y_test, n_classes, opts, rng, p
     still get enough steps.
     """
     layers = classifier_layers(opts.get("final_hidden"), n_classes)
+    if features.ndim != 2 or test_features.ndim != 2 or features.shape[1] != test_features.shape[1]:
+        raise ConfigError(f"classifier features must be (N, D) for training and test alike, got "
+                          f"{features.shape} and {test_features.shape}")
     mean, std = column_mean_std(features)
     std += 1e-6
     z, z_test = standardize(features, mean, std), standardize(test_features, mean, std)
@@ -261,6 +291,10 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
     classifier trained on the frozen last block; ``"last-head"`` ends it with the last block's
     own head, trained together with the block (the retrained classifier's accuracy is still
     reported, as ``retrained_classifier_accuracy``).
+
+    ``opts['final_features']``: ``"last"`` (default) feeds the classifier the last block's
+    pooled map; ``"all"`` also every earlier block's map, max-pooled to about the same side,
+    through ``tap<k>`` layers and a ``cat`` (multi-scale features; ``greedy.layers.Tap``).
     """
     n_classes = len(data.class_names)
     blocks_spec = opts["blocks"]
@@ -275,7 +309,15 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
     if final_classifier == "last-head" and not getattr(block_trainer, "trains_head", False):
         raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
     classifier_layers(opts.get("final_hidden"), n_classes)  # a bad spec fails now, not after the blocks
-    blocks, per_layer, head = [], [], None
+    shapes = block_shapes(blocks_spec, shape)
+    pool = pooling_token(shapes[-1], opts.get("final_pool", "quadrant"))
+    final_features = opts.get("final_features", "last")
+    if final_features not in ("last", "all"):
+        raise ConfigError(f"final features must be 'last' or 'all', got {final_features!r}")
+    if final_features == "all" and final_classifier == "last-head":
+        raise ConfigError("--final-features all feeds a retrained classifier; it cannot go with last-head")
+    tap_sizes = tap_pool_sizes(shapes, pool) if final_features == "all" else None
+    blocks, per_layer, head, taps, tapped, tapped_test = [], [], None, [], [], []
     for layer, (spec, budget) in enumerate(zip(blocks_spec, budgets)):
         block = Sequential.from_spec(spec).build(shape, rng)
         t = time.perf_counter()
@@ -290,12 +332,24 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
         run.log("layer_done", layer=layer, **{k: v for k, v in per_layer[-1].items() if k != "layer"})
         blocks.append(block)
         shape = x.shape[1:]
+        if tap_sizes and layer < len(blocks_spec) - 1:
+            taps.append(Tap(tap_sizes[layer]))
+            taps[-1].build(shape, rng)
+            block.layers.append(taps[-1])
+            tapped.append(pool_maps(x, tap_sizes[layer]))
+            tapped_test.append(pool_maps(x_test, tap_sizes[layer]))
 
-    pool = pooling_token(shape, opts.get("final_pool", "quadrant"))
     pool_layers = parse_spec(pool) if pool else []
     pooler = Sequential(pool_layers).build(shape, rng) if pool_layers else None
-    feats = predict(pooler, x, _as32) if pooler else x.reshape(len(x), -1)
-    feats_test = predict(pooler, x_test, _as32) if pooler else x_test.reshape(len(x_test), -1)
+    feats = predict(pooler, x, _as32) if pooler else x
+    feats_test = predict(pooler, x_test, _as32) if pooler else x_test
+    cat = []
+    if taps:
+        cat = [Concat()]
+        cat[0].taps = taps
+        cat[0].build(feats.shape[1:], rng)
+        feats, feats_test = (np.concatenate([_as32(f) for f in fs] + [_as32(last).reshape(len(last), -1)], axis=1)
+                             for fs, last in ((tapped, feats), (tapped_test, feats_test)))
     t = time.perf_counter()
     classifier, final_acc = train_classifier(feats.reshape(len(feats), -1), y,
                                              feats_test.reshape(len(feats_test), -1), y_test, n_classes, opts,
@@ -309,7 +363,7 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
         final_acc = accuracy(head, x_test, y_test, _as32)
         model = Sequential(body + head.layers)
     else:
-        model = Sequential(body + pool_layers + classifier)
+        model = Sequential(body + pool_layers + cat + classifier)
     model.in_shape, model.out_shape = tuple(data.x_train.shape[1:]), (n_classes,)
     extra.update(arch=model.spec(), accuracy_before_finetune=final_acc, finetuned=False)
     if opts.get("finetune_epochs"):

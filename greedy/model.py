@@ -15,6 +15,8 @@ token          layer
 ``bn``         batch normalisation (per channel)
 ``fc1024``     Dense with 1024 units (flattens its input)
 ``drop0.4``    Dropout with rate 0.4
+``tap2``       keeps the 2x2 max pool of the current map (``tap1``: the map)
+``cat``        flattens the map and appends it to the kept taps: (N, D)
 =============  ==========================================================
 
 The last token is the classifier, ``fc<n_classes>``; ``build_model`` checks it.
@@ -37,8 +39,8 @@ import numpy as np
 
 from . import inference
 from .errors import CheckpointError, ConfigError
-from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
-                     ReLU, Tanh)
+from .layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
+                     ReLU, Tanh, Tap)
 
 _TOKENS = [
     (re.compile(r"c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"),
@@ -51,6 +53,8 @@ _TOKENS = [
     (re.compile(r"gap"), lambda m: GlobalAvgPool()),
     (re.compile(r"bn"), lambda m: BatchNorm2d()),
     (re.compile(r"drop(0?\.\d+|0)"), lambda m: Dropout(float(m[1]))),
+    (re.compile(r"tap(\d+)"), lambda m: Tap(int(m[1]))),
+    (re.compile(r"cat"), lambda m: Concat()),
 ]
 
 TTA_MODES = ("none", "flip")
@@ -118,10 +122,17 @@ class Sequential:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.in_shape = tuple(int(s) for s in in_shape)
         shape = self.in_shape
+        taps = []
         for layer in self.layers:
-            if isinstance(layer, (Conv2d, MaxPool2d, BatchNorm2d, GlobalAvgPool)) and len(shape) != 3:
+            if isinstance(layer, (Conv2d, MaxPool2d, BatchNorm2d, GlobalAvgPool, Tap)) and len(shape) != 3:
                 raise ConfigError(f"layer {layer.spec()} needs an image input (C, H, W), got shape {shape}")
+            if isinstance(layer, Tap):
+                taps.append(layer)
+            elif isinstance(layer, Concat):
+                layer.taps, taps = taps, []
             shape = layer.build(shape, rng, dtype)
+        if taps:
+            raise ConfigError(f"{self.spec()}: every 'tap<k>' needs a 'cat' after it")
         self.out_shape = shape
         return self
 

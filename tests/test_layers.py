@@ -5,6 +5,7 @@ import pytest
 from greedy.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
                            ReLU, Tanh)
 from greedy.losses import log_softmax, softmax_cross_entropy
+from greedy.errors import ConfigError
 from greedy.model import Sequential
 
 from gradcheck import numeric_grad, rel_error
@@ -130,6 +131,35 @@ def test_sequential_model_gradient_matches_finite_differences():
     analytic = [g.copy() for g in model.gradients()]
     for p, g in zip(model.parameters(), analytic):
         assert rel_error(g, numeric_grad(loss, p)) < 1e-6
+
+
+def test_taps_and_concat_gradient_matches_finite_differences():
+    model = Sequential.from_spec("c3k3-relu-tap2-max2-c4k3-tanh-tap1-max2-cat-fc3").build((2, 8, 8), 0, np.float64)
+    assert model.out_shape == (3,)
+    assert model.layers[-1].in_shape == (3 * 4 * 4 + 4 * 4 * 4 + 4 * 2 * 2,)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 8, 8))
+    y = np.array([0, 2])
+
+    def loss():
+        return softmax_cross_entropy(model.forward(x), y)[0]
+
+    _, d = softmax_cross_entropy(model.forward(x, train=True), y)
+    model.backward(d)
+    analytic = [g.copy() for g in model.gradients()]
+    for p, g in zip(model.parameters(), analytic):
+        assert rel_error(g, numeric_grad(loss, p)) < 1e-6
+
+
+def test_concat_puts_the_taps_first_and_needs_them():
+    model = Sequential.from_spec("tap2-max2-tap1-cat").build((1, 4, 4), 0)
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    out = model.forward(x)
+    pooled = np.array([[5, 7, 13, 15]], np.float32)
+    np.testing.assert_array_equal(out, np.hstack([pooled, pooled, pooled]))
+    for bad, match in (("c2k3-cat-fc2", "tap"), ("c2k3-tap1-fc2", "cat"), ("fc4-tap1-cat", "image input")):
+        with pytest.raises(ConfigError, match=match):
+            Sequential.from_spec(bad).build((1, 4, 4), 0)
 
 
 def test_float32_is_the_default_dtype():

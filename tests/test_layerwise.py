@@ -77,6 +77,9 @@ def test_classifier_with_hidden_layers_folds_standardisation_into_its_first_laye
 def test_classifier_hidden_layers_must_be_dense_layers(hidden):
     with pytest.raises(ConfigError):
         classifier_layers(hidden, 3)
+    with pytest.raises(ConfigError, match="training and test"):
+        train_classifier(np.zeros((4, 3), np.float32), np.zeros(4, int), np.zeros((2, 5), np.float32),
+                         np.zeros(2, int), 3, {}, np.random.default_rng(0))
     for linear in (None, "", "none"):
         assert [lay.spec() for lay in classifier_layers(linear, 3)] == ["fc3"]
 
@@ -111,7 +114,8 @@ SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--qui
     ("cosine", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--aux-pool", "none"], 0.2),
     ("kl", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--finetune-epochs", "1"], 0.15),
     ("patchbag", ["--arch", "c16k3-tanh-max2-c16k3-tanh", "--clusters", "64", "--patch-sample", "5000",
-                  "--epochs-per-layer", "3", "--image-clusters", "20", "--final-hidden", "fc32-relu-drop0.2"], 0.2),
+                  "--epochs-per-layer", "3", "--image-clusters", "20", "--final-hidden", "fc32-relu-drop0.2",
+                  "--final-features", "all"], 0.2),
 ])
 def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, args, floor):
     out = tmp_path / method
@@ -131,6 +135,8 @@ def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, a
     assert ("retrained_classifier_accuracy" in summary) == last_head
     if "--final-hidden" in args:
         assert summary["arch"].endswith(args[args.index("--final-hidden") + 1] + "-fc10")
+    if "--final-features" in args:  # both blocks give 16x16 maps; the classifier sees 2x2 quadrants
+        assert "-max2-tap8-c16k3-tanh-avg8-cat-" in summary["arch"]
     result = CliRunner().invoke(main, ["evaluate", str(out), *SMALL[:6]])
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
@@ -152,6 +158,9 @@ def test_last_head_keeps_the_trained_head_and_needs_a_method_that_has_one(tmp_pa
     result = CliRunner().invoke(main, ["train", "--method", "cosine", *SMALL, "--out", str(tmp_path / "c"),
                                        *args, "last-head"])
     assert result.exit_code == 2 and "last-head" in result.output
+    result = CliRunner().invoke(main, ["train", "--method", "aux", *SMALL, "--out", str(tmp_path / "d"),
+                                       *args, "last-head", "--final-features", "all"])
+    assert result.exit_code == 2 and "final-features" in result.output
 
 
 def test_final_hidden_layers_are_refused_where_the_head_is_linear_by_design(tmp_path):
