@@ -179,6 +179,7 @@ def test_default_blocks_are_relu_unless_told():
     mnist = resolve_options({}, "mnist")
     assert mnist["blocks"] == ["c32k3-relu-max2", "c64k3-relu-max2", "c128k3-relu-max2"]
     assert mnist["final_hidden"] == "fc256-relu-drop0.4" and mnist["final_features"] == "all"
+    assert resolve_options({}, "cifar10")["final_hidden"] == "fc512-relu-drop0.4"
     assert resolve_options({"final_hidden": "none"}, "mnist")["final_hidden"] == "none"
     assert not mnist["colour_norm"] and resolve_options({}, "cifar10")["colour_norm"]
     assert resolve_options({"colour_norm": True, "clusters": 64}, "mnist")["clusters"] == 64
