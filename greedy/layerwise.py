@@ -11,12 +11,12 @@ conv, e.g. ``c128k3-bn-relu-max2``). For each block in turn:
 3. the trained block is frozen and applied to the real input to make the next
    block's input.
 
-Then a softmax classifier (linear, or with the hidden layers of ``final_hidden``)
-is trained on the last block's pooled features (with ``final_features="all"``,
-on every block's, pooled to the same side) (or, with
-``final_classifier="last-head"``, the last block keeps the head it was trained
-with) and, optionally, the whole stack is fine-tuned end to end. The result is an
-ordinary ``Sequential`` CNN (blocks, pooling, classifier).
+Then a softmax classifier is trained on the last block's pooled features: linear,
+or with the hidden layers of ``final_hidden``; with ``final_features="all"`` it
+also sees every earlier block's map, pooled to the same side. (With
+``final_classifier="last-head"`` the last block keeps the head it was trained
+with instead.) Optionally, the whole stack is then fine-tuned end to end. The
+result is an ordinary ``Sequential`` CNN (blocks, pooling, classifier).
 
 Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above
 it, so the training-set cache of a layer needs at most
