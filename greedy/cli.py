@@ -118,7 +118,7 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
                    "block's, max-pooled to the same side (all; default for patchbag on MNIST).")
 @click.option("--final-hidden", default=None,
               help="Layer-wise methods: hidden layers of the final classifier, e.g. fc512-relu-drop0.4 "
-                   "or none for a linear classifier (default: none; patchbag on MNIST: fc256-relu-drop0.4).")
+                   "or none for a linear classifier (default: none; patchbag: fc512-relu-drop0.4, on MNIST fc256-relu-drop0.4).")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
 @click.option("--final-classifier", type=click.Choice(["retrain", "last-head"]), default=None,
               help="Layer-wise methods: end with a linear classifier retrained on the frozen last block "
