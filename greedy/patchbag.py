@@ -195,13 +195,13 @@ DEFAULTS = {"clusters": 512, "patch_sample": 200_000, "regions": 2, "activation"
 # {act} is --activation, ReLU by default (perf/README.md: CIFAR-10 71.0 % against 58.8 % for tanh,
 # MNIST 98.3 % against 96.8 %). The final classifier has a hidden layer (CIFAR-10: 75.8 %
 # against 70.4 % for a linear one on the same features, without flips). On MNIST the patch
-# mean (stroke or background) is kept, the dictionaries are smaller (k=128 over 32
+# mean (stroke or background) is kept, the dictionaries are smaller (k=128 over 16
 # components), and the classifier, one hidden layer of 256, sees every block's map
 # max-pooled to 3x3 (perf/README.md, "MNIST").
 DATASET_DEFAULTS = {
     "cifar10": {"blocks": ["c128k3-{act}-max2", "c256k3-{act}-max2", "c256k3-{act}"]},
     "mnist": {"blocks": ["c32k3-{act}-max2", "c64k3-{act}-max2", "c128k3-{act}-max2"], "clusters": 128,
-              "n_components": 32, "colour_norm": False, "final_pool": "none", "final_features": "all",
+              "n_components": 16, "colour_norm": False, "final_pool": "none", "final_features": "all",
               "final_hidden": "fc256-relu-drop0.4", "final_epochs": 5, "final_lr": 2e-3,
               "final_min_steps": 1000},
 }
