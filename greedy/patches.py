@@ -12,7 +12,8 @@ Defaults and why:
   colour normalisation): clusters then describe spatial structure, not the
   colour or brightness that dominate raw patch distances.
 - ``whiten="pca"`` rotates to principal components, keeps the leading
-  ``n_components`` (at most 64 by default) and scales each to unit variance
+  ``n_components`` (at most 64 by default; the patch-bag trainer asks for 32,
+  16 on MNIST) and scales each to unit variance
   (with ``eps`` regularisation, as in Coates & Ng 2011). k-means in whitened
   space finds edge-like centroids instead of low-frequency blobs, and the
   reduced dimension makes every assignment cheaper.
