@@ -189,7 +189,7 @@ def cluster_images(codes, y, n_classes, per_class, seed):
 DEFAULTS = {"clusters": 512, "patch_sample": 200_000, "regions": 2, "activation": "relu", "image_clusters": 0,
             "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle", "weight_decay": 1e-4, "batch_size": 256,
             "layer_budget": "10e", "final_pool": "quadrant", "final_hidden": "fc512-relu-drop0.4",
-            "final_epochs": 15, "final_lr": 3e-3, "kmeans_iter": 20,
+            "final_epochs": 8, "final_lr": 3e-3, "kmeans_iter": 20,
             "whiten": "pca", "colour_norm": True, "n_components": 32, "finetune_epochs": 0}
 
 # {act} is --activation, ReLU by default (perf/README.md: CIFAR-10 71.0 % against 58.8 % for tanh,
