@@ -193,7 +193,7 @@ DEFAULTS = {"clusters": 512, "patch_sample": 200_000, "regions": 2, "activation"
             "whiten": "pca", "colour_norm": True, "n_components": 32, "finetune_epochs": 0}
 
 # {act} is --activation, ReLU by default (perf/README.md: CIFAR-10 71.0 % against 58.8 % for tanh,
-# MNIST 98.3 % against 96.8 %). The final classifier has a hidden layer (CIFAR-10: 75.8 %
+# MNIST 98.3 % against 96.8 %). The final classifier has a hidden layer (CIFAR-10: 75.4 %
 # against 70.4 % for a linear one on the same features, without flips). On MNIST the patch
 # mean (stroke or background) is kept, the dictionaries are smaller (k=128 over 16
 # components), and the classifier, one hidden layer of 256, sees every block's map
