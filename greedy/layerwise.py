@@ -230,6 +230,8 @@ def column_mean_std(x):
 
 def standardize(x, mean, std):
     """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,)."""
+    if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
+        raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
     z = np.empty((len(x), len(mean)), np.float32)
     inv, zero = 1.0 / std, np.zeros_like(mean)
     for i, chunk in _row_chunks(x):

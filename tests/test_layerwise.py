@@ -95,6 +95,8 @@ def test_column_statistics_and_standardize_match_numpy_in_float64(monkeypatch, d
     np.testing.assert_allclose(std, x64.std(axis=0), rtol=1e-6)
     z = standardize(x, mean, std)
     assert z.dtype == np.float32 and z.shape == x.shape
+    with pytest.raises(ConfigError, match="do not match"):  # the kernel would read past the statistics
+        standardize(np.zeros((3, 12), dtype), mean, std)
     np.testing.assert_allclose(z, (x64 - mean) / std, rtol=1e-4, atol=1e-4)
     for parts in (1, 2, 7):
         s, s2 = column_sums(x.astype(np.float32), np.zeros(9), parts)
