@@ -8,18 +8,18 @@ import sys
 import click
 import numpy as np
 
-from .errors import ConfigError, GreedyError
-from .runs import default_out_dir
+from greedy.errors import ConfigError, GreedyError
+from greedy.runs import default_out_dir
 
 # method name -> "module:function"; each function has the signature
 # f(data, normalizer, opts, run) -> (model, extra_summary_fields)
 METHODS = {
-    "e2e": "greedy.e2e:train_e2e",
-    "aux": "greedy.layer_objectives:train_aux",
-    "cosine": "greedy.layer_objectives:train_cosine",
-    "kl": "greedy.layer_objectives:train_kl",
-    "patchbag": "greedy.patchbag:train_patchbag",
-    "binary": "greedy.binary:train_binary",
+    "e2e": "greedy.methods.e2e:train_e2e",
+    "aux": "greedy.methods.objectives:train_aux",
+    "cosine": "greedy.methods.objectives:train_cosine",
+    "kl": "greedy.methods.objectives:train_kl",
+    "patchbag": "greedy.methods.patchbag:train_patchbag",
+    "binary": "greedy.methods.binary:train_binary",
 }
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
@@ -84,7 +84,7 @@ def common_options(f):
 
 
 def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
-    from .datasets import load_dataset
+    from greedy.data.datasets import load_dataset
     data = load_dataset(dataset, data_dir=data_dir, seed=seed, synthetic_size=(n_train or 2000, n_test or 500))
     if n_train or n_test:
         data = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
@@ -153,9 +153,9 @@ def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet,
 
 def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None, verbose=True):
     """Train ``method`` on loaded ``data`` into run folder ``out``; returns the summary dict."""
-    from .model import Normalizer, flip_average, mirror, save_model
-    from .runs import Run
-    from .train import label_accuracy, predict
+    from greedy.nn.model import Normalizer, flip_average, mirror, save_model
+    from greedy.runs import Run
+    from greedy.nn.fit import label_accuracy, predict
 
     tta = opts.get("tta") or ("flip" if dataset in MIRROR_SYMMETRIC and method not in OWN_FORMAT_METHODS
                               else "none")
@@ -190,7 +190,7 @@ def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None,
 @common_options
 def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     """Reload RUN_DIR/model.npz and print its test accuracy on DATASET."""
-    from .train import accuracy
+    from greedy.nn.fit import accuracy
 
     set_threads(threads)
     path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
@@ -216,8 +216,8 @@ def model_input(model, normalizer):
 def load_any_model(path):
     """(model, normalizer, meta) from a model file; a file whose meta names a greedy ``loader``
     ("module:function", e.g. binary models) is read by that function, any other by greedy.model."""
-    from .errors import CheckpointError
-    from .model import load_model
+    from greedy.errors import CheckpointError
+    from greedy.nn.model import load_model
     try:
         with np.load(path, allow_pickle=False) as f:
             loader = json.loads(str(f["meta"])).get("loader")
@@ -225,7 +225,7 @@ def load_any_model(path):
         loader = None
     if not loader:
         return load_model(path)
-    if not isinstance(loader, str) or not re.fullmatch(r"greedy\.\w+:\w+", loader):
+    if not isinstance(loader, str) or not re.fullmatch(r"greedy(\.\w+)+:\w+", loader):
         raise CheckpointError(f"{path}: unknown model loader {loader!r}")
     module, func = loader.split(":")
     return getattr(importlib.import_module(module), func)(path)
@@ -246,7 +246,7 @@ def load_any_model(path):
 def compare(methods, dataset, data_dir, seed, threads, n_train, n_test, out, arch, time_budget, epochs,
             finetune_epochs, quiet):
     """Train several methods with the same architecture, seed and budget; write compare.md and compare.json."""
-    from .experiments import compare as run_compare
+    from greedy.experiments.compare import compare as run_compare
     names = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
@@ -272,7 +272,7 @@ def compare(methods, dataset, data_dir, seed, threads, n_train, n_test, out, arc
 @click.option("--quiet", is_flag=True)
 def sweep(method, dataset, data_dir, seed, threads, n_train, n_test, budgets, finetune, arch, out, quiet):
     """Accuracy against per-layer budget (and fine-tuning): writes sweep.csv, sweep.json, sweep.png."""
-    from .experiments import sweep as run_sweep
+    from greedy.experiments.compare import sweep as run_sweep
     try:
         fts = [float(s) for s in finetune.split(",")]
     except ValueError:
@@ -331,9 +331,9 @@ def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_t
                       quiet, **opts):
     """Baseline against frozen-subset strategies from the same initial weights (defaults: 10000 training and
     2000 test images); writes metrics.jsonl, summary.json, table.md, a CSV per run and plots if matplotlib is installed."""
-    from .errors import ConfigError
-    from .freeze_experiment import EXPERIMENT_STRATEGIES, run_freeze_experiment, write_table
-    from .model import Normalizer
+    from greedy.errors import ConfigError
+    from greedy.experiments.freeze import EXPERIMENT_STRATEGIES, run_freeze_experiment, write_table
+    from greedy.nn.model import Normalizer
 
     names = [s.strip() for item in strategies for s in item.split(",") if s.strip()]
     if "all" in names:
@@ -349,7 +349,7 @@ def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_t
     summary = run_freeze_experiment(data, normalizer, names, out, opts, verbose=not quiet)
     click.echo(write_table(summary, out))
     if n_members:
-        from .ensemble import compare_ensemble
+        from greedy.experiments.ensemble import compare_ensemble
         result = compare_ensemble(data, normalizer, n_members, epochs=ensemble_epochs, seed=seed,
                                   log=None if quiet else lambda name, **f: click.echo(f"{name}: {f}", err=True))
         with open(os.path.join(out, "ensemble.json"), "w") as f:

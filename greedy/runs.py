@@ -30,7 +30,7 @@ def versions():
 
 
 def _greedy_version():
-    from . import __version__
+    from greedy import __version__
     return __version__
 
 

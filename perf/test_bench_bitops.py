@@ -9,7 +9,7 @@ hamming benchmarks report distances per second and the ratio to a NumPy
 import numpy as np
 from conftest import best_seconds, record
 
-from greedy.bitops import binary_conv2d, hamming_pairwise, pack_bits
+from greedy.kernels.bitops import binary_conv2d, hamming_pairwise, pack_bits
 
 N_CODES, N_FILTERS, N_BITS = 100_000, 1_024, 256
 

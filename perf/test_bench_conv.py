@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import record
 
-from greedy import conv_kernels as ck
+from greedy.kernels import conv as ck
 
 # (N, C, F, H=W, K, pad)
 SHAPES = [
@@ -46,7 +46,7 @@ def test_conv_forward_backward(benchmark, shape):
 
     def fn():
         ck.conv2d_forward(x, w, b, 1, pad)
-        return ck.conv2d_backward(x, w, dy, 1, pad, need_dx=True)
+        return ck.conv2d_backward(x, w, dy, 1, pad, input_grad=True)
 
     fn()
     dx, dw, db = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)

@@ -2,7 +2,7 @@
 import numpy as np
 from conftest import record
 
-from greedy.divergence import kl_divergence
+from greedy.cluster.divergence import kl_divergence
 
 N, M, D = 10_000, 10_000, 64
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import record
-from greedy.hessian import gradient, hvp
-from greedy.model import Sequential
+from greedy.nn.hessian import gradient, hvp
+from greedy.nn.model import Sequential
 
 SPEC = "c32k5-relu-max2-c64k5-relu-max2-fc1024-relu-fc10"
 BATCH = 128

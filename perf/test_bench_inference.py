@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import best_seconds, record
 
-from greedy import inference
-from greedy.model import Sequential
+from greedy.nn import inference
+from greedy.nn.model import Sequential
 
 BLOCKS = [("c128k3-bn-relu-max2", (3, 32, 32)), ("c128k3-bn-relu-max2", (128, 16, 16)),
           ("c256k3-tanh-max2", (128, 16, 16))]

@@ -7,7 +7,7 @@ that of a (65536, 27) @ (27, 1024) matmul: the same inner shape, 1/15 of the row
 import numpy as np
 from conftest import record
 
-from greedy.kmeans import KMeans, assign
+from greedy.cluster.kmeans import KMeans, assign
 
 
 def test_assign_1m_points_1024_centres(benchmark, rng):

@@ -4,13 +4,13 @@ import time
 import numpy as np
 import pytest
 
-from greedy.layers import AvgPool2d, Conv2d, Dense, ReLU, Tanh
-from greedy.losses import softmax_cross_entropy
-from greedy.model import Sequential
-from greedy.optim import Adam
-from greedy.patchbag import CodeLayer, encode
-from greedy.patches import PatchPreprocessor, extract_patches
-from greedy.kmeans import KMeans
+from greedy.nn.layers import AvgPool2d, Conv2d, Dense, ReLU, Tanh
+from greedy.nn.losses import softmax_cross_entropy
+from greedy.nn.model import Sequential
+from greedy.nn.optim import Adam
+from greedy.methods.patchbag import CodeLayer, encode
+from greedy.cluster.patches import PatchPreprocessor, extract_patches
+from greedy.cluster.kmeans import KMeans
 
 # (channels, size) of the default CIFAR-10 patch-bag layers' inputs
 SHAPES = [(3, 32), (256, 16), (256, 8)]

@@ -2,10 +2,10 @@
 import numpy as np
 
 from conftest import record
-from greedy.layers import Dense
-from greedy.losses import softmax_cross_entropy
-from greedy.model import build_model
-from greedy.optim import Adam
+from greedy.nn.layers import Dense
+from greedy.nn.losses import softmax_cross_entropy
+from greedy.nn.model import build_model
+from greedy.nn.optim import Adam
 
 MNIST_CNN = "c32k5-relu-max2-c64k5-relu-max2-fc1024-relu-drop0.4-fc10"
 

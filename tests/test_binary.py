@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from greedy import binary as B
-from greedy.bitops import pack_bits, unpack_bits
+from greedy.methods import binary as B
+from greedy.kernels.bitops import pack_bits, unpack_bits
 from greedy.errors import CheckpointError, ConfigError
 
 # ---------------------------------------------------------------- NumPy references

@@ -2,7 +2,7 @@ import numba
 import numpy as np
 import pytest
 
-from greedy.bitops import (
+from greedy.kernels.bitops import (
     binary_conv2d,
     binary_conv2d_activations,
     hamming_pairwise,

@@ -3,7 +3,7 @@ import numba
 import numpy as np
 import pytest
 
-from greedy import conv_kernels as ck
+from greedy.kernels import conv as ck
 from greedy.errors import ConfigError
 
 from gradcheck import numeric_grad
@@ -95,7 +95,7 @@ def test_conv_backward_without_dx_and_float32():
     x, w, b, stride, pad = random_conv(CONV_CASES[0], np.float64)
     dy = np.random.default_rng(3).standard_normal(ck.conv2d_forward(x, w, b, stride, pad).shape)
     dx64, dw64, db64 = ck.conv2d_backward(x, w, dy, stride, pad)
-    none, dw, db = ck.conv2d_backward(x, w, dy, stride, pad, need_dx=False)
+    none, dw, db = ck.conv2d_backward(x, w, dy, stride, pad, input_grad=False)
     assert none is None
     np.testing.assert_allclose(dw, dw64, rtol=1e-12)
     np.testing.assert_allclose(db, db64, rtol=1e-12)

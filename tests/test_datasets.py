@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from greedy import datasets as D
+from greedy.data import datasets as D
 from greedy.errors import ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from greedy.divergence import class_kl_matrix, discrete_kl, kl_divergence
+from greedy.cluster.divergence import class_kl_matrix, discrete_kl, kl_divergence
 from greedy.errors import ConfigError
 
 

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.freeze import (MaskSchedule, hessian_groups, kernel_interactions, make_mask_schedule, make_masks,
+from greedy.experiments.freeze_masks import (MaskSchedule, hessian_groups, kernel_interactions, make_mask_schedule, make_masks,
                            partition_kernels)
-from greedy.hessian import flatten, gradient
-from greedy.losses import softmax_cross_entropy
-from greedy.model import Sequential
-from greedy.optim import SGD, Adam
-from greedy.train import fit
+from greedy.nn.hessian import flatten, gradient
+from greedy.nn.losses import softmax_cross_entropy
+from greedy.nn.model import Sequential
+from greedy.nn.optim import SGD, Adam
+from greedy.nn.fit import fit
 
 SPEC = "c8k3-relu-max2-c6k3-relu-fc5-relu-fc3"
 
@@ -218,8 +218,8 @@ def test_probe_estimator_is_within_its_standard_error():
 # ---------------------------------------------------------------- fused ensembles (greedy.ensemble)
 
 def test_fused_ensemble_gradient_matches_finite_differences():
-    from greedy.ensemble import FusedEnsemble, trunk
-    from greedy.layers import Dense
+    from greedy.experiments.ensemble import FusedEnsemble, trunk
+    from greedy.nn.layers import Dense
     members = [Sequential.from_spec("c2k3-tanh-max2-fc4-tanh-fc3").build((1, 6, 6), s, np.float64) for s in (0, 1)]
     head = Sequential([Dense(3)]).build((8,), 5, np.float64).layers[0]
     fused = FusedEnsemble([trunk(m) for m in members], head)
@@ -242,8 +242,8 @@ def test_fused_ensemble_gradient_matches_finite_differences():
 
 
 def test_fuse_trains_a_new_head_on_concatenated_features():
-    from greedy.ensemble import average_outputs, fuse
-    from greedy.optim import make_optimizer
+    from greedy.experiments.ensemble import average_outputs, fuse
+    from greedy.nn.optim import make_optimizer
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((3, 5)) * 3
     y = rng.integers(0, 3, 300)
@@ -265,7 +265,7 @@ def test_fuse_trains_a_new_head_on_concatenated_features():
 
 @pytest.mark.parametrize("include_dense", [False, True])
 def test_backward_skipping_frozen_kernels_matches_full_backward_on_live_kernels(include_dense):
-    from greedy.freeze import backward_skipping_frozen, trainable_kernels
+    from greedy.experiments.freeze_masks import backward_skipping_frozen, trainable_kernels
     model = small_model()
     x, y = data()
     masks = make_masks(model, "random-kernels", 0.5, rng=2, include_dense=include_dense)
@@ -330,7 +330,7 @@ def test_experiment_freeze_cli_rejects_bad_options():
     ("c6k3-relu-gap-fc3", (1, 5, 5), {0: [0, 3]}),
 ])
 def test_sub_model_equals_the_full_model_with_the_dropped_kernels_cut_off(spec, shape, keep):
-    from greedy.freeze import sub_model
+    from greedy.experiments.freeze_masks import sub_model
     model = Sequential.from_spec(spec).build(shape, 0, np.float64)
     small = sub_model(model, keep)
     assert small.n_parameters() < model.n_parameters()
@@ -359,7 +359,7 @@ def test_sub_model_equals_the_full_model_with_the_dropped_kernels_cut_off(spec, 
 
 def test_coupling_gradients_match_finite_differences_of_their_penalties():
     from gradcheck import numeric_grad, rel_error
-    from greedy.freeze_experiment import couple_elastic, couple_soft_share
+    from greedy.experiments.freeze import couple_elastic, couple_soft_share
     rng = np.random.default_rng(0)
     a, b, c = (rng.standard_normal((3, 2, 3, 3)) for _ in range(3))
     rho, lr = 0.7, 0.05
@@ -374,9 +374,9 @@ def test_coupling_gradients_match_finite_differences_of_their_penalties():
 
 
 def _halves_setup(tmp_path, **opts):
-    from greedy.datasets import load_dataset
-    from greedy.freeze_experiment import resolve_options
-    from greedy.model import Normalizer, build_model
+    from greedy.data.datasets import load_dataset
+    from greedy.experiments.freeze import resolve_options
+    from greedy.nn.model import Normalizer, build_model
     from greedy.runs import Run
     data = load_dataset("synthetic-grey", synthetic_size=(64, 32), seed=0)
     o = resolve_options(dict({"arch": "c4k3-relu-max2-c4k3-relu-max2-fc8-relu-fc10", "batch_size": 16,
@@ -387,8 +387,8 @@ def _halves_setup(tmp_path, **opts):
 
 @pytest.mark.parametrize("strategy", ["elastic", "soft-share"])
 def test_lockstep_without_coupling_equals_two_independent_runs(tmp_path, strategy):
-    from greedy.freeze_experiment import half_models, train_halves, train_run
-    from greedy.model import load_model
+    from greedy.experiments.freeze import half_models, train_halves, train_run
+    from greedy.nn.model import load_model
     data, normalizer, o, run, fresh = _halves_setup(tmp_path, coupling=0.0)
     results = {}
     out = train_halves(fresh, data, normalizer, o, run, results, False, strategy)
@@ -402,7 +402,7 @@ def test_lockstep_without_coupling_equals_two_independent_runs(tmp_path, strateg
 
 @pytest.mark.parametrize("strategy", ["elastic", "soft-share"])
 def test_strong_coupling_brings_the_halves_together(tmp_path, strategy):
-    from greedy.freeze_experiment import train_halves
+    from greedy.experiments.freeze import train_halves
     distance = {}
     for rho in (0.0, 5.0):
         data, normalizer, o, run, fresh = _halves_setup(tmp_path / str(rho), coupling=rho)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.hessian import flatten, gradient, hessian_matrix, hvp, unflatten
-from greedy.model import Sequential
+from greedy.nn.hessian import flatten, gradient, hessian_matrix, hvp, unflatten
+from greedy.nn.model import Sequential
 
 EPS = 1e-5
 

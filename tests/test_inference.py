@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from greedy import conv_kernels as ck
-from greedy import inference
+from greedy.kernels import conv as ck
+from greedy.nn import inference
 from greedy.errors import ConfigError
-from greedy.model import Sequential
+from greedy.nn.model import Sequential
 
 
 def trained_like(spec, in_shape, dtype=np.float32, seed=0):

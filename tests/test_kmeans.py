@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.kmeans import KMeans, assign, kmeans_plusplus
+from greedy.cluster.kmeans import KMeans, assign, kmeans_plusplus
 
 
 def blobs(n=1200, k=6, d=4, spread=50.0, dtype=np.float32, seed=0):

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from greedy.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
+from greedy.nn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
                            ReLU, Tanh)
-from greedy.losses import log_softmax, softmax_cross_entropy
+from greedy.nn.losses import log_softmax, softmax_cross_entropy
 from greedy.errors import ConfigError
-from greedy.model import Sequential
+from greedy.nn.model import Sequential
 
 from gradcheck import numeric_grad, rel_error
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from greedy import layerwise
+from greedy.methods import layerwise
 from greedy.cli import main
 from greedy.errors import ConfigError
-from greedy.layerwise import (blocks_from_widths, classifier_layers, column_mean_std, parse_budget, propagate, split_blocks,
+from greedy.methods.layerwise import (blocks_from_widths, classifier_layers, column_mean_std, parse_budget, propagate, split_blocks,
                               standardize, train_classifier)
-from greedy.pointwise_kernels import column_sums
-from greedy.model import Sequential
+from greedy.kernels.pointwise import column_sums
+from greedy.nn.model import Sequential
 
 
 def test_split_blocks_and_widths():
@@ -173,7 +173,7 @@ def test_final_hidden_layers_are_refused_where_the_head_is_linear_by_design(tmp_
 
 
 def test_feature_augment_scales_the_shift_with_the_map():
-    from greedy.layer_objectives import feature_augment
+    from greedy.methods.objectives import feature_augment
     opts = {"augment": True, "augment_pad": 4, "augment_flip": False, "image_size": 32}
     assert feature_augment(dict(opts, augment=False), (3, 32, 32)) is None
     assert feature_augment(opts, (3, 32, 32)).keywords == {"pad": 4, "flip": False}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from greedy.errors import CheckpointError, ConfigError
-from greedy.model import Normalizer, Sequential, build_model, load_model, parse_spec, save_model
+from greedy.nn.model import Normalizer, Sequential, build_model, load_model, parse_spec, save_model
 
 
 def test_spec_round_trips():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.objectives import class_centroids, cosine_loss, cosine_predict, gaussian_kl_loss
+from greedy.nn.objectives import class_centroids, cosine_loss, cosine_predict, gaussian_kl_loss
 
 from gradcheck import numeric_grad as _numeric_grad, rel_error
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.optim import SGD, Adam, cosine, make_optimizer, make_schedule, one_cycle, step_decay
+from greedy.nn.optim import SGD, Adam, cosine, make_optimizer, make_schedule, one_cycle, step_decay
 
 
 def quadratic_descent(opt, steps=200):

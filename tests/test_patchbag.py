@@ -4,11 +4,11 @@ import pytest
 import scipy.sparse as sp
 
 from greedy.errors import ConfigError
-from greedy.layers import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Tanh
-from greedy.losses import softmax_cross_entropy
-from greedy.model import Sequential
-from greedy.patchbag import CodeLayer, RegionCodes, cluster_images, encode, region_sizes
-from greedy.patches import PatchPreprocessor, extract_patches, fold_into_conv, mean_removal_matrix, sample_patches
+from greedy.nn.layers import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Tanh
+from greedy.nn.losses import softmax_cross_entropy
+from greedy.nn.model import Sequential
+from greedy.methods.patchbag import CodeLayer, RegionCodes, cluster_images, encode, region_sizes
+from greedy.cluster.patches import PatchPreprocessor, extract_patches, fold_into_conv, mean_removal_matrix, sample_patches
 
 from gradcheck import numeric_grad, rel_error
 
@@ -148,7 +148,7 @@ def test_transform_images_equals_transform_of_extracted_patches():
 
 
 def test_block_activation_reads_the_block_and_refuses_what_codes_cannot_train():
-    from greedy.patchbag import block_activation
+    from greedy.methods.patchbag import block_activation
 
     def block(spec):
         return Sequential.from_spec(spec).build((3, 8, 8), 0)
@@ -174,7 +174,7 @@ def test_whitening_from_a_covariance_subsample_still_whitens_the_patches():
 
 
 def test_default_blocks_are_relu_unless_told():
-    from greedy.patchbag import resolve_options
+    from greedy.methods.patchbag import resolve_options
     assert resolve_options({}, "cifar10")["blocks"][0] == "c128k3-relu-max2"
     mnist = resolve_options({}, "mnist")
     assert mnist["blocks"] == ["c32k3-relu-max2", "c64k3-relu-max2", "c128k3-relu-max2"]

@@ -14,8 +14,8 @@ dtype. Classes absent from a batch are ignored.
 """
 import numpy as np
 
-from .errors import ConfigError
-from .losses import softmax_cross_entropy
+from greedy.errors import ConfigError
+from greedy.nn.losses import softmax_cross_entropy
 
 
 def _check_batch(f, y, n_classes):

@@ -29,13 +29,13 @@ import time
 import numba
 import numpy as np
 
-from . import inference
-from .errors import ConfigError
-from .layers import Concat, Dense, Dropout, MaxPool2d, ReLU, Tanh, Tap
-from .model import Sequential, parse_spec
-from .optim import make_optimizer
-from .pointwise_kernels import channel_normalise, column_sums
-from .train import accuracy, fit, predict
+from greedy.nn import inference
+from greedy.errors import ConfigError
+from greedy.nn.layers import Concat, Dense, Dropout, MaxPool2d, ReLU, Tanh, Tap
+from greedy.nn.model import Sequential, parse_spec
+from greedy.nn.optim import make_optimizer
+from greedy.kernels.pointwise import channel_normalise, column_sums
+from greedy.nn.fit import accuracy, fit, predict
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
 
@@ -377,7 +377,7 @@ def train_layerwise(data, normalizer, opts, run, block_trainer):
 
 def finetune(model, data, normalizer, opts, rng, run):
     """Train the whole stack end to end for ``opts['finetune_epochs']`` epochs at a small rate."""
-    from .augment import random_crop_flip
+    from greedy.nn.augment import random_crop_flip
     opt = make_optimizer(opts["optimizer"], opts.get("finetune_lr", opts["lr"] * 0.1), "cosine",
                          opts["weight_decay"])
 

@@ -44,7 +44,7 @@ import numpy as np
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
-from .errors import ConfigError
+from greedy.errors import ConfigError
 
 CHUNK_BYTES = 4 * 2**20
 
@@ -532,11 +532,11 @@ def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1):
     return y
 
 
-def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
+def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
     """Gradients of ``conv2d_forward`` given dy = dL/dy.
 
     x (N, C, H, W), w (F, C, KH, KW), dy (N, F, Ho, Wo), one float dtype.
-    Returns (dx (N, C, H, W) or None when ``need_dx`` is false, dw (F, C, KH, KW), db (F,)).
+    Returns (dx (N, C, H, W) or None when ``input_grad`` is false, dw (F, C, KH, KW), db (F,)).
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
     dy = _float_array("dy", dy, 4)
@@ -548,7 +548,7 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
     p, k = ho * wo, c * kh * kw
     wm = w.reshape(f, k)
     dbpart = np.empty((n, f), np.float64)
-    dx = np.zeros(x.shape, dt) if need_dx else None
+    dx = np.zeros(x.shape, dt) if input_grad else None
     nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
 
     def task(n0, m, buf):
@@ -557,7 +557,7 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, need_dx=True):
         _nfp_to_fnp(dy[n0:n0 + m].reshape(m, f, p), dyt.reshape(f, m, p), dbpart[n0:n0 + m])
         _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
         dw_chunk = dyt @ cols.T
-        if need_dx:
+        if input_grad:
             np.matmul(wm.T, dyt, out=cols)
             _col2imt_kernel(cols.reshape(k, m, p), kh, kw, stride, pad, ho, wo, dx[n0:n0 + m])
         return dw_chunk

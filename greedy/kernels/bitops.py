@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from .errors import ConfigError
+from greedy.errors import ConfigError
 
 _TILE = 1024  # filters per tile in _hamming_row; keeps the output tile in L1
 

@@ -8,9 +8,9 @@ import csv
 import json
 import os
 
-from .errors import ConfigError
-from .layerwise import split_blocks
-from .runs import atomic_write_text
+from greedy.errors import ConfigError
+from greedy.methods.layerwise import split_blocks
+from greedy.runs import atomic_write_text
 
 
 def layerwise_arch(arch, method):

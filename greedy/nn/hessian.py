@@ -18,8 +18,8 @@ so H v is their Hessian almost everywhere (off the kinks).
 """
 import numpy as np
 
-from .errors import ConfigError
-from .losses import softmax_cross_entropy, softmax_cross_entropy_r
+from greedy.errors import ConfigError
+from greedy.nn.losses import softmax_cross_entropy, softmax_cross_entropy_r
 
 
 def split_by_layer(model, arrays, what="v"):
@@ -90,7 +90,7 @@ def hvp(model, x, y, v, train=False, sample_weight=None):
     dy = dy.astype(out.dtype, copy=False)
     rdy = softmax_cross_entropy_r(out, y, rx, sample_weight).astype(out.dtype, copy=False)
     for i in range(len(layers) - 1, first - 1, -1):
-        dy, rdy = layers[i].r_backward(dy, rdy, need_dx=i > first)
+        dy, rdy = layers[i].r_backward(dy, rdy, input_grad=i > first)
     return [layer.r_grads[k].astype(layer.params[k].dtype, copy=False)
             for layer in layers for k in sorted(layer.params)]
 

@@ -1,10 +1,10 @@
 """End-to-end training with back-propagation through the whole network: the baseline."""
 import numpy as np
 
-from .augment import random_crop_flip
-from .model import build_model
-from .optim import make_optimizer
-from .train import accuracy, fit
+from greedy.nn.augment import random_crop_flip
+from greedy.nn.model import build_model
+from greedy.nn.optim import make_optimizer
+from greedy.nn.fit import accuracy, fit
 
 TUTORIAL_CNN = "c32k5-relu-max2-c64k5-relu-max2-fc1024-relu-drop0.4-fc{n_classes}"
 

@@ -37,9 +37,9 @@ import tempfile
 
 import numpy as np
 
-from . import inference
-from .errors import CheckpointError, ConfigError
-from .layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
+from greedy.nn import inference
+from greedy.errors import CheckpointError, ConfigError
+from greedy.nn.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
                      ReLU, Tanh, Tap)
 
 _TOKENS = [
@@ -144,10 +144,7 @@ class Sequential:
     def backward(self, dy, input_grad=True):
         """Back-propagate dy through all layers; returns the input gradient (None if not ``input_grad``)."""
         for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            if i == 0 and not input_grad and isinstance(layer, (Conv2d, Dense)):
-                return layer.backward(dy, need_dx=False)
-            dy = layer.backward(dy)
+            dy = self.layers[i].backward(dy, input_grad=input_grad or i > 0)
         return dy
 
     def parameters(self):

@@ -25,9 +25,9 @@ step)`` installs the phase's masks; static strategies are one-phase schedules.
 """
 import numpy as np
 
-from . import conv_kernels as ck
-from .errors import ConfigError
-from .layers import Conv2d, Dense, _conv_input_grad
+from greedy.kernels import conv as ck
+from greedy.errors import ConfigError
+from greedy.nn.layers import Conv2d, Dense, _conv_input_grad
 
 STRATEGIES = ("none", "first-half", "random-kernels", "random-weights", "schedule", "hessian")
 STATIC = ("none", "first-half", "random-kernels", "random-weights")
@@ -236,23 +236,23 @@ def backward_skipping_frozen(model, dy, keep):
     layers = model.layers
     first = next(i for i, layer in enumerate(layers) if layer.params)
     for i in range(len(layers) - 1, first - 1, -1):
-        layer, need_dx, idx = layers[i], i > first, keep.get(i)
+        layer, input_grad, idx = layers[i], i > first, keep.get(i)
         if idx is None:
-            dy = layer.backward(dy, need_dx=need_dx) if isinstance(layer, (Conv2d, Dense)) else layer.backward(dy)
+            dy = layer.backward(dy, input_grad=input_grad) if isinstance(layer, (Conv2d, Dense)) else layer.backward(dy)
             continue
         w = layer.params["w"]
         if isinstance(layer, Conv2d):
             if len(idx):
                 _, dw, db = ck.conv2d_backward(layer.x, w[idx], np.ascontiguousarray(dy[:, idx]), layer.stride,
-                                               layer.padding, need_dx=False)
+                                               layer.padding, input_grad=False)
                 layer.grads["w"][idx] = dw
                 layer.grads["b"][idx] = db
-            dy = _conv_input_grad(dy, w, layer.x.shape, layer.stride, layer.padding) if need_dx else None
+            dy = _conv_input_grad(dy, w, layer.x.shape, layer.stride, layer.padding) if input_grad else None
         else:
             part = dy[:, idx]
             layer.grads["w"][:, idx] = layer.x.T @ part
             layer.grads["b"][idx] = part.sum(axis=0)
-            dy = (dy @ w.T).reshape(layer.x_shape) if need_dx else None
+            dy = (dy @ w.T).reshape(layer.x_shape) if input_grad else None
     return dy
 
 
@@ -266,7 +266,7 @@ def sub_model(model, keep):
     """
     import copy
 
-    from .model import Sequential
+    from greedy.nn.model import Sequential
     layers, selections = [], {}
     for li, layer in enumerate(model.layers):
         new = copy.copy(layer)
@@ -348,7 +348,7 @@ def kernel_interactions(model, x, y, n_probes=32, rng=None, include_dense=False)
     batch, for all layers together. ``n_probes=None``: exact, one HVP per kernel
     (v = 1_j), i.e. sum_l F_l HVPs.
     """
-    from .hessian import hvp
+    from greedy.nn.hessian import hvp
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     layers = kernel_layers(model, include_dense)
     if not layers:

@@ -87,12 +87,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from .bitops import _gather_patch, _hamming_row, binary_conv2d, hamming_pairwise, pack_bits, pool2x2_bits, \
+from greedy.kernels.bitops import _gather_patch, _hamming_row, binary_conv2d, hamming_pairwise, pack_bits, pool2x2_bits, \
     unpack_bits
-from .errors import CheckpointError, ConfigError
+from greedy.errors import CheckpointError, ConfigError
 
 FORMAT = "greedy-binary"
-LOADER = "greedy.binary:load_binary_model"
+LOADER = "greedy.methods.binary:load_binary_model"
 
 # ---------------------------------------------------------------- kernels
 
@@ -344,7 +344,7 @@ def binarize_centroids(centroids, mode="median"):
 
 def kmeans_filters(bits, n_filters, binarize="median", max_iter=15, seed=0):
     """k-means on 0/1 patches bits (n, D), centroids binarised -> filter bits uint8 (n_filters, D)."""
-    from .kmeans import KMeans
+    from greedy.cluster.kmeans import KMeans
     if len(bits) < n_filters:
         raise ConfigError(f"need at least {n_filters} sampled patches for {n_filters} k-means filters, "
                           f"got {len(bits)}; raise --patch-sample")
@@ -633,7 +633,7 @@ class BinaryNetwork:
 
     def save(self, path, normalizer=None, class_names=(), extra=None):
         """Write an npz model file (no pickles): filters uint64 bit-packed, thresholds, levels, head."""
-        from .model import atomic_save_npz
+        from greedy.nn.model import atomic_save_npz
         il = self.image_layer
         meta = {"format": FORMAT, "loader": LOADER, "arch": self.arch, "in_shape": list(self.in_shape),
                 "n_classes": self.n_classes, "regions": self.regions, "class_names": list(class_names),
@@ -656,7 +656,7 @@ class BinaryNetwork:
 
 def load_binary_model(path):
     """Load ``(BinaryNetwork, Normalizer or None, meta)`` from a file written by ``BinaryNetwork.save``."""
-    from .model import Normalizer
+    from greedy.nn.model import Normalizer
     try:
         with np.load(path, allow_pickle=False) as f:
             a = {k: f[k] for k in f.files}
@@ -943,7 +943,7 @@ def fit_ncm(features, labels, n_classes):
 
 def train_binary(data, normalizer, opts, run):
     """Binary network built layer by layer without gradients, then a linear head; CLI method ``binary``."""
-    from .layerwise import train_classifier
+    from greedy.methods.layerwise import train_classifier
     cpu0 = time.process_time()
     o = resolve_options(opts, run.dataset)
     n_classes = len(data.class_names)

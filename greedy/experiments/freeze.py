@@ -35,13 +35,13 @@ import time
 
 import numpy as np
 
-from .errors import ConfigError
-from .freeze import (STRATEGIES, backward_skipping_frozen, hessian_groups, kernel_layers, make_mask_schedule,
+from greedy.errors import ConfigError
+from greedy.experiments.freeze_masks import (STRATEGIES, backward_skipping_frozen, hessian_groups, kernel_layers, make_mask_schedule,
                      make_masks, n_kernels, parameter_index, sub_model, trainable_kernels)
-from .losses import softmax_cross_entropy
-from .model import build_model, save_model
-from .optim import make_optimizer
-from .runs import Run
+from greedy.nn.losses import softmax_cross_entropy
+from greedy.nn.model import build_model, save_model
+from greedy.nn.optim import make_optimizer
+from greedy.runs import Run
 
 HALF_STRATEGIES = ("two-halves", "elastic", "soft-share")        # two half-width models (train_halves)
 EXPERIMENT_STRATEGIES = STRATEGIES[1:] + HALF_STRATEGIES
@@ -433,7 +433,7 @@ def train_halves(fresh, data, normalizer, o, run, results, verbose, strategy="tw
     Adds runs ``<strategy>-half-a/b`` to ``results``, saves the trained models as
     ``<strategy>-half-a/b.npz``; returns figures.
     """
-    from .ensemble import fuse
+    from greedy.experiments.ensemble import fuse
     coupling, every_tensor = COUPLINGS[strategy]
     rho = float(o["coupling"])
     models = half_models(fresh(), o)

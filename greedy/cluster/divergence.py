@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 from threadpoolctl import ThreadpoolController
 
-from .errors import ConfigError
+from greedy.errors import ConfigError
 
 KDTREE_MAX_DIM = 8
 _BLOCK_ELEMENTS = 1 << 23  # rows per brute-force block = this // len(reference)

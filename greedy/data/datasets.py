@@ -122,7 +122,7 @@ def _oneline(exc: BaseException) -> str:
 
 def repo_datasets_dir() -> Path | None:
     """The checkout's ``datasets/`` folder, or None when greedy is installed."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     folder = root / "datasets"
     if (folder / "checksums.json").is_file() and (root / "pyproject.toml").is_file():
         return folder

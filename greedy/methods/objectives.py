@@ -15,14 +15,14 @@ Each ``train_<method>`` has the CLI method signature
 """
 import functools
 
-from . import objectives
-from .augment import random_crop_flip
-from .divergence import class_kl_matrix
-from .errors import ConfigError
-from .layerwise import (Stack, _as32, blocks_from_widths, fit_block, head_layers, parse_spec,
+from greedy.nn import objectives
+from greedy.nn.augment import random_crop_flip
+from greedy.cluster.divergence import class_kl_matrix
+from greedy.errors import ConfigError
+from greedy.methods.layerwise import (Stack, _as32, blocks_from_widths, fit_block, head_layers, parse_spec,
                         pooling_token, split_blocks, train_layerwise)
-from .model import Sequential
-from .train import accuracy, predict
+from greedy.nn.model import Sequential
+from greedy.nn.fit import accuracy, predict
 
 COMMON = {"optimizer": "adam", "lr": 2e-3, "schedule": "onecycle", "weight_decay": 5e-4, "batch_size": 128,
           "aux_depth": 0, "aux_pool": "quadrant", "final_pool": "quadrant", "finetune_epochs": 0,

@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from .errors import ConfigError
-from .losses import softmax_cross_entropy
+from greedy.errors import ConfigError
+from greedy.nn.losses import softmax_cross_entropy
 
 
 def batches(n, batch_size, rng=None):

@@ -27,8 +27,8 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import kmeans_kernels as kk
-from .errors import ConfigError
+from greedy.kernels import kmeans as kk
+from greedy.errors import ConfigError
 
 ASSIGN_CHUNK = 512  # rows per assign chunk: the fastest measured for k from 64 to 1024
 ASSIGN_MAX_BLOCK_BYTES = 2 ** 23  # fewer rows when a thread's (k, chunk) block would pass this

@@ -22,12 +22,12 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import ConfigError
-from .kmeans import KMeans, assign
-from .layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Tanh, glorot_uniform
-from .layerwise import blocks_from_widths, fit_block, split_blocks, train_layerwise
-from .patches import PatchPreprocessor, fold_into_conv, sample_patches
-from .train import label_accuracy
+from greedy.errors import ConfigError
+from greedy.cluster.kmeans import KMeans, assign
+from greedy.nn.layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Tanh, glorot_uniform
+from greedy.methods.layerwise import blocks_from_widths, fit_block, split_blocks, train_layerwise
+from greedy.cluster.patches import PatchPreprocessor, fold_into_conv, sample_patches
+from greedy.nn.fit import label_accuracy
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
 DENSE_BATCH_DENSITY = 0.02

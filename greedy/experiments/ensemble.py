@@ -10,11 +10,11 @@ softmax outputs, and the fused model.
 """
 import numpy as np
 
-from .errors import ConfigError
-from .layers import Dense
-from .model import Sequential, build_model
-from .optim import make_optimizer
-from .train import accuracy, fit, predict
+from greedy.errors import ConfigError
+from greedy.nn.layers import Dense
+from greedy.nn.model import Sequential, build_model
+from greedy.nn.optim import make_optimizer
+from greedy.nn.fit import accuracy, fit, predict
 
 SMALL_CNN = "c8k5-relu-max2-c16k5-relu-max2-fc64-relu-fc{n_classes}"
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError
+from greedy.errors import ConfigError
 
 
 class Optimizer:

@@ -20,8 +20,8 @@ Defaults and why:
 """
 import numpy as np
 
-from .conv_kernels import conv2d_forward, gather_patches, im2col
-from .errors import ConfigError
+from greedy.kernels.conv import conv2d_forward, gather_patches, im2col
+from greedy.errors import ConfigError
 
 
 def extract_patches(x, size=3):

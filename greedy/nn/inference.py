@@ -14,8 +14,8 @@ nothing for a backward pass.
 """
 import numpy as np
 
-from . import conv_kernels as ck
-from .layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Tanh
+from greedy.kernels import conv as ck
+from greedy.nn.layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Tanh
 
 
 def fold_batchnorm(conv, bn):

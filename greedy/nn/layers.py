@@ -14,8 +14,8 @@ float64 works everywhere (gradient checks).
 """
 import numpy as np
 
-from . import conv_kernels as ck
-from . import pointwise_kernels as pk
+from greedy.kernels import conv as ck
+from greedy.kernels import pointwise as pk
 
 
 class Layer:
@@ -32,7 +32,9 @@ class Layer:
     def forward(self, x, train=False):
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """Write parameter gradients into ``self.grads`` from dL/dy; return dL/dx, or None when not
+        ``input_grad`` (the first layer of a trained stack: nothing upstream needs it)."""
         raise NotImplementedError
 
     def spec(self):
@@ -43,22 +45,22 @@ class Layer:
     # ``r_forward(rx, rparams) -> ry`` maps R{x} (None: the input does not depend
     # on the parameters) to R{y}, given the parameter direction ``rparams`` (a dict
     # like ``params``; None for layers without parameters), after ``forward``.
-    # ``r_backward(dy, rdy, need_dx=True) -> (dx, rdx)`` takes dL/dy and R{dL/dy},
+    # ``r_backward(dy, rdy, input_grad=True) -> (dx, rdx)`` takes dL/dy and R{dL/dy},
     # writes R{dL/dparams} = (H v) into ``self.r_grads`` (same keys as ``params``;
     # ``grads`` is left alone) and returns dL/dx and R{dL/dx} ((None, None) when
-    # not ``need_dx``).
+    # not ``input_grad``).
 
     def r_forward(self, rx, rparams=None):
-        from .errors import ConfigError
+        from greedy.errors import ConfigError
         raise ConfigError(f"layer {self.spec()} has no R-operator (Hessian-vector products)")
 
-    def r_backward(self, dy, rdy, need_dx=True):
-        from .errors import ConfigError
+    def r_backward(self, dy, rdy, input_grad=True):
+        from greedy.errors import ConfigError
         raise ConfigError(f"layer {self.spec()} has no R-operator (Hessian-vector products)")
 
-    def _r_linear_backward(self, dy, rdy, need_dx):
+    def _r_linear_backward(self, dy, rdy, input_grad):
         """R-backward of a layer whose backward is linear in dy and parameter-free."""
-        if not need_dx:
+        if not input_grad:
             return None, None
         return self.backward(dy), self.backward(rdy)
 
@@ -107,7 +109,7 @@ class Conv2d(Layer):
         ho = (h + 2 * self.padding - k) // self.stride + 1
         wo = (w + 2 * self.padding - k) // self.stride + 1
         if ho < 1 or wo < 1:
-            from .errors import ConfigError
+            from greedy.errors import ConfigError
             raise ConfigError(f"conv {self.spec()} does not fit an input of {h}x{w} pixels")
         return (self.filters, ho, wo)
 
@@ -115,9 +117,9 @@ class Conv2d(Layer):
         self.x = x
         return ck.conv2d_forward(x, self.params["w"], self.params["b"], self.stride, self.padding)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, input_grad=True):
         dx, dw, db = ck.conv2d_backward(self.x, self.params["w"], dy, self.stride, self.padding,
-                                        need_dx=need_dx)
+                                        input_grad=input_grad)
         self.grads["w"][...] = dw
         self.grads["b"][...] = db
         return dx
@@ -131,7 +133,7 @@ class Conv2d(Layer):
         return ck.conv2d_forward(np.concatenate([self.x, rx], axis=1), np.concatenate([rw, w], axis=1),
                                  rb, self.stride, self.padding)
 
-    def r_backward(self, dy, rdy, need_dx=True):
+    def r_backward(self, dy, rdy, input_grad=True):
         """R{dw} = dw(x, R dy) + dw(Rx, dy); R{dx} = dx(w, R dy) + dx(Rw, dy).
 
         The two R{dw} terms and dx(w, R dy), dx(w, dy) come from one backward call
@@ -140,12 +142,12 @@ class Conv2d(Layer):
         w, x, rx = self.params["w"], self.x, self.rx
         self.r_grads = {"b": rdy.sum(axis=(0, 2, 3))}
         if rx is None:
-            _, self.r_grads["w"], _ = ck.conv2d_backward(x, w, rdy, self.stride, self.padding, need_dx=False)
+            _, self.r_grads["w"], _ = ck.conv2d_backward(x, w, rdy, self.stride, self.padding, input_grad=False)
             return None, None
         n = len(x)
         dx2, self.r_grads["w"], _ = ck.conv2d_backward(
-            np.concatenate([x, rx]), w, np.concatenate([rdy, dy]), self.stride, self.padding, need_dx=need_dx)
-        if not need_dx:
+            np.concatenate([x, rx]), w, np.concatenate([rdy, dy]), self.stride, self.padding, input_grad=input_grad)
+        if not input_grad:
             return None, None
         rdx = dx2[:n]
         rdx += _conv_input_grad(dy, self.r_params["w"], x.shape, self.stride, self.padding)
@@ -185,10 +187,10 @@ class Dense(Layer):
         self.x = x.reshape(len(x), -1)
         return self.x @ self.params["w"] + self.params["b"]
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, input_grad=True):
         np.matmul(self.x.T, dy, out=self.grads["w"])
         np.sum(dy, axis=0, out=self.grads["b"])
-        if not need_dx:
+        if not input_grad:
             return None
         return (dy @ self.params["w"].T).reshape(self.x_shape)
 
@@ -201,13 +203,13 @@ class Dense(Layer):
             ry += self.rx @ self.params["w"]
         return ry
 
-    def r_backward(self, dy, rdy, need_dx=True):
+    def r_backward(self, dy, rdy, input_grad=True):
         """R{dW} = x^T R dy + Rx^T dy; R{dx} = R dy W^T + dy RW^T."""
         rw_grad = self.x.T @ rdy
         if self.rx is not None:
             rw_grad += self.rx.T @ dy
         self.r_grads = {"w": rw_grad, "b": rdy.sum(axis=0)}
-        if not need_dx:
+        if not input_grad:
             return None, None
         w = self.params["w"]
         rdx = rdy @ w.T + dy @ self.r_params["w"].T
@@ -224,7 +226,9 @@ class ReLU(Layer):
         pk.relu_forward(x.reshape(-1), self.y.reshape(-1))
         return self.y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         dy = np.ascontiguousarray(dy, dtype=self.y.dtype)
         dx = np.empty_like(dy)
         pk.relu_backward(self.y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
@@ -233,8 +237,8 @@ class ReLU(Layer):
     def r_forward(self, rx, rparams=None):
         return None if rx is None else self.backward(rx)
 
-    def r_backward(self, dy, rdy, need_dx=True):
-        return self._r_linear_backward(dy, rdy, need_dx)
+    def r_backward(self, dy, rdy, input_grad=True):
+        return self._r_linear_backward(dy, rdy, input_grad)
 
     def spec(self):
         return "relu"
@@ -245,7 +249,9 @@ class Tanh(Layer):
         self.y = np.tanh(x)  # NumPy's SIMD tanh is ~20x faster than Numba's scalar libm call
         return self.y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         dy = np.ascontiguousarray(dy, dtype=self.y.dtype)
         dx = np.empty_like(dy)
         pk.tanh_backward(self.y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
@@ -255,9 +261,9 @@ class Tanh(Layer):
         self.ry = None if rx is None else self.backward(rx)  # R{y} = Rx (1 - y^2), the same map as backward
         return self.ry
 
-    def r_backward(self, dy, rdy, need_dx=True):
+    def r_backward(self, dy, rdy, input_grad=True):
         """R{dx} = R dy (1 - y^2) - 2 dy y Ry."""
-        if not need_dx:
+        if not input_grad:
             return None, None
         d = 1 - self.y * self.y
         return dy * d, rdy * d - 2 * dy * self.y * self.ry
@@ -277,7 +283,7 @@ class MaxPool2d(Layer):
         c, h, w = in_shape
         self.in_shape = tuple(in_shape)
         if h < self.size or w < self.size:
-            from .errors import ConfigError
+            from greedy.errors import ConfigError
             raise ConfigError(f"pool {self.spec()} does not fit an input of {h}x{w} pixels")
         return (c, h // self.size, w // self.size)
 
@@ -293,7 +299,9 @@ class MaxPool2d(Layer):
             self._argmax = ck.maxpool2d_forward(self.x, self.size, self.size)[1]
         return self._argmax
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         return ck.maxpool2d_backward(dy, self.argmax, self.x.shape)
 
     def r_forward(self, rx, rparams=None):
@@ -305,8 +313,8 @@ class MaxPool2d(Layer):
         picked = np.take_along_axis(rx.reshape(n, c, -1), argmax.reshape(n, c, -1), axis=2)
         return picked.reshape(argmax.shape)
 
-    def r_backward(self, dy, rdy, need_dx=True):
-        return self._r_linear_backward(dy, rdy, need_dx)
+    def r_backward(self, dy, rdy, input_grad=True):
+        return self._r_linear_backward(dy, rdy, input_grad)
 
     def spec(self):
         return f"max{self.size}"
@@ -319,7 +327,9 @@ class AvgPool2d(MaxPool2d):
         self.x_shape = x.shape
         return ck.avgpool2d_forward(x, self.size, self.size)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         return ck.avgpool2d_backward(dy, self.x_shape, self.size, self.size)
 
     def r_forward(self, rx, rparams=None):
@@ -340,15 +350,17 @@ class GlobalAvgPool(Layer):
         self.x_shape = x.shape
         return x.mean(axis=(2, 3))
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         n, c, h, w = self.x_shape
         return np.broadcast_to((dy / (h * w))[:, :, None, None], self.x_shape).copy()
 
     def r_forward(self, rx, rparams=None):
         return None if rx is None else rx.mean(axis=(2, 3))
 
-    def r_backward(self, dy, rdy, need_dx=True):
-        return self._r_linear_backward(dy, rdy, need_dx)
+    def r_backward(self, dy, rdy, input_grad=True):
+        return self._r_linear_backward(dy, rdy, input_grad)
 
     def spec(self):
         return "gap"
@@ -360,7 +372,7 @@ class Dropout(Layer):
     def __init__(self, rate=0.5, seed=0):
         super().__init__()
         if not 0.0 <= rate < 1.0:
-            from .errors import ConfigError
+            from greedy.errors import ConfigError
             raise ConfigError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.rng = np.random.default_rng(seed)
@@ -377,7 +389,9 @@ class Dropout(Layer):
         self.scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.rate)
         return x * self.scale
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         return dy if self.scale is None else dy * self.scale
 
     def r_forward(self, rx, rparams=None):
@@ -386,8 +400,8 @@ class Dropout(Layer):
             return rx
         return rx * self.scale
 
-    def r_backward(self, dy, rdy, need_dx=True):
-        return self._r_linear_backward(dy, rdy, need_dx)
+    def r_backward(self, dy, rdy, input_grad=True):
+        return self._r_linear_backward(dy, rdy, input_grad)
 
     def spec(self):
         return f"drop{self.rate:g}"
@@ -435,7 +449,7 @@ class BatchNorm2d(Layer):
         pk.channel_normalise(self.x, mean, scale, self.params["beta"], y.reshape(self.x.shape))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = np.ascontiguousarray(dy, dtype=self.x.dtype)
         dx = np.empty_like(dy)
         pk.batchnorm_backward(self.x, dy.reshape(self.x.shape), self.mean, self.inv_std, self.params["gamma"],
@@ -486,7 +500,9 @@ class Tap(Layer):
         self.out = self.pool.forward(x, train) if self.pool else x
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         """dy plus the gradient that the ``Concat`` layer sent back to this tap (``grad_out``)."""
         g = self.grad_out.reshape((len(dy),) + self.tap_shape)
         self.grad_out = None
@@ -509,7 +525,7 @@ class Concat(Layer):
 
     def build(self, in_shape, rng, dtype=np.float32):
         if not self.taps:
-            from .errors import ConfigError
+            from greedy.errors import ConfigError
             raise ConfigError("'cat' needs at least one 'tap<k>' layer before it")
         self.in_shape = tuple(in_shape)
         self.sizes = [int(np.prod(t.tap_shape)) for t in self.taps] + [int(np.prod(in_shape))]
@@ -519,7 +535,9 @@ class Concat(Layer):
         n = len(x)
         return np.concatenate([t.out.reshape(n, -1) for t in self.taps] + [x.reshape(n, -1)], axis=1)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         parts = np.split(dy, np.cumsum(self.sizes)[:-1], axis=1)
         for tap, part in zip(self.taps, parts):
             tap.grad_out = part

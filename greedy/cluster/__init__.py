@@ -1,0 +1,1 @@
+"""Clustering and statistics of patches: k-means, patch preprocessing, divergence estimators."""
