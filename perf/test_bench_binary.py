@@ -1,7 +1,7 @@
 """Inference throughput of a binary network (popcounts up to the head) against the same architecture in float32.
 
 The float32 network computes the same thing with float arithmetic: the thermometer-coded
-image as C*T float channels, 3x3 convolutions (``greedy.conv_kernels.conv2d_forward``)
+image as C*T float channels, 3x3 convolutions (``greedy.kernels.conv.conv2d_forward``)
 with the same filters as +-1 weights (agreement = const + sum((2f - 1) * p)), the same
 thresholds, 2x2 max pooling, the pooled colour code appended as extra channels, region
 means and the same linear head. It is timed in the same run (best of 3) because the
@@ -13,7 +13,8 @@ from conftest import best_seconds, record
 
 from greedy.methods.binary import BinaryNetwork, ConvLayer, ImageLayer, avg_pool_image
 from greedy.kernels.bitops import pack_bits, unpack_bits
-from greedy.kernels.conv import conv2d_forward, maxpool2d_forward
+from greedy.kernels.conv import conv2d_forward
+from greedy.kernels.pool import maxpool2d_forward
 
 N, C, SIZE, LEVELS, COLOUR_LEVELS = 500, 3, 32, 4, 8
 F1, F2, REGIONS = 128, 256, 4

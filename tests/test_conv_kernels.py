@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from greedy.kernels import conv as ck
+from greedy.kernels import im2col as ik
+from greedy.kernels import pool as pk
 from greedy.errors import ConfigError
 
 from gradcheck import numeric_grad
@@ -154,7 +156,7 @@ def test_im2col_layout(case):
     x, w, _, stride, pad = random_conv(case, np.float64)
     n, c, _, _ = x.shape
     kh, kw = w.shape[2:]
-    cols = ck.im2col(x, kh, kw, stride, pad)
+    cols = ik.im2col(x, kh, kw, stride, pad)
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     ho = (xp.shape[2] - kh) // stride + 1
     wo = (xp.shape[3] - kw) // stride + 1
@@ -170,9 +172,9 @@ def test_im2col_layout(case):
 def test_col2im_is_adjoint_of_im2col(case):
     x, w, _, stride, pad = random_conv(case, np.float64)
     kh, kw = w.shape[2:]
-    cols = np.random.default_rng(5).standard_normal(ck.im2col(x, kh, kw, stride, pad).shape)
-    lhs = np.sum(ck.col2im(cols, x.shape, kh, kw, stride, pad) * x)
-    rhs = np.sum(cols * ck.im2col(x, kh, kw, stride, pad))
+    cols = np.random.default_rng(5).standard_normal(ik.im2col(x, kh, kw, stride, pad).shape)
+    lhs = np.sum(ik.col2im(cols, x.shape, kh, kw, stride, pad) * x)
+    rhs = np.sum(cols * ik.im2col(x, kh, kw, stride, pad))
     assert abs(lhs - rhs) <= 1e-12 * np.sum(np.abs(cols))
 
 
@@ -188,7 +190,7 @@ def distinct_input(case, dtype=np.float64, seed=0):
 def test_maxpool_forward_matches_reference(case, dtype):
     size, stride = case[4:]
     x = np.random.default_rng(0).standard_normal(case[:4]).astype(dtype)
-    y, argmax = ck.maxpool2d_forward(x, size, stride)
+    y, argmax = pk.maxpool2d_forward(x, size, stride)
     ref = np.max(np.stack(pool_windows(x, size, stride)), axis=0)
     assert y.dtype == dtype and argmax.dtype.kind == "i"
     np.testing.assert_array_equal(y, ref)
@@ -201,10 +203,10 @@ def test_maxpool_forward_matches_reference(case, dtype):
 def test_maxpool_backward_matches_finite_differences(case):
     size, stride = case[4:]
     x = distinct_input(case)
-    y, argmax = ck.maxpool2d_forward(x, size, stride)
+    y, argmax = pk.maxpool2d_forward(x, size, stride)
     r = np.random.default_rng(1).standard_normal(y.shape)
-    dx = ck.maxpool2d_backward(r, argmax, x.shape)
-    num = numeric_grad(lambda: np.sum(ck.maxpool2d_forward(x, size, stride)[0] * r), x, 1e-3)
+    dx = pk.maxpool2d_backward(r, argmax, x.shape)
+    num = numeric_grad(lambda: np.sum(pk.maxpool2d_forward(x, size, stride)[0] * r), x, 1e-3)
     assert np.count_nonzero(dx) > 0
     assert rel_error(dx, num) < 1e-6
 
@@ -214,7 +216,7 @@ def test_maxpool_backward_matches_finite_differences(case):
 def test_avgpool_forward_matches_reference(case, dtype, tol):
     size, stride = case[4:]
     x = np.random.default_rng(0).standard_normal(case[:4]).astype(dtype)
-    y = ck.avgpool2d_forward(x, size, stride)
+    y = pk.avgpool2d_forward(x, size, stride)
     ref = np.mean(np.stack(pool_windows(x.astype(np.float64), size, stride)), axis=0)
     assert y.dtype == dtype
     np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
@@ -224,9 +226,9 @@ def test_avgpool_forward_matches_reference(case, dtype, tol):
 def test_avgpool_backward_matches_finite_differences(case):
     size, stride = case[4:]
     x = np.random.default_rng(0).standard_normal(case[:4])
-    r = np.random.default_rng(1).standard_normal(ck.avgpool2d_forward(x, size, stride).shape)
-    dx = ck.avgpool2d_backward(r, x.shape, size, stride)
-    num = numeric_grad(lambda: np.sum(ck.avgpool2d_forward(x, size, stride) * r), x, 1e-3)
+    r = np.random.default_rng(1).standard_normal(pk.avgpool2d_forward(x, size, stride).shape)
+    dx = pk.avgpool2d_backward(r, x.shape, size, stride)
+    num = numeric_grad(lambda: np.sum(pk.avgpool2d_forward(x, size, stride) * r), x, 1e-3)
     assert rel_error(dx, num) < 1e-6
 
 
@@ -247,18 +249,18 @@ def test_bad_inputs_raise_config_error():
     with pytest.raises(ConfigError, match="dy has shape"):
         ck.conv2d_backward(x, w, np.zeros((2, 4, 5, 5), np.float32))
     with pytest.raises(ConfigError, match="does not fit"):
-        ck.maxpool2d_forward(x, size=6)
+        pk.maxpool2d_forward(x, size=6)
     with pytest.raises(ConfigError, match="argmax"):
-        ck.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), np.full((2, 3, 2, 2), 99), x.shape)
+        pk.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), np.full((2, 3, 2, 2), 99), x.shape)
     with pytest.raises(ConfigError, match="4 dimensions"):
-        ck.avgpool2d_forward(x[0])
+        pk.avgpool2d_forward(x[0])
 
 
 def test_gather_patches_equals_the_matching_im2col_rows():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 2, 5, 6)).astype(np.float32)
-    cols = ck.im2col(x, 3, 3, 1, 1)
+    cols = ik.im2col(x, 3, 3, 1, 1)
     img, row, col = rng.integers(0, 3, 40), rng.integers(0, 5, 40), rng.integers(0, 6, 40)
     row[:2], col[:2] = 0, [0, 5]  # corners: padded windows
-    got = ck.gather_patches(x, img, row, col, 3, 3, 1)
+    got = ik.gather_patches(x, img, row, col, 3, 3, 1)
     assert np.array_equal(got, cols[(img * 5 + row) * 6 + col])

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from greedy.kernels import conv as ck
+from greedy.kernels import pool as pk
 from greedy.nn import inference
 from greedy.errors import ConfigError
 from greedy.nn.model import Sequential
@@ -52,7 +53,7 @@ def test_conv_relu_pool_kernel_equals_its_composition():
     for relu in (False, True):
         for pool in (1, 2, 3):
             ref = np.maximum(y, 0) if relu else y
-            ref = ck.maxpool2d_forward(ref, pool, pool, with_argmax=False)[0] if pool > 1 else ref
+            ref = pk.maxpool2d_forward(ref, pool, pool, with_argmax=False)[0] if pool > 1 else ref
             assert np.allclose(ck.conv2d_forward(x, w, b, 1, 1, relu=relu, pool=pool), ref, atol=1e-5)
     with pytest.raises(ConfigError, match="pool"):
         ck.conv2d_forward(x, w, b, 1, 1, pool=11)

@@ -20,7 +20,8 @@ Defaults and why:
 """
 import numpy as np
 
-from greedy.kernels.conv import conv2d_forward, gather_patches, im2col
+from greedy.kernels.conv import conv2d_forward
+from greedy.kernels.im2col import gather_patches, im2col
 from greedy.errors import ConfigError
 
 

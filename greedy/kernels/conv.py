@@ -1,17 +1,11 @@
-"""Convolution and pooling kernels for NCHW arrays.
+"""Convolution of NCHW arrays: im2col + one BLAS matrix multiply per chunk of samples.
 
-Convolution is im2col + one BLAS matrix multiply per chunk of samples:
-
-- ``im2col`` turns x (N, C, H, W) into cols (N*Ho*Wo, C*KH*KW): one row per
-  output position in (n, oh, ow) order, columns in (c, kh, kw) order, so
-  ``cols @ w.reshape(F, -1).T`` is the convolution with output (N*Ho*Wo, F).
-- ``col2im`` is its adjoint (overlapping patches are summed).
-
-The convolution itself uses a transposed im2col buffer (C*KH*KW, n, Ho*Wo)
-for a chunk of n samples, so that every matrix multiply is one large BLAS
-call and the output lands in NCHW order with contiguous copies only:
+Each chunk of n samples is copied into a transposed im2col buffer (C*KH*KW, n, Ho*Wo)
+so that every matrix multiply is one large BLAS call and the output lands in
+NCHW order with contiguous copies only:
 y (F, n*P) = w (F, K) @ cols, dw = dy (F, n*P) @ cols.T,
-dcols = w.T @ dy (F, n*P), then the transposed col2im.
+dcols = w.T @ dy (F, n*P), then the transposed col2im. The row-major im2col and
+col2im of whole arrays are in ``greedy.kernels.im2col``, pooling in ``greedy.kernels.pool``.
 
 Threads: ``numba.get_num_threads()`` Python worker threads each take whole
 chunks (next free chunk first) and run serial ``nogil`` kernels and a
@@ -32,8 +26,7 @@ sample may exceed it when one sample alone is larger). Scratch buffers are
 kept for reuse by later calls (so repeated calls do not pay page faults).
 
 All functions accept float32 or float64 (all array arguments of one call in
-the same dtype) and return that dtype. Pools use floor behaviour: windows that
-do not fit are dropped, like PyTorch's default.
+the same dtype) and return that dtype.
 """
 import itertools
 import threading
@@ -41,7 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import prange
 from threadpoolctl import ThreadpoolController
 
 from greedy.errors import ConfigError
@@ -54,71 +46,6 @@ _threadpools = None
 
 
 # ---------------------------------------------------------------- kernels
-
-
-@numba.njit(parallel=True, cache=True)
-def _im2col_kernel(x, kh, kw, stride, pad, ho, wo, out):
-    """x (n, C, H, W) -> out (n*ho*wo, C*kh*kw); prange over (sample, output row)."""
-    n, c, h, w = x.shape
-    zero = out.dtype.type(0)
-    for i in prange(n * ho):
-        s = i // ho
-        oh = i - s * ho
-        h0 = oh * stride - pad
-        for ow in range(wo):
-            r = i * wo + ow
-            w0 = ow * stride - pad
-            for ci in range(c):
-                for a in range(kh):
-                    hh = h0 + a
-                    j = (ci * kh + a) * kw
-                    if hh < 0 or hh >= h:
-                        for b in range(kw):
-                            out[r, j + b] = zero
-                    else:
-                        for b in range(kw):
-                            ww = w0 + b
-                            if ww >= 0 and ww < w:
-                                out[r, j + b] = x[s, ci, hh, ww]
-                            else:
-                                out[r, j + b] = zero
-
-
-@numba.njit(parallel=True, cache=True)
-def _gather_patches_kernel(x, img, row, col, kh, kw, pad, out):
-    """out[j] = the (C, kh, kw) window of image img[j] at output pixel (row[j], col[j]), stride 1, zero padding."""
-    n, c, h, w = x.shape
-    for j in prange(len(img)):
-        s = img[j]
-        for ci in range(c):
-            for a in range(kh):
-                hh = row[j] - pad + a
-                for b in range(kw):
-                    ww = col[j] - pad + b
-                    inside = hh >= 0 and hh < h and ww >= 0 and ww < w
-                    out[j, (ci * kh + a) * kw + b] = x[s, ci, hh, ww] if inside else 0
-
-
-@numba.njit(parallel=True, cache=True)
-def _col2im_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
-    """Adds cols (n*ho*wo, C*kh*kw) into dx (n, C, H, W); prange over samples (no write races)."""
-    n, c, h, w = dx.shape
-    for s in prange(n):
-        for oh in range(ho):
-            h0 = oh * stride - pad
-            for ow in range(wo):
-                r = (s * ho + oh) * wo + ow
-                w0 = ow * stride - pad
-                for ci in range(c):
-                    for a in range(kh):
-                        hh = h0 + a
-                        if hh < 0 or hh >= h:
-                            continue
-                        j = (ci * kh + a) * kw
-                        for b in range(kw):
-                            ww = w0 + b
-                            if ww >= 0 and ww < w:
-                                dx[s, ci, hh, ww] += cols[r, j + b]
 
 
 @numba.njit(cache=True)
@@ -260,73 +187,6 @@ def _nfp_to_fnp(dy, dyt, dbpart):
         dbpart[s, k] = acc
 
 
-@numba.njit(parallel=True, cache=True)
-def _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax, keep_argmax):
-    """x (n, c, H, W) -> y (n, c, ho, wo), argmax = flat index h*W + w of the maximum in its plane (if kept)."""
-    n, c, h, w = x.shape
-    for i in prange(n * c):
-        s = i // c
-        ci = i - s * c
-        for oh in range(ho):
-            for ow in range(wo):
-                h0 = oh * stride
-                w0 = ow * stride
-                best = x[s, ci, h0, w0]
-                idx = h0 * w + w0
-                for a in range(size):
-                    for b in range(size):
-                        v = x[s, ci, h0 + a, w0 + b]
-                        if v > best:
-                            best = v
-                            idx = (h0 + a) * w + w0 + b
-                y[s, ci, oh, ow] = best
-                if keep_argmax:
-                    argmax[s, ci, oh, ow] = idx
-
-
-@numba.njit(parallel=True, cache=True)
-def _maxpool_bwd_kernel(dy, argmax, dx):
-    """Routes dy (n, c, ho, wo) to dx (n, c, H*W) at argmax; prange over planes."""
-    n, c, ho, wo = dy.shape
-    for i in prange(n * c):
-        s = i // c
-        ci = i - s * c
-        for oh in range(ho):
-            for ow in range(wo):
-                dx[s, ci, argmax[s, ci, oh, ow]] += dy[s, ci, oh, ow]
-
-
-@numba.njit(parallel=True, cache=True)
-def _avgpool_fwd_kernel(x, size, stride, ho, wo, y):
-    n, c, h, w = x.shape
-    scale = 1.0 / (size * size)
-    for i in prange(n * c):
-        s = i // c
-        ci = i - s * c
-        for oh in range(ho):
-            for ow in range(wo):
-                acc = 0.0
-                for a in range(size):
-                    for b in range(size):
-                        acc += x[s, ci, oh * stride + a, ow * stride + b]
-                y[s, ci, oh, ow] = acc * scale
-
-
-@numba.njit(parallel=True, cache=True)
-def _avgpool_bwd_kernel(dy, size, stride, dx):
-    n, c, ho, wo = dy.shape
-    scale = 1.0 / (size * size)
-    for i in prange(n * c):
-        s = i // c
-        ci = i - s * c
-        for oh in range(ho):
-            for ow in range(wo):
-                g = dy[s, ci, oh, ow] * scale
-                for a in range(size):
-                    for b in range(size):
-                        dx[s, ci, oh * stride + a, ow * stride + b] += g
-
-
 # ---------------------------------------------------------------- checks
 
 
@@ -446,54 +306,6 @@ def _run_chunks(task, n, nb, nbytes):
 # ---------------------------------------------------------------- public API
 
 
-def im2col(x, kh, kw, stride=1, pad=0):
-    """Patches of x (N, C, H, W) as cols (N*Ho*Wo, C*kh*kw), same dtype.
-
-    Rows are output positions in (n, oh, ow) order, columns are (c, kh, kw)
-    order; padded pixels are zero.
-    """
-    x = _float_array("x", x, 4)
-    kh = _int_at_least("kh", kh, 1)
-    kw = _int_at_least("kw", kw, 1)
-    stride = _int_at_least("stride", stride, 1)
-    pad = _int_at_least("pad", pad, 0)
-    n, c, h, w = x.shape
-    ho, wo = _out_size(h, w, kh, kw, stride, pad, "im2col")
-    cols = np.empty((n * ho * wo, c * kh * kw), x.dtype)
-    _im2col_kernel(x, kh, kw, stride, pad, ho, wo, cols)
-    return cols
-
-
-def gather_patches(x, img, row, col, kh, kw, pad):
-    """Rows of ``im2col(x, kh, kw, 1, pad)`` for the given (image, output row, output column) triples only.
-
-    x (N, C, H, W) float; img, row, col (M,) int. Returns (M, C*kh*kw) in x's dtype.
-    """
-    x = _float_array("x", x, 4)
-    img, row, col = (np.ascontiguousarray(a, dtype=np.int64) for a in (img, row, col))
-    out = np.empty((len(img), x.shape[1] * kh * kw), x.dtype)
-    _gather_patches_kernel(x, img, row, col, kh, kw, pad, out)
-    return out
-
-
-def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
-    """Adjoint of ``im2col``: sums cols (N*Ho*Wo, C*kh*kw) back into an (N, C, H, W) array."""
-    cols = _float_array("cols", cols, 2)
-    if len(x_shape) != 4:
-        raise ConfigError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
-    n, c, h, w = (int(v) for v in x_shape)
-    kh = _int_at_least("kh", kh, 1)
-    kw = _int_at_least("kw", kw, 1)
-    stride = _int_at_least("stride", stride, 1)
-    pad = _int_at_least("pad", pad, 0)
-    ho, wo = _out_size(h, w, kh, kw, stride, pad, "col2im")
-    if cols.shape != (n * ho * wo, c * kh * kw):
-        raise ConfigError(f"cols has shape {cols.shape}, expected {(n * ho * wo, c * kh * kw)}")
-    dx = np.zeros((n, c, h, w), cols.dtype)
-    _col2im_kernel(cols, kh, kw, stride, pad, ho, wo, dx)
-    return dx
-
-
 def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1):
     """Cross-correlation y = conv(x, w) + b with zero padding; optionally ReLU and max pooling fused in.
 
@@ -567,63 +379,3 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
         dw += part
     db = dbpart.sum(axis=0).astype(dt)
     return dx, dw.reshape(w.shape), db
-
-
-def maxpool2d_forward(x, size=2, stride=2, with_argmax=True):
-    """Max pooling without padding. x (N, C, H, W) float32/float64.
-
-    Returns y (N, C, Ho, Wo) with Ho = (H - size) // stride + 1, and argmax
-    (N, C, Ho, Wo) int32: flat index h*W + w of each maximum inside its (H, W) plane
-    (None when not ``with_argmax``: inference needs no backward).
-    """
-    x = _float_array("x", x, 4)
-    size = _int_at_least("size", size, 1)
-    stride = _int_at_least("stride", stride, 1)
-    n, c, h, w = x.shape
-    ho, wo = _out_size(h, w, size, size, stride, 0, "max pool")
-    y = np.empty((n, c, ho, wo), x.dtype)
-    argmax = np.empty((n, c, ho, wo) if with_argmax else (1, 1, 1, 1), np.int32)
-    _maxpool_fwd_kernel(x, size, stride, ho, wo, y, argmax, with_argmax)
-    return y, (argmax if with_argmax else None)
-
-
-def maxpool2d_backward(dy, argmax, x_shape):
-    """Gradient of ``maxpool2d_forward``: dy (N, C, Ho, Wo) -> dx of shape x_shape (N, C, H, W)."""
-    dy = _float_array("dy", dy, 4)
-    if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu" or argmax.shape != dy.shape:
-        raise ConfigError(f"argmax must be an integer array of dy's shape {dy.shape}")
-    if len(x_shape) != 4 or tuple(x_shape[:2]) != dy.shape[:2]:
-        raise ConfigError(f"x_shape {tuple(x_shape)} does not match dy of shape {dy.shape}")
-    n, c, h, w = (int(v) for v in x_shape)
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
-        raise ConfigError(f"argmax holds indices outside an {h}x{w} plane")
-    dx = np.zeros((n, c, h * w), dy.dtype)
-    _maxpool_bwd_kernel(dy, np.ascontiguousarray(argmax), dx)
-    return dx.reshape(n, c, h, w)
-
-
-def avgpool2d_forward(x, size=2, stride=2):
-    """Average pooling without padding: x (N, C, H, W) -> y (N, C, Ho, Wo), Ho = (H - size) // stride + 1."""
-    x = _float_array("x", x, 4)
-    size = _int_at_least("size", size, 1)
-    stride = _int_at_least("stride", stride, 1)
-    n, c, h, w = x.shape
-    ho, wo = _out_size(h, w, size, size, stride, 0, "average pool")
-    y = np.empty((n, c, ho, wo), x.dtype)
-    _avgpool_fwd_kernel(x, size, stride, ho, wo, y)
-    return y
-
-
-def avgpool2d_backward(dy, x_shape, size=2, stride=2):
-    """Gradient of ``avgpool2d_forward``: dy (N, C, Ho, Wo) -> dx of shape x_shape (N, C, H, W)."""
-    dy = _float_array("dy", dy, 4)
-    size = _int_at_least("size", size, 1)
-    stride = _int_at_least("stride", stride, 1)
-    if len(x_shape) != 4 or tuple(x_shape[:2]) != dy.shape[:2]:
-        raise ConfigError(f"x_shape {tuple(x_shape)} does not match dy of shape {dy.shape}")
-    n, c, h, w = (int(v) for v in x_shape)
-    if _out_size(h, w, size, size, stride, 0, "average pool") != dy.shape[2:]:
-        raise ConfigError(f"dy of shape {dy.shape} does not match x_shape {tuple(x_shape)}")
-    dx = np.zeros((n, c, h, w), dy.dtype)
-    _avgpool_bwd_kernel(dy, size, stride, dx)
-    return dx

@@ -18,11 +18,11 @@ weighted prototypes and the layer trains on those.
 """
 import time
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from greedy.errors import ConfigError
+from greedy.kernels.codes import count_codes as _count_codes
 from greedy.cluster.kmeans import KMeans, assign
 from greedy.nn.layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Tanh, glorot_uniform
 from greedy.methods.layerwise import blocks_from_widths, fit_block, split_blocks, train_layerwise
@@ -31,18 +31,6 @@ from greedy.nn.fit import label_accuracy
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
 DENSE_BATCH_DENSITY = 0.02
-
-
-@numba.njit(parallel=True, cache=True)
-def _count_codes(labels, n_images, h, w, side, k, counts):
-    """counts (n_images, side*side, k) += region-wise histograms of labels (n_images*h*w,)."""
-    for i in numba.prange(n_images):
-        base = i * h * w
-        for r in range(h):
-            rr = min(r * side // h, side - 1)
-            for c in range(w):
-                region = rr * side + min(c * side // w, side - 1)
-                counts[i, region, labels[base + r * w + c]] += 1
 
 
 def region_sizes(h, w, side):

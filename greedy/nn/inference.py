@@ -3,7 +3,7 @@
 A run of ``Conv2d`` [``BatchNorm2d``] [``ReLU`` | ``Tanh``] [``MaxPool2d``] is computed as
 one convolution whose weights carry the batch norm (folded with its running
 statistics), with the ReLU and the max pool applied to each chunk's GEMM output
-as it is written (``conv_kernels.conv2d_forward(..., relu, pool)``). Tanh is
+as it is written (``greedy.kernels.conv.conv2d_forward(..., relu, pool)``). Tanh is
 increasing, so it commutes with the max and is applied to the pooled map,
 a quarter of the values for a 2x2 pool. Every other layer runs its own
 ``forward``. The result equals ``Sequential.forward(x, train=False)`` up to

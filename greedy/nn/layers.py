@@ -15,6 +15,8 @@ float64 works everywhere (gradient checks).
 import numpy as np
 
 from greedy.kernels import conv as ck
+from greedy.kernels import pool
+from greedy.kernels.im2col import col2im
 from greedy.kernels import pointwise as pk
 
 
@@ -290,19 +292,19 @@ class MaxPool2d(Layer):
     def forward(self, x, train=False):
         # inference skips the argmax; backward or an R-op after it recomputes it from x
         self.x = x
-        y, self._argmax = ck.maxpool2d_forward(x, self.size, self.size, with_argmax=train)
+        y, self._argmax = pool.maxpool2d_forward(x, self.size, self.size, with_argmax=train)
         return y
 
     @property
     def argmax(self):
         if self._argmax is None:
-            self._argmax = ck.maxpool2d_forward(self.x, self.size, self.size)[1]
+            self._argmax = pool.maxpool2d_forward(self.x, self.size, self.size)[1]
         return self._argmax
 
     def backward(self, dy, input_grad=True):
         if not input_grad:
             return None
-        return ck.maxpool2d_backward(dy, self.argmax, self.x.shape)
+        return pool.maxpool2d_backward(dy, self.argmax, self.x.shape)
 
     def r_forward(self, rx, rparams=None):
         """R{y} picks Rx at the positions of the maxima."""
@@ -325,15 +327,15 @@ class AvgPool2d(MaxPool2d):
 
     def forward(self, x, train=False):
         self.x_shape = x.shape
-        return ck.avgpool2d_forward(x, self.size, self.size)
+        return pool.avgpool2d_forward(x, self.size, self.size)
 
     def backward(self, dy, input_grad=True):
         if not input_grad:
             return None
-        return ck.avgpool2d_backward(dy, self.x_shape, self.size, self.size)
+        return pool.avgpool2d_backward(dy, self.x_shape, self.size, self.size)
 
     def r_forward(self, rx, rparams=None):
-        return None if rx is None else ck.avgpool2d_forward(rx, self.size, self.size)
+        return None if rx is None else pool.avgpool2d_forward(rx, self.size, self.size)
 
     def spec(self):
         return f"avg{self.size}"
@@ -475,7 +477,7 @@ def _conv_input_grad(dy, w, x_shape, stride, pad):
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
         rows = dy[n0:n0 + m].transpose(0, 2, 3, 1).reshape(m * p, f)
-        dx[n0:n0 + m] = ck.col2im(rows @ wm, (m,) + tuple(x_shape[1:]), k, k, stride, pad)
+        dx[n0:n0 + m] = col2im(rows @ wm, (m,) + tuple(x_shape[1:]), k, k, stride, pad)
     return dx
 
 

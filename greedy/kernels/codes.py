@@ -1,0 +1,21 @@
+"""Numba kernel for patch-bag codes: per-image, per-region histograms of centroid labels.
+
+The Python API (``encode``, ``region_sizes``) is in ``greedy.methods.patchbag``.
+"""
+import numba
+
+
+@numba.njit(parallel=True, cache=True)
+def count_codes(labels, n_images, h, w, side, k, counts):
+    """counts (n_images, side*side, k) += region-wise histograms of labels (n_images*h*w,) int64.
+
+    Position (r, c) of an h x w map falls in region (r*side // h, c*side // w), so the
+    regions split the rows and the columns as evenly as integers allow; prange over images.
+    """
+    for i in numba.prange(n_images):
+        base = i * h * w
+        for r in range(h):
+            rr = min(r * side // h, side - 1)
+            for c in range(w):
+                region = rr * side + min(c * side // w, side - 1)
+                counts[i, region, labels[base + r * w + c]] += 1

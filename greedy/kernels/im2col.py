@@ -1,0 +1,132 @@
+"""Patch matrices of NCHW arrays: im2col, its adjoint col2im, and selected im2col rows.
+
+``im2col`` turns x (N, C, H, W) into cols (N*Ho*Wo, C*KH*KW): one row per output
+position in (n, oh, ow) order, columns in (c, kh, kw) order, so
+``cols @ w.reshape(F, -1).T`` is the convolution with output (N*Ho*Wo, F).
+``col2im`` is its adjoint (overlapping patches are summed). Padded pixels are zero.
+Arrays are float32 or float64; results keep the input's dtype.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from greedy.errors import ConfigError
+from greedy.kernels.conv import _float_array, _int_at_least, _out_size
+
+# ---------------------------------------------------------------- kernels
+
+
+@numba.njit(parallel=True, cache=True)
+def _im2col_kernel(x, kh, kw, stride, pad, ho, wo, out):
+    """x (n, C, H, W) -> out (n*ho*wo, C*kh*kw); prange over (sample, output row)."""
+    n, c, h, w = x.shape
+    zero = out.dtype.type(0)
+    for i in prange(n * ho):
+        s = i // ho
+        oh = i - s * ho
+        h0 = oh * stride - pad
+        for ow in range(wo):
+            r = i * wo + ow
+            w0 = ow * stride - pad
+            for ci in range(c):
+                for a in range(kh):
+                    hh = h0 + a
+                    j = (ci * kh + a) * kw
+                    if hh < 0 or hh >= h:
+                        for b in range(kw):
+                            out[r, j + b] = zero
+                    else:
+                        for b in range(kw):
+                            ww = w0 + b
+                            if ww >= 0 and ww < w:
+                                out[r, j + b] = x[s, ci, hh, ww]
+                            else:
+                                out[r, j + b] = zero
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather_patches_kernel(x, img, row, col, kh, kw, pad, out):
+    """out[j] = the (C, kh, kw) window of image img[j] at output pixel (row[j], col[j]), stride 1, zero padding."""
+    n, c, h, w = x.shape
+    for j in prange(len(img)):
+        s = img[j]
+        for ci in range(c):
+            for a in range(kh):
+                hh = row[j] - pad + a
+                for b in range(kw):
+                    ww = col[j] - pad + b
+                    inside = hh >= 0 and hh < h and ww >= 0 and ww < w
+                    out[j, (ci * kh + a) * kw + b] = x[s, ci, hh, ww] if inside else 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _col2im_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
+    """Adds cols (n*ho*wo, C*kh*kw) into dx (n, C, H, W); prange over samples (no write races)."""
+    n, c, h, w = dx.shape
+    for s in prange(n):
+        for oh in range(ho):
+            h0 = oh * stride - pad
+            for ow in range(wo):
+                r = (s * ho + oh) * wo + ow
+                w0 = ow * stride - pad
+                for ci in range(c):
+                    for a in range(kh):
+                        hh = h0 + a
+                        if hh < 0 or hh >= h:
+                            continue
+                        j = (ci * kh + a) * kw
+                        for b in range(kw):
+                            ww = w0 + b
+                            if ww >= 0 and ww < w:
+                                dx[s, ci, hh, ww] += cols[r, j + b]
+
+
+# ---------------------------------------------------------------- public API
+
+
+def im2col(x, kh, kw, stride=1, pad=0):
+    """Patches of x (N, C, H, W) as cols (N*Ho*Wo, C*kh*kw), same dtype.
+
+    Rows are output positions in (n, oh, ow) order, columns are (c, kh, kw)
+    order; padded pixels are zero.
+    """
+    x = _float_array("x", x, 4)
+    kh = _int_at_least("kh", kh, 1)
+    kw = _int_at_least("kw", kw, 1)
+    stride = _int_at_least("stride", stride, 1)
+    pad = _int_at_least("pad", pad, 0)
+    n, c, h, w = x.shape
+    ho, wo = _out_size(h, w, kh, kw, stride, pad, "im2col")
+    cols = np.empty((n * ho * wo, c * kh * kw), x.dtype)
+    _im2col_kernel(x, kh, kw, stride, pad, ho, wo, cols)
+    return cols
+
+
+def gather_patches(x, img, row, col, kh, kw, pad):
+    """Rows of ``im2col(x, kh, kw, 1, pad)`` for the given (image, output row, output column) triples only.
+
+    x (N, C, H, W) float; img, row, col (M,) int. Returns (M, C*kh*kw) in x's dtype.
+    """
+    x = _float_array("x", x, 4)
+    img, row, col = (np.ascontiguousarray(a, dtype=np.int64) for a in (img, row, col))
+    out = np.empty((len(img), x.shape[1] * kh * kw), x.dtype)
+    _gather_patches_kernel(x, img, row, col, kh, kw, pad, out)
+    return out
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
+    """Adjoint of ``im2col``: sums cols (N*Ho*Wo, C*kh*kw) back into an (N, C, H, W) array."""
+    cols = _float_array("cols", cols, 2)
+    if len(x_shape) != 4:
+        raise ConfigError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
+    n, c, h, w = (int(v) for v in x_shape)
+    kh = _int_at_least("kh", kh, 1)
+    kw = _int_at_least("kw", kw, 1)
+    stride = _int_at_least("stride", stride, 1)
+    pad = _int_at_least("pad", pad, 0)
+    ho, wo = _out_size(h, w, kh, kw, stride, pad, "col2im")
+    if cols.shape != (n * ho * wo, c * kh * kw):
+        raise ConfigError(f"cols has shape {cols.shape}, expected {(n * ho * wo, c * kh * kw)}")
+    dx = np.zeros((n, c, h, w), cols.dtype)
+    _col2im_kernel(cols, kh, kw, stride, pad, ho, wo, dx)
+    return dx
