@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.experiments.freeze_masks import (MaskSchedule, hessian_groups, kernel_interactions, make_mask_schedule, make_masks,
-                           partition_kernels)
+from greedy.experiments.freeze.kernel_groups import hessian_groups, kernel_interactions, partition_kernels
+from greedy.experiments.freeze.masks import MaskSchedule, make_mask_schedule, make_masks
 from greedy.nn.hessian import flatten, gradient
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
@@ -265,7 +265,7 @@ def test_fuse_trains_a_new_head_on_concatenated_features():
 
 @pytest.mark.parametrize("include_dense", [False, True])
 def test_backward_skipping_frozen_kernels_matches_full_backward_on_live_kernels(include_dense):
-    from greedy.experiments.freeze_masks import backward_skipping_frozen, trainable_kernels
+    from greedy.experiments.freeze.masks import backward_skipping_frozen, trainable_kernels
     model = small_model()
     x, y = data()
     masks = make_masks(model, "random-kernels", 0.5, rng=2, include_dense=include_dense)
@@ -330,7 +330,7 @@ def test_experiment_freeze_cli_rejects_bad_options():
     ("c6k3-relu-gap-fc3", (1, 5, 5), {0: [0, 3]}),
 ])
 def test_sub_model_equals_the_full_model_with_the_dropped_kernels_cut_off(spec, shape, keep):
-    from greedy.experiments.freeze_masks import sub_model
+    from greedy.experiments.freeze.masks import sub_model
     model = Sequential.from_spec(spec).build(shape, 0, np.float64)
     small = sub_model(model, keep)
     assert small.n_parameters() < model.n_parameters()
@@ -376,7 +376,8 @@ def test_coupling_gradients_match_finite_differences_of_their_penalties():
 def _halves_setup(tmp_path, **opts):
     from greedy.data.datasets import load_dataset
     from greedy.experiments.freeze import resolve_options
-    from greedy.nn.model import Normalizer, build_model
+    from greedy.nn.model import build_model
+    from greedy.nn.network import Normalizer
     from greedy.runs import Run
     data = load_dataset("synthetic-grey", synthetic_size=(64, 32), seed=0)
     o = resolve_options(dict({"arch": "c4k3-relu-max2-c4k3-relu-max2-fc8-relu-fc10", "batch_size": 16,
@@ -388,7 +389,7 @@ def _halves_setup(tmp_path, **opts):
 @pytest.mark.parametrize("strategy", ["elastic", "soft-share"])
 def test_lockstep_without_coupling_equals_two_independent_runs(tmp_path, strategy):
     from greedy.experiments.freeze import half_models, train_halves, train_run
-    from greedy.nn.model import load_model
+    from greedy.nn.network import load_model
     data, normalizer, o, run, fresh = _halves_setup(tmp_path, coupling=0.0)
     results = {}
     out = train_halves(fresh, data, normalizer, o, run, results, False, strategy)
@@ -437,3 +438,29 @@ def test_experiment_freeze_cli_elastic_writes_coupled_halves(tmp_path):
     events = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert sum(e["phase"] == "coupling" for e in events) == 6
     assert "| elastic-half-a |" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["lockstep", "fused"])
+def test_input_gradients_of_the_composite_models_match_finite_differences(kind):
+    from greedy.experiments.ensemble import FusedEnsemble, trunk
+    from greedy.experiments.freeze import Lockstep
+    from greedy.nn.layers import Dense
+    members = [Sequential.from_spec("c2k3-tanh-max2-fc4-tanh-fc3").build((1, 6, 6), s, np.float64) for s in (0, 1)]
+    y = np.array([0, 2, 1, 1])
+    if kind == "lockstep":
+        model = Lockstep(members)
+        loss_fn = model.loss()
+    else:
+        model = FusedEnsemble([trunk(m) for m in members], Sequential([Dense(3)]).build((8,), 5, np.float64).layers[0])
+        loss_fn = softmax_cross_entropy
+
+    def loss_of(x):
+        return loss_fn(model.forward(x), y)
+    x = np.random.default_rng(2).standard_normal((4, 1, 6, 6))
+    dx = model.backward(loss_of(x)[1])
+    direction = np.random.default_rng(3).standard_normal(x.shape)
+    numeric = (loss_of(x + 1e-6 * direction)[0] - loss_of(x - 1e-6 * direction)[0]) / 2e-6
+    assert dx.shape == x.shape
+    assert abs(numeric - np.sum(dx * direction)) < 1e-6 * abs(numeric)
+    if kind == "lockstep":
+        assert len(model.losses) == 2 and np.isclose(sum(model.losses), loss_of(x)[0])

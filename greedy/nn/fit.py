@@ -3,22 +3,28 @@
 ``fit`` trains any model with ``forward``/``backward``/``parameters``/``gradients``
 (a ``Sequential``, or a small wrapper; ``backward(dy, input_grad)``) on arrays in memory, with any loss of the
 form ``loss_fn(outputs, labels, sample_weight) -> (loss, d_outputs)``. End-to-end
-training, auxiliary heads, cosine and KL objectives and the final classifiers
-all go through it.
+training, auxiliary heads, cosine and KL objectives, the final classifiers and
+the freezing experiment (through the hooks ``backward``, ``after_backward`` and
+``on_step``) all go through it.
 """
 import sys
 import time
 
 import numpy as np
 
+from greedy import validate
 from greedy.errors import ConfigError
 from greedy.nn.losses import softmax_cross_entropy
 
 
-def batches(n, batch_size, rng=None):
-    """Yield index arrays covering range(n) in mini-batches, shuffled when rng is given."""
+def batches(n, batch_size, rng=None, drop_last=False):
+    """Yield index arrays covering range(n) in mini-batches, shuffled when rng is given.
+
+    With ``drop_last`` every batch is full: the last n % batch_size indices of the order are left out.
+    """
     order = rng.permutation(n) if rng is not None else np.arange(n)
-    for i in range(0, n, batch_size):
+    stop = n - batch_size + 1 if drop_last else n
+    for i in range(0, stop, batch_size):
         yield order[i:i + batch_size]
 
 
@@ -49,34 +55,44 @@ def accuracy(model, x, y, prepare=None, batch_size=500):
     return label_accuracy(predict(model, x, prepare, batch_size), y)
 
 
-def fit(model, x, y, optimizer, *, epochs, batch_size=128, loss_fn=softmax_cross_entropy,
-        prepare=None, augment=None, sample_weight=None, rng=None, time_budget=None,
-        on_epoch=None, progress=False, label="train"):
+def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss_fn=softmax_cross_entropy,
+        prepare=None, augment=None, sample_weight=None, rng=None, time_budget=None, drop_last=False,
+        backward=None, after_backward=None, on_step=None, on_epoch=None, progress=False, label="train"):
     """Train ``model`` in place with mini-batch gradient descent.
 
     x (N, ...) raw inputs (uint8 images or float features); y (N,) int labels.
     ``prepare(xb)`` turns a raw batch into float model input (e.g. normalisation);
-    ``augment(xb, rng)`` randomises it during training. ``epochs`` may be fractional.
+    ``augment(xb, rng)`` randomises it during training. Give ``epochs`` (may be
+    fractional) or ``steps`` (optimiser steps). Each epoch visits the samples in
+    the order ``rng.permutation(N)``, so two calls with equally seeded ``rng``
+    see the same batches; ``drop_last`` keeps full batches only.
     ``time_budget`` (seconds) stops training early at a batch boundary; the
     optimiser's schedule follows whichever of steps or time runs out first.
+
+    Hooks, each given ``step``, the index of the step in progress (from 0):
+    ``backward(d_outputs, step)`` replaces ``model.backward(d_outputs, input_grad=False)``
+    (e.g. to compute only some gradients); ``after_backward(step)`` may change the
+    gradients before the optimiser step (``optimizer.progress`` is already set);
+    ``on_step(step, loss)`` is called after the optimiser step.
     ``on_epoch(epoch, train_loss, train_acc)`` is called after each epoch.
     Returns a list of per-epoch dicts (epoch, train_loss, train_accuracy, seconds).
     """
-    if epochs < 0:
-        raise ConfigError(f"epochs must be non-negative, got {epochs}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if (epochs is None) == (steps is None):
+        raise ConfigError("give either epochs or steps")
+    epochs = validate.number(epochs, "epochs", 0.0, allow_none=True)
+    steps = validate.integer(steps, "steps", 0, allow_none=True)
+    batch_size = validate.positive_int(batch_size, "batch size")
     rng = rng if rng is not None else np.random.default_rng(0)
     n = len(x)
-    total_steps = int(np.ceil(epochs * n / batch_size))
-    steps_per_epoch = int(np.ceil(n / batch_size))
+    total_steps = steps if steps is not None else int(np.ceil(epochs * n / batch_size))
+    steps_per_epoch = n // batch_size if drop_last else int(np.ceil(n / batch_size))
     params, grads = model.parameters(), model.gradients()
     history, step, t0 = [], 0, time.perf_counter()
     epoch = 0
     while step < total_steps:
         epoch += 1
         loss_sum, correct, seen = 0.0, 0, 0
-        for idx in batches(n, batch_size, rng):
+        for idx in batches(n, batch_size, rng, drop_last):
             if step >= total_steps or (time_budget is not None and time.perf_counter() - t0 > time_budget):
                 break
             xb = x[idx]
@@ -88,10 +104,18 @@ def fit(model, x, y, optimizer, *, epochs, batch_size=128, loss_fn=softmax_cross
             loss, dout = loss_fn(out, y[idx], None if sample_weight is None else sample_weight[idx])
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{label}: loss became {loss} at step {step}; lower the learning rate")
-            model.backward(dout.astype(out.dtype, copy=False), input_grad=False)
+            dout = dout.astype(out.dtype, copy=False)
+            if backward is None:
+                model.backward(dout, input_grad=False)
+            else:
+                backward(dout, step)
             elapsed = time.perf_counter() - t0
             optimizer.progress = max(step / total_steps, elapsed / time_budget if time_budget else 0.0)
+            if after_backward is not None:
+                after_backward(step)
             optimizer.step(params, grads)
+            if on_step is not None:
+                on_step(step, loss)
             step += 1
             loss_sum += loss * len(idx)
             seen += len(idx)

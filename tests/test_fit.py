@@ -1,0 +1,83 @@
+"""The mini-batch loop's step budget, batch order and hooks (greedy.nn.fit.fit)."""
+import numpy as np
+import pytest
+
+from greedy.errors import ConfigError
+from greedy.nn.fit import fit
+from greedy.nn.model import Sequential
+from greedy.nn.optim import SGD
+
+
+def problem(n=22, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 5)).astype(np.float32)
+    return x, rng.integers(0, 3, n)
+
+
+def model(seed=0):
+    return Sequential.from_spec("fc6-relu-fc3").build((5,), seed)
+
+
+def test_steps_with_drop_last_visit_full_batches_in_the_order_of_the_rng():
+    x, y = problem()
+    x[:, 0] = np.arange(len(x))                                    # feature 0 names the sample
+    seen = []
+    history = fit(model(), x, y, SGD(0.05), steps=9, batch_size=4, drop_last=True, rng=np.random.default_rng(3),
+                  prepare=lambda xb: seen.append(xb[:, 0].astype(int)) or xb)
+    rng = np.random.default_rng(3)
+    expected = [order[i:i + 4] for order in (rng.permutation(22) for _ in range(2)) for i in range(0, 19, 4)][:9]
+    assert len(seen) == 9 and all(len(b) == 4 for b in seen)
+    assert all(np.array_equal(a, b) for a, b in zip(seen, expected))
+    assert [h["epoch"] for h in history] == [1, 2]                # 5 full batches per epoch, then 4
+
+
+def test_hooks_see_every_step_in_order_and_a_plain_backward_hook_changes_nothing():
+    x, y = problem()
+    plain, hooked = model(), model()
+    fit(plain, x, y, SGD(0.05, momentum=0.9), epochs=2, batch_size=8, rng=np.random.default_rng(1))
+    calls = []
+    opt = SGD(0.05, momentum=0.9)
+
+    def backward(dy, step):
+        calls.append(("backward", step))
+        hooked.backward(dy, input_grad=False)
+
+    def after_backward(step):
+        calls.append(("after_backward", step, opt.progress))
+
+    def on_step(step, loss):
+        calls.append(("on_step", step, np.isfinite(loss)))
+
+    fit(hooked, x, y, opt, epochs=2, batch_size=8, rng=np.random.default_rng(1), backward=backward,
+        after_backward=after_backward, on_step=on_step)
+    steps = 6                                                     # ceil(22 / 8) batches per epoch, 2 epochs
+    assert calls == [c for s in range(steps)
+                     for c in (("backward", s), ("after_backward", s, s / steps), ("on_step", s, True))]
+    assert all(np.array_equal(p, q) for p, q in zip(plain.parameters(), hooked.parameters()))
+
+
+def test_after_backward_can_replace_the_gradients_before_the_step():
+    x, y = problem()
+    m = model()
+    before = [p.copy() for p in m.parameters()]
+    grads = m.gradients()
+
+    def zero(step):
+        for g in grads:
+            g[...] = 0
+
+    fit(m, x, y, SGD(0.5, momentum=0.0), steps=4, batch_size=8, after_backward=zero)
+    assert all(np.array_equal(p, q) for p, q in zip(m.parameters(), before))
+    fit(m, x, y, SGD(0.5, momentum=0.0), steps=4, batch_size=8)
+    assert any(not np.array_equal(p, q) for p, q in zip(m.parameters(), before))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "either epochs or steps"), ({"epochs": 1, "steps": 2}, "either epochs or steps"),
+    ({"steps": -1}, "steps"), ({"steps": 1.5}, "steps"), ({"epochs": -0.5}, "epochs"),
+    ({"epochs": 1, "batch_size": 0}, "batch size"),
+])
+def test_bad_budgets_are_refused(kwargs, message):
+    x, y = problem()
+    with pytest.raises(ConfigError, match=message):
+        fit(model(), x, y, SGD(0.1), **kwargs)
