@@ -19,76 +19,100 @@ token          layer
 ``cat``        flattens the map and appends it to the kept taps: (N, D)
 =============  ==========================================================
 
+Sequences (per-sample shape (C, L), ``greedy.nn.layers1d``) use the same tokens,
+read as their 1-D layers, plus a few of their own::
+
+    emb16-c64k7-bn-relu-max2-c128k5-relu-gap-fc16
+
+=============  ==========================================================
+token          layer on a sequence (C, L)
+=============  ==========================================================
+``c64k7``      Conv1d, 64 filters of width 7, padding dilation*(K-1)//2
+``c64k3s2p0``  Conv1d with stride 2 and padding 0;  ``c64k3d4``: dilation 4
+``max2``       max pool over 2 positions, stride 2;  ``max3s2``: stride 2
+``avg2``       average pool (``avg3s2`` likewise)
+``gap``        global average pool (N, C, L) -> (N, C);  ``gmp``: global max
+``tap2``       keeps the max pool of the current map, as for images
+``emb16``      ByteEmbedding: bytes (N, 1, L) -> (N, 16, L); first layer only
+=============  ==========================================================
+
+``parse_spec(spec, ndim)`` reads conv, pool and tap tokens as image (2) or
+sequence (1) layers. ``Sequential.from_spec(spec)`` takes the choice from the
+input shape at ``build`` ((C, L): sequences), or reads sequence layers at once
+when the spec holds a token that exists only for sequences.
+
 The last token is the classifier, ``fc<n_classes>``; ``build_model`` checks it.
 
-Model file (``model.npz``, loadable with ``allow_pickle=False``): arrays
-``param/<layer index>/<name>`` and ``buffer/<layer index>/<name>``, plus
-``meta``: a JSON string with the spec, input shape, channel mean and std used
-to normalise uint8 images, class names, and the test-time augmentation (``tta``).
-
-Test-time augmentation: a model whose ``tta`` is ``"flip"`` predicts the mean of
-its logits for the image and for its mirror image (left-right), which suits
-datasets whose classes are mirror-symmetric (CIFAR-10, not digits).
+A trained network with its input normalisation and model file is ``greedy.nn.network.Network``.
 """
-import json
-import os
 import re
-import tempfile
 
 import numpy as np
 
+from greedy.errors import ConfigError
 from greedy.nn import inference
-from greedy.errors import CheckpointError, ConfigError
 from greedy.nn.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
                      ReLU, Tanh, Tap)
+from greedy.nn.layers1d import (SEQUENCE_LAYERS, AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d,
+                                GlobalMaxPool1d, MaxPool1d, Tap1d)
 
+
+class _SequenceOnlyToken(ConfigError):
+    """A token that has no image layer (``Sequential.from_spec`` then reads the spec as a sequence network)."""
+
+
+def _sequence_only(m):
+    raise _SequenceOnlyToken(f"architecture token {m[0]!r} exists only for sequences (C, L); "
+                             "parse the spec with ndim=1")
+
+
+def _opt(group):
+    return None if group is None else int(group)
+
+
+# (pattern, layer for images and vectors, layer for sequences or None: the same)
 _TOKENS = [
-    (re.compile(r"c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"),
-     lambda m: Conv2d(int(m[1]), int(m[2]), int(m[3] or 1), None if m[4] is None else int(m[4]))),
-    (re.compile(r"fc(\d+)|d(\d+)"), lambda m: Dense(int(m[1] or m[2]))),
-    (re.compile(r"relu"), lambda m: ReLU()),
-    (re.compile(r"tanh"), lambda m: Tanh()),
-    (re.compile(r"max(\d+)"), lambda m: MaxPool2d(int(m[1]))),
-    (re.compile(r"avg(\d+)"), lambda m: AvgPool2d(int(m[1]))),
-    (re.compile(r"gap"), lambda m: GlobalAvgPool()),
-    (re.compile(r"bn"), lambda m: BatchNorm2d()),
-    (re.compile(r"drop(0?\.\d+|0)"), lambda m: Dropout(float(m[1]))),
-    (re.compile(r"tap(\d+)"), lambda m: Tap(int(m[1]))),
-    (re.compile(r"cat"), lambda m: Concat()),
+    (re.compile(r"c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?(?:d(\d+))?"),
+     lambda m: _sequence_only(m) if m[5] else Conv2d(int(m[1]), int(m[2]), int(m[3] or 1), _opt(m[4])),
+     lambda m: Conv1d(int(m[1]), int(m[2]), int(m[3] or 1), _opt(m[4]), int(m[5] or 1))),
+    (re.compile(r"fc(\d+)|d(\d+)"), lambda m: Dense(int(m[1] or m[2])), None),
+    (re.compile(r"relu"), lambda m: ReLU(), None),
+    (re.compile(r"tanh"), lambda m: Tanh(), None),
+    (re.compile(r"max(\d+)(?:s(\d+))?"), lambda m: _sequence_only(m) if m[2] else MaxPool2d(int(m[1])),
+     lambda m: MaxPool1d(int(m[1]), _opt(m[2]))),
+    (re.compile(r"avg(\d+)(?:s(\d+))?"), lambda m: _sequence_only(m) if m[2] else AvgPool2d(int(m[1])),
+     lambda m: AvgPool1d(int(m[1]), _opt(m[2]))),
+    (re.compile(r"gap"), lambda m: GlobalAvgPool(), lambda m: GlobalAvgPool1d()),
+    (re.compile(r"gmp"), _sequence_only, lambda m: GlobalMaxPool1d()),
+    (re.compile(r"bn"), lambda m: BatchNorm2d(), None),
+    (re.compile(r"drop(0?\.\d+|0)"), lambda m: Dropout(float(m[1])), None),
+    (re.compile(r"tap(\d+)"), lambda m: Tap(int(m[1])), lambda m: Tap1d(int(m[1]))),
+    (re.compile(r"cat"), lambda m: Concat(), None),
+    (re.compile(r"emb(\d+)(?:v(\d+))?"), _sequence_only, lambda m: ByteEmbedding(int(m[1]), int(m[2] or 256))),
 ]
 
-TTA_MODES = ("none", "flip")
+_IMAGE_LAYERS = (Conv2d, MaxPool2d, GlobalAvgPool, Tap)  # Tap1d, a Tap, is a sequence layer
 
 
-def mirror(x):
-    """Images x (..., H, W) mirrored left-right: the second view of ``tta="flip"``."""
-    return x[..., ::-1]
+def parse_spec(spec, ndim=2):
+    """Turn an architecture string into a list of (unbuilt) layers.
 
-
-def flip_average(logits, mirrored_logits):
-    """The output of ``tta="flip"``: the mean of the logits of the images and of their mirror images."""
-    return 0.5 * (logits + mirrored_logits)
-
-
-def check_tta(tta):
-    if tta not in TTA_MODES:
-        raise ConfigError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    return tta
-
-
-def parse_spec(spec):
-    """Turn an architecture string into a list of (unbuilt) layers."""
+    ``ndim`` 2 reads conv, pool, gap and tap tokens as image layers (``Conv2d`` ...),
+    1 as sequence layers (``Conv1d`` ...) and allows the sequence-only tokens
+    (``emb``, ``gmp``, conv dilation ``d``, pool stride ``s``).
+    """
+    if isinstance(ndim, bool) or ndim not in (1, 2):
+        raise ConfigError(f"ndim must be 1 (sequences) or 2 (images), got {ndim!r}")
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("architecture spec is empty")
     layers = []
     for token in spec.strip().split("-"):
-        for pattern, make in _TOKENS:
+        for pattern, make, make1d in _TOKENS:
             m = pattern.fullmatch(token)
             if m:
-                layer = make(m)
-                if getattr(layer, "filters", 1) < 1 or getattr(layer, "units", 1) < 1 \
-                        or getattr(layer, "kernel_size", 1) < 1 or getattr(layer, "size", 1) < 1 \
-                        or getattr(layer, "stride", 1) < 1:
+                layer = (make1d or make)(m) if ndim == 1 else make(m)
+                if any(getattr(layer, a, 1) < 1 for a in ("filters", "units", "kernel_size", "size", "stride",
+                                                          "dilation", "dim", "vocab")):
                     raise ConfigError(f"architecture token {token!r} has a zero width, size or stride")
                 layers.append(layer)
                 break
@@ -98,7 +122,35 @@ def parse_spec(spec):
     return layers
 
 
-class Sequential:
+class Model:
+    """The protocol of everything ``greedy.nn.fit.fit`` trains: a base class.
+
+    ``forward(x, train=False) -> y``; ``backward(dy, input_grad=True)`` writes the gradients of
+    ``parameters()`` into ``gradients()`` (two lists of arrays in the same fixed order) and
+    returns dL/dx, or None when not ``input_grad``; ``predict_batch(x)`` is the inference output
+    of one batch (by default ``forward(x)``).
+    """
+
+    def forward(self, x, train=False):
+        raise NotImplementedError
+
+    def backward(self, dy, input_grad=True):
+        raise NotImplementedError
+
+    def parameters(self):
+        raise NotImplementedError
+
+    def gradients(self):
+        raise NotImplementedError
+
+    def predict_batch(self, x):
+        return self.forward(x, train=False)
+
+    def n_parameters(self):
+        return int(sum(p.size for p in self.parameters()))
+
+
+class Sequential(Model):
     """A stack of layers applied in order.
 
     ``Sequential(layers).build(in_shape, seed)`` creates the parameters; then
@@ -106,14 +158,25 @@ class Sequential:
     list the arrays in a fixed order for the optimisers.
     """
 
-    def __init__(self, layers, tta="none"):
+    def __init__(self, layers):
         self.layers = list(layers)
         self.in_shape = None
-        self.tta = check_tta(tta)
 
     @classmethod
-    def from_spec(cls, spec):
-        return cls(parse_spec(spec))
+    def from_spec(cls, spec, ndim=None):
+        """A model from an architecture string (see the module docstring).
+
+        ``ndim`` 2 (images), 1 (sequences), or None: 1 if the spec holds a token that
+        exists only for sequences, else decided by the input shape at the first ``build``.
+        """
+        if ndim is not None:
+            return cls(parse_spec(spec, ndim))
+        try:
+            model = cls(parse_spec(spec, 2))
+        except _SequenceOnlyToken:
+            return cls(parse_spec(spec, 1))
+        model._pending_spec = spec
+        return model
 
     def spec(self):
         return "-".join(layer.spec() for layer in self.layers)
@@ -121,11 +184,22 @@ class Sequential:
     def build(self, in_shape, seed=0, dtype=np.float32):
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.in_shape = tuple(int(s) for s in in_shape)
+        pending = getattr(self, "_pending_spec", None)
+        if pending is not None:
+            self._pending_spec = None
+            if len(self.in_shape) == 2:
+                self.layers = parse_spec(pending, 1)
         shape = self.in_shape
         taps = []
-        for layer in self.layers:
-            if isinstance(layer, (Conv2d, MaxPool2d, BatchNorm2d, GlobalAvgPool, Tap)) and len(shape) != 3:
-                raise ConfigError(f"layer {layer.spec()} needs an image input (C, H, W), got shape {shape}")
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, _IMAGE_LAYERS) and not isinstance(layer, SEQUENCE_LAYERS) and len(shape) != 3:
+                hint = " (sequence layers come from parse_spec(spec, ndim=1))" if len(shape) == 2 else ""
+                raise ConfigError(f"layer {layer.spec()} needs an image input (C, H, W), got shape {shape}{hint}")
+            if isinstance(layer, BatchNorm2d) and len(shape) not in (2, 3):
+                raise ConfigError(f"layer {layer.spec()} needs a map (C, H, W) or a sequence (C, L), "
+                                  f"got shape {shape}")
+            if isinstance(layer, ByteEmbedding) and i > 0:
+                raise ConfigError(f"layer {layer.spec()} reads bytes and must be the first layer")
             if isinstance(layer, Tap):
                 taps.append(layer)
             elif isinstance(layer, Concat):
@@ -157,21 +231,42 @@ class Sequential:
         return [(f"{i}/{k}", layer.params[k]) for i, layer in enumerate(self.layers)
                 for k in sorted(layer.params)]
 
-    def n_parameters(self):
-        return int(sum(p.size for p in self.parameters()))
-
     def predict_batch(self, x):
-        """Inference output for one batch x (N, ...), with conv runs fused (``greedy.inference``); keeps
-        nothing for backward. With ``tta == "flip"``: the mean over x and x mirrored left-right."""
-        out = inference.forward(self.layers, x)
-        if self.tta == "flip":
-            out = flip_average(out, inference.forward(self.layers, mirror(x)))
-        return out
+        """Inference output for one batch x (N, ...), with conv runs fused (``greedy.nn.inference``);
+        keeps nothing for backward."""
+        return inference.forward(self.layers, x)
 
     def predict_logits(self, x, batch_size=500):
         """Logits (N, K) for float inputs x (N, ...), in batches."""
         out = [self.predict_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,) + tuple(self.out_shape), np.float32)
+
+
+class Stack(Model):
+    """Models applied in turn and trained as one (a block and its head); only their parameters train."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def forward(self, x, train=False):
+        for p in self.parts:
+            x = p.forward(x, train)
+        return x
+
+    def backward(self, dy, input_grad=True):
+        for i in range(len(self.parts) - 1, -1, -1):
+            dy = self.parts[i].backward(dy, input_grad=input_grad or i > 0)
+        return dy
+
+    def predict_batch(self, x):
+        """Inference output for one batch, with conv runs fused (``greedy.nn.inference``)."""
+        return inference.forward([lay for p in self.parts for lay in p.layers], x)
+
+    def parameters(self):
+        return [q for p in self.parts for q in p.parameters()]
+
+    def gradients(self):
+        return [q for p in self.parts for q in p.gradients()]
 
 
 def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32):
@@ -183,76 +278,3 @@ def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32):
         raise ConfigError(f"the last layer of {spec!r} has {model.layers[-1].units} outputs, "
                           f"the dataset has {n_classes} classes")
     return model.build(in_shape, seed, dtype)
-
-
-class Normalizer:
-    """Per-channel standardisation of uint8 images: (x / 255 - mean) / std, float32 NCHW."""
-
-    def __init__(self, mean=None, std=None):
-        self.mean = None if mean is None else np.asarray(mean, np.float32)
-        self.std = None if std is None else np.asarray(std, np.float32)
-
-    def fit(self, x):
-        sample = x[:10000].astype(np.float32) / 255.0
-        self.mean = sample.mean(axis=(0, 2, 3))
-        self.std = sample.std(axis=(0, 2, 3)) + 1e-6
-        return self
-
-    def __call__(self, x):
-        scale = (1.0 / (255.0 * self.std)).astype(np.float32)
-        shift = (self.mean / self.std).astype(np.float32)
-        return x.astype(np.float32) * scale[None, :, None, None] - shift[None, :, None, None]
-
-
-def atomic_save_npz(path, arrays):
-    """Write arrays to ``path`` (npz) through a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_model(path, model, normalizer, class_names=(), extra=None):
-    """Save a built model with its input normalisation and class names (see module docstring)."""
-    meta = {"spec": model.spec(), "in_shape": list(model.in_shape),
-            "mean": np.asarray(normalizer.mean).tolist(), "std": np.asarray(normalizer.std).tolist(),
-            "class_names": list(class_names), "tta": model.tta, "extra": extra or {}}
-    arrays = {"meta": np.array(json.dumps(meta))}
-    for i, layer in enumerate(model.layers):
-        for k, v in layer.params.items():
-            arrays[f"param/{i}/{k}"] = v
-        for k, v in getattr(layer, "buffers", {}).items():
-            arrays[f"buffer/{i}/{k}"] = v
-    atomic_save_npz(path, arrays)
-
-
-def load_model(path):
-    """Load ``(model, normalizer, meta)`` from a model file written by ``save_model``."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: model file not found")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        meta = json.loads(str(arrays.pop("meta")))
-        model = Sequential.from_spec(meta["spec"]).build(meta["in_shape"], 0)
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable greedy model file ({type(e).__name__}: {e})") from None
-    for i, layer in enumerate(model.layers):
-        for group, store in (("param", layer.params), ("buffer", getattr(layer, "buffers", {}))):
-            for k in store:
-                key = f"{group}/{i}/{k}"
-                if key not in arrays or arrays[key].shape != store[k].shape:
-                    raise CheckpointError(f"{path}: array {key} is missing or has the wrong shape "
-                                          f"for architecture {meta['spec']}")
-                store[k][...] = arrays[key]
-    if meta.get("tta", "none") not in TTA_MODES:
-        raise CheckpointError(f"{path}: unknown test-time augmentation {meta['tta']!r}")
-    model.tta = meta.get("tta", "none")
-    return model, Normalizer(meta["mean"], meta["std"]), meta
