@@ -9,21 +9,35 @@ a quarter of the values for a 2x2 pool. Every other layer runs its own
 ``forward``. The result equals ``Sequential.forward(x, train=False)`` up to
 float rounding, without the full-size conv, batch-norm and activation maps.
 
+Sequences (N, C, L) take the same path: a run of ``Conv1d`` [``BatchNorm2d``]
+[``ReLU`` | ``Tanh``] [``MaxPool1d`` with stride equal to its size] is one
+``greedy.kernels.conv1d.conv1d_forward(..., relu, pool)`` call.
+
 This is what applying frozen blocks costs in the layer-wise loop; it keeps
 nothing for a backward pass.
 """
 import numpy as np
 
 from greedy.kernels import conv as ck
+from greedy.kernels import conv1d as k1
 from greedy.nn.layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Tanh
+from greedy.nn.layers1d import Conv1d, MaxPool1d
 
 
 def fold_batchnorm(conv, bn):
-    """Weights (F, C, K, K) and bias (F,) of ``conv`` followed by ``bn`` in inference mode, in conv's dtype."""
+    """Weights (F, C, K, K) or (F, C, K) and bias (F,) of ``conv`` followed by ``bn`` in inference mode,
+    in conv's dtype."""
     w, b = conv.params["w"], conv.params["b"]
     scale = bn.params["gamma"].astype(np.float64) / np.sqrt(bn.buffers["var"].astype(np.float64) + bn.eps)
     shift = bn.params["beta"] - bn.buffers["mean"] * scale
-    return (w * scale[:, None, None, None]).astype(w.dtype), (b * scale + shift).astype(b.dtype)
+    return (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype), (b * scale + shift).astype(b.dtype)
+
+
+def _fusable_pool(conv, layer):
+    """Max pools (not their subclasses, the average pools) with stride equal to their size."""
+    if isinstance(conv, Conv1d):
+        return type(layer) is MaxPool1d and layer.stride == layer.size
+    return type(layer) is MaxPool2d
 
 
 def _conv_group(layers, i):
@@ -39,22 +53,25 @@ def _conv_group(layers, i):
         act = "relu" if isinstance(layers[j], ReLU) else "tanh"
         j += 1
     pool = 1
-    if j < len(layers) and type(layers[j]) is MaxPool2d:  # not its subclass AvgPool2d
+    if j < len(layers) and _fusable_pool(conv, layers[j]):
         pool = layers[j].size
         j += 1
     return w, b, conv, act, pool, j
 
 
 def forward(layers, x):
-    """Inference output of ``layers`` applied in order to x (N, C, H, W) float32, with conv runs fused."""
+    """Inference output of ``layers`` applied in order to x (N, C, H, W) or (N, C, L), with conv runs fused."""
     i = 0
     while i < len(layers):
-        if not isinstance(layers[i], Conv2d):
+        if not isinstance(layers[i], (Conv2d, Conv1d)):
             x = layers[i].forward(x, train=False)
             i += 1
             continue
         w, b, conv, act, pool, i = _conv_group(layers, i)
-        x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool)
+        if isinstance(conv, Conv1d):
+            x = k1.conv1d_forward(x, w, b, conv.stride, conv.padding, conv.dilation, relu=act == "relu", pool=pool)
+        else:
+            x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool)
         if act == "tanh":
             np.tanh(x, out=x)
     return x

@@ -1,0 +1,334 @@
+"""Convolution and pooling kernels for sequences: (N, C, L) arrays.
+
+Convolution follows the scheme of ``greedy.kernels.conv`` (its docstring gives the
+reasons): for a chunk of n samples, a transposed im2col buffer cols (C*K, n, Lo),
+rows in (c, k) order, then one BLAS multiply per chunk:
+y (F, n*Lo) = w (F, C*K) @ cols; backward dw = dy (F, n*Lo) @ cols.T and
+dcols = w.T @ dy (F, n*Lo), summed back into dx by the transposed col2im.
+When each output sums few products (C*K small), the (F, n*Lo) -> (n, F, Lo)
+reordering costs as much as the multiply, so the forward instead multiplies
+each sample's (C*K + 1, Lo) slice of cols, whose last row is ones, by [w | b]
+(F, C*K + 1), straight into y (one batched ``np.matmul`` per chunk).
+Chunks are shared among ``numba.get_num_threads()`` worker threads that run
+serial ``nogil`` kernels and a single-threaded BLAS multiply (``conv._run_chunks``),
+each holding at most ``conv.CHUNK_BYTES`` of scratch; dw partials are added in
+chunk order, so results do not depend on thread timing.
+
+Output position o of tap j reads x at o*stride - pad + j*dilation (zero outside
+[0, L)), so Lo = (L + 2*pad - dilation*(K-1) - 1) // stride + 1.
+
+Pools take a window ``size`` and a ``stride`` (default: the size), no padding,
+floor behaviour (windows that do not fit are dropped); their kernels run prange
+over (sample, channel) planes.
+
+All functions accept float32 or float64 (all array arguments of one call in the
+same dtype) and return that dtype.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from greedy.errors import ConfigError
+from greedy.kernels import conv as ck
+from greedy.kernels.conv import _valid_range
+
+# ---------------------------------------------------------------- kernels
+
+
+@numba.njit(nogil=True, cache=True)
+def _im2colt_kernel(x, k, stride, pad, dil, lo_len, out):
+    """x (n, C, L) -> out (C*k, n, Lo): out[c*k + j, s, o] = x[s, c, o*stride - pad + j*dil], zero outside."""
+    n, c, length = x.shape
+    for ci in range(c):
+        for j in range(k):
+            r = ci * k + j
+            off = j * dil - pad
+            lo, hi = _valid_range(j * dil, stride, pad, length, lo_len)
+            for s in range(n):
+                dst = out[r, s]
+                dst[:lo] = 0
+                if stride == 1:
+                    dst[lo:hi] = x[s, ci, lo + off:hi + off]
+                else:
+                    src = x[s, ci]
+                    for q in range(lo, hi):
+                        dst[q] = src[q * stride + off]
+                dst[hi:] = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _col2imt_kernel(cols, k, stride, pad, dil, lo_len, dx):
+    """Adds cols (C*k, n, Lo) into dx (n, C, L): the adjoint of ``_im2colt_kernel``."""
+    n, c, length = dx.shape
+    for s in range(n):
+        for ci in range(c):
+            dst = dx[s, ci]
+            for j in range(k):
+                off = j * dil - pad
+                lo, hi = _valid_range(j * dil, stride, pad, length, lo_len)
+                src = cols[ci * k + j, s]
+                if stride == 1:
+                    for q in range(lo, hi):
+                        dst[q + off] += src[q]
+                else:
+                    for q in range(lo, hi):
+                        dst[q * stride + off] += src[q]
+
+
+@numba.njit(nogil=True, cache=True)
+def _fnp_to_nfp_relu_pool(yt, bias, size, relu, y):
+    """yt (F, n, Lo) -> y (n, F, Lo // size): max over windows of ``size``, + bias, then ReLU if ``relu``.
+
+    Equals bias, ReLU, then max pooling, since both commute with a per-channel max.
+    """
+    f, n = yt.shape[0], yt.shape[1]
+    lp = y.shape[2]
+    lo = yt.dtype.type(0) if relu else yt.dtype.type(-np.inf)
+    for k in range(f):
+        bk = bias[k]
+        for s in range(n):
+            src, dst = yt[k, s], y[s, k]
+            for o in range(lp):
+                p0 = o * size
+                best = src[p0]
+                for a in range(1, size):
+                    best = max(best, src[p0 + a])
+                dst[o] = max(best + bk, lo)
+
+
+@numba.njit(parallel=True, cache=True)
+def _maxpool_fwd_kernel(x, size, stride, lo_len, y, argmax, keep_argmax):
+    """x (n, c, L) -> y (n, c, Lo); argmax = position in L of each maximum (if kept)."""
+    n, c, _ = x.shape
+    for i in prange(n * c):
+        s = i // c
+        ci = i - s * c
+        src = x[s, ci]
+        for o in range(lo_len):
+            p0 = o * stride
+            best = src[p0]
+            idx = p0
+            for a in range(1, size):
+                v = src[p0 + a]
+                if v > best:
+                    best = v
+                    idx = p0 + a
+            y[s, ci, o] = best
+            if keep_argmax:
+                argmax[s, ci, o] = idx
+
+
+@numba.njit(parallel=True, cache=True)
+def _maxpool_bwd_kernel(dy, argmax, dx):
+    """Adds dy (n, c, Lo) into dx (n, c, L) at argmax; prange over planes (no write races)."""
+    n, c, lo_len = dy.shape
+    for i in prange(n * c):
+        s = i // c
+        ci = i - s * c
+        for o in range(lo_len):
+            dx[s, ci, argmax[s, ci, o]] += dy[s, ci, o]
+
+
+@numba.njit(parallel=True, cache=True)
+def _avgpool_fwd_kernel(x, size, stride, lo_len, y):
+    n, c, _ = x.shape
+    scale = 1.0 / size
+    for i in prange(n * c):
+        s = i // c
+        ci = i - s * c
+        src = x[s, ci]
+        for o in range(lo_len):
+            acc = 0.0
+            for a in range(size):
+                acc += src[o * stride + a]
+            y[s, ci, o] = acc * scale
+
+
+@numba.njit(parallel=True, cache=True)
+def _avgpool_bwd_kernel(dy, size, stride, dx):
+    n, c, lo_len = dy.shape
+    scale = 1.0 / size
+    for i in prange(n * c):
+        s = i // c
+        ci = i - s * c
+        dst = dx[s, ci]
+        for o in range(lo_len):
+            g = dy[s, ci, o] * scale
+            for a in range(size):
+                dst[o * stride + a] += g
+
+
+# ---------------------------------------------------------------- checks
+
+
+def out_length(length, k, stride, pad, dilation, what):
+    """Output length of a window k (dilated) over ``length`` positions with padding and stride."""
+    lo = (length + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    if lo < 1:
+        span = f"{k} (dilation {dilation})" if dilation != 1 else f"{k}"
+        raise ConfigError(f"{what} window {span} (padding {pad}) does not fit a sequence of length {length}")
+    return lo
+
+
+def _conv_args(x, w, stride, pad, dilation):
+    x = ck._float_array("x", x, 3)
+    w = ck._float_array("w", w, 3)
+    ck._same_dtype(x=x, w=w)
+    if w.shape[1] != x.shape[1]:
+        raise ConfigError(f"w has {w.shape[1]} input channels but x has {x.shape[1]}")
+    stride = ck._int_at_least("stride", stride, 1)
+    pad = ck._int_at_least("pad", pad, 0)
+    dilation = ck._int_at_least("dilation", dilation, 1)
+    lo = out_length(x.shape[2], w.shape[2], stride, pad, dilation, "conv")
+    return x, w, stride, pad, dilation, lo
+
+
+def _pool_args(x, size, stride, what):
+    x = ck._float_array("x", x, 3)
+    size = ck._int_at_least("size", size, 1)
+    stride = size if stride is None else ck._int_at_least("stride", stride, 1)
+    return x, size, stride, out_length(x.shape[2], size, stride, 0, 1, what)
+
+
+def _check_x_shape(x_shape, dy, size, stride, what):
+    if len(x_shape) != 3 or tuple(x_shape[:2]) != dy.shape[:2]:
+        raise ConfigError(f"x_shape {tuple(x_shape)} does not match dy of shape {dy.shape}")
+    n, c, length = (int(v) for v in x_shape)
+    if out_length(length, size, stride, 0, 1, what) != dy.shape[2]:
+        raise ConfigError(f"dy of shape {dy.shape} does not match x_shape {tuple(x_shape)}")
+    return n, c, length
+
+
+# ---------------------------------------------------------------- public API
+
+
+def conv1d_forward(x, w, b, stride=1, pad=0, dilation=1, relu=False, pool=1):
+    """Cross-correlation y = conv(x, w) + b with zero padding; optionally ReLU and max pooling fused in.
+
+    x (N, C, L), w (F, C, K), b (F,), one float dtype. Returns y (N, F, Lo),
+    Lo = (L + 2*pad - dilation*(K-1) - 1) // stride + 1. With ``relu`` and/or
+    ``pool`` > 1 it returns maxpool(relu(y)) (window and stride ``pool``) of shape
+    (N, F, Lo // pool), computed from each chunk's GEMM output without writing the
+    full-size y (an inference pass; nothing is kept for backward).
+    """
+    x, w, stride, pad, dilation, lo = _conv_args(x, w, stride, pad, dilation)
+    b = ck._float_array("b", b, 1)
+    ck._same_dtype(x=x, w=w, b=b)
+    f, c, kk = w.shape
+    if b.shape[0] != f:
+        raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
+    pool = ck._int_at_least("pool", pool, 1)
+    if pool > lo:
+        raise ConfigError(f"pool {pool} does not fit a conv output of length {lo}")
+    n, dt = x.shape[0], x.dtype
+    k = c * kk
+    wm = w.reshape(f, k)
+    fused = relu or pool > 1
+    # per-sample products pay where the reordering pass would dominate (2-3x at C*K <= 32,
+    # 1.3-1.5x at C*K = 56 and Lo >= 96, slower at C*K >= 100 or on short sequences)
+    per_sample = not fused and (k <= 32 or (k <= 64 and lo >= 64))
+    wb = np.concatenate([wm, b[:, None]], axis=1) if per_sample else None
+    y = np.empty((n, f, lo // pool), dt)
+    nb = ck._chunk(n, lo, k + 1, f, dt.itemsize, numba.get_num_threads())
+
+    def task(n0, m, buf):
+        cols, yt = ck._split(buf, dt, (k + 1) * m * lo, f * m * lo)
+        cols = cols.reshape(k + 1, m, lo)
+        _im2colt_kernel(x[n0:n0 + m], kk, stride, pad, dilation, lo, cols[:k])
+        if per_sample:
+            cols[k] = 1
+            np.matmul(wb, cols.transpose(1, 0, 2), out=y[n0:n0 + m])
+            return
+        np.matmul(wm, cols[:k].reshape(k, m * lo), out=yt.reshape(f, m * lo))
+        if fused:
+            _fnp_to_nfp_relu_pool(yt.reshape(f, m, lo), b, pool, bool(relu), y[n0:n0 + m])
+        else:
+            ck._fnp_to_nfp(yt.reshape(f, m, lo), b, y[n0:n0 + m])
+
+    ck._run_chunks(task, n, nb, ck._scratch_bytes(dt, (k + 1) * nb * lo, f * nb * lo))
+    return y
+
+
+def conv1d_backward(x, w, dy, stride=1, pad=0, dilation=1, input_grad=True):
+    """Gradients of ``conv1d_forward`` given dy = dL/dy.
+
+    x (N, C, L), w (F, C, K), dy (N, F, Lo), one float dtype.
+    Returns (dx (N, C, L) or None when ``input_grad`` is false, dw (F, C, K), db (F,)).
+    """
+    x, w, stride, pad, dilation, lo = _conv_args(x, w, stride, pad, dilation)
+    dy = ck._float_array("dy", dy, 3)
+    ck._same_dtype(x=x, w=w, dy=dy)
+    f, c, kk = w.shape
+    n, dt = x.shape[0], x.dtype
+    if dy.shape != (n, f, lo):
+        raise ConfigError(f"dy has shape {dy.shape}, expected {(n, f, lo)}")
+    k = c * kk
+    wm = w.reshape(f, k)
+    dbpart = np.empty((n, f), np.float64)
+    dx = np.zeros(x.shape, dt) if input_grad else None
+    nb = ck._chunk(n, lo, k, f, dt.itemsize, numba.get_num_threads())
+
+    def task(n0, m, buf):
+        cols, dyt = ck._split(buf, dt, k * m * lo, f * m * lo)
+        cols, dyt = cols.reshape(k, m * lo), dyt.reshape(f, m * lo)
+        ck._nfp_to_fnp(dy[n0:n0 + m], dyt.reshape(f, m, lo), dbpart[n0:n0 + m])
+        _im2colt_kernel(x[n0:n0 + m], kk, stride, pad, dilation, lo, cols.reshape(k, m, lo))
+        dw_chunk = dyt @ cols.T
+        if input_grad:
+            np.matmul(wm.T, dyt, out=cols)
+            _col2imt_kernel(cols.reshape(k, m, lo), kk, stride, pad, dilation, lo, dx[n0:n0 + m])
+        return dw_chunk
+
+    dw = np.zeros((f, k), dt)
+    for part in ck._run_chunks(task, n, nb, ck._scratch_bytes(dt, k * nb * lo, f * nb * lo)):
+        dw += part
+    db = dbpart.sum(axis=0).astype(dt)
+    return dx, dw.reshape(w.shape), db
+
+
+def maxpool1d_forward(x, size=2, stride=None, with_argmax=True):
+    """Max pooling without padding. x (N, C, L) float32/float64; ``stride`` defaults to ``size``.
+
+    Returns y (N, C, Lo) with Lo = (L - size) // stride + 1, and argmax (N, C, Lo)
+    int32, the position in L of each maximum (None when not ``with_argmax``).
+    """
+    x, size, stride, lo = _pool_args(x, size, stride, "max pool")
+    n, c, _ = x.shape
+    y = np.empty((n, c, lo), x.dtype)
+    argmax = np.empty((n, c, lo) if with_argmax else (1, 1, 1), np.int32)
+    _maxpool_fwd_kernel(x, size, stride, lo, y, argmax, with_argmax)
+    return y, (argmax if with_argmax else None)
+
+
+def maxpool1d_backward(dy, argmax, x_shape):
+    """Gradient of ``maxpool1d_forward``: dy (N, C, Lo) -> dx of shape x_shape (N, C, L)."""
+    dy = ck._float_array("dy", dy, 3)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu" or argmax.shape != dy.shape:
+        raise ConfigError(f"argmax must be an integer array of dy's shape {dy.shape}")
+    if len(x_shape) != 3 or tuple(x_shape[:2]) != dy.shape[:2]:
+        raise ConfigError(f"x_shape {tuple(x_shape)} does not match dy of shape {dy.shape}")
+    n, c, length = (int(v) for v in x_shape)
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= length):
+        raise ConfigError(f"argmax holds positions outside a sequence of length {length}")
+    dx = np.zeros((n, c, length), dy.dtype)
+    _maxpool_bwd_kernel(dy, np.ascontiguousarray(argmax), dx)
+    return dx
+
+
+def avgpool1d_forward(x, size=2, stride=None):
+    """Average pooling without padding: x (N, C, L) -> y (N, C, Lo), Lo = (L - size) // stride + 1."""
+    x, size, stride, lo = _pool_args(x, size, stride, "average pool")
+    y = np.empty(x.shape[:2] + (lo,), x.dtype)
+    _avgpool_fwd_kernel(x, size, stride, lo, y)
+    return y
+
+
+def avgpool1d_backward(dy, x_shape, size=2, stride=None):
+    """Gradient of ``avgpool1d_forward``: dy (N, C, Lo) -> dx of shape x_shape (N, C, L)."""
+    dy = ck._float_array("dy", dy, 3)
+    size = ck._int_at_least("size", size, 1)
+    stride = size if stride is None else ck._int_at_least("stride", stride, 1)
+    shape = _check_x_shape(x_shape, dy, size, stride, "average pool")
+    dx = np.zeros(shape, dy.dtype)
+    _avgpool_bwd_kernel(dy, size, stride, dx)
+    return dx
