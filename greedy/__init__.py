@@ -7,4 +7,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name):
+    # the estimator imports every method and its kernels: only when asked for
+    if name in ("LayerwiseClassifier", "load"):
+        from greedy import estimator
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'greedy' has no attribute {name!r}")

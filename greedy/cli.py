@@ -1,39 +1,28 @@
-"""Command-line interface: ``python cli.py train|evaluate|...`` or the ``greedy`` console script."""
-import importlib
+"""Command-line interface: ``python cli.py train|evaluate|methods|compare|sweep|experiment``.
+
+A thin layer over the library: ``train`` resolves the method's typed config
+(``greedy.methods.config``), calls the method object from ``greedy.methods.METHODS`` and
+writes the run folder (``greedy.runs``). The ``train`` options are generated from the config
+dataclasses; an option the chosen method does not have ends with a one-line error.
+"""
+import dataclasses
 import json
 import os
-import re
 import sys
 
 import click
-import numpy as np
 
 from greedy.errors import ConfigError, GreedyError
+from greedy.methods import METHODS
+from greedy.methods import config as configs
 from greedy.runs import default_out_dir
 
-# method name -> "module:function"; each function has the signature
-# f(data, normalizer, opts, run) -> (model, extra_summary_fields)
-METHODS = {
-    "e2e": "greedy.methods.e2e:train_e2e",
-    "aux": "greedy.methods.objectives:train_aux",
-    "cosine": "greedy.methods.objectives:train_cosine",
-    "kl": "greedy.methods.objectives:train_kl",
-    "patchbag": "greedy.methods.patchbag:train_patchbag",
-    "binary": "greedy.methods.binary:train_binary",
-}
+DATASET_HELP = ("cifar10, mnist, fashion-mnist, synthetic (32x32 RGB) or synthetic-grey (28x28), "
+                "the last two generated from the seed")
 
-DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic", "synthetic-grey")
-
-# Methods whose models have their own file format and predict on uint8 images: no test-time augmentation.
-OWN_FORMAT_METHODS = ("binary",)
-
-# Datasets whose classes keep their meaning in a mirror image: test-time flips by default.
-MIRROR_SYMMETRIC = ("cifar10",)
-
-
-def method_function(name):
-    module, func = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), func)
+# the options of train that are not method options; each goes into a help group
+RUN_GROUPS = {"method": "data", "dataset": "data", "data_dir": "data", "n_train": "data", "n_test": "data",
+              "seed": "output", "threads": "output", "out": "output", "quiet": "output", "config_file": "output"}
 
 
 def set_threads(n):
@@ -62,173 +51,226 @@ class GreedyGroup(click.Group):
             fail(str(e))
 
 
-@click.group(cls=GreedyGroup)
-def main():
-    """Layer-wise (greedy) training of convolutional networks in NumPy + Numba."""
+class GroupedCommand(click.Command):
+    """A command whose --help lists its options under the group headings of ``configs.GROUPS``."""
+
+    def format_options(self, ctx, formatter):
+        rows = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                group = getattr(param, "group", None) or RUN_GROUPS.get(param.name, "output")
+                rows.setdefault(group, []).append(record)
+        for group in list(configs.GROUPS) + sorted(set(rows) - set(configs.GROUPS)):
+            if rows.get(group):
+                with formatter.section(f"Options: {group}"):
+                    formatter.write_dl(rows[group])
+
+
+def _short(v):
+    if isinstance(v, list):
+        return ",".join(v) if len(v) < 3 else f"{len(v)} blocks"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def default_text(name):
+    """The defaults of option ``name`` per method and dataset family, e.g. 'aux, cosine: 2e-3; e2e: 1e-3'."""
+    by_value = {}
+    for method in configs.methods_with(name):
+        for family in configs.FAMILY_DEFAULTS:
+            cls = configs.CONFIGS[method]
+            f = cls.__dataclass_fields__[name]
+            value = configs.FAMILY_DEFAULTS[family].get(method, {}).get(
+                name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            by_value.setdefault(_short(value), {}).setdefault(method, []).append(family)
+    parts = []
+    n_families = len(configs.FAMILY_DEFAULTS)
+    for value, owners in by_value.items():
+        names = [m if len(fams) == n_families else f"{m} on {'/'.join(fams)}" for m, fams in owners.items()]
+        parts.append(f"{', '.join(names)}: {value}")
+    return "; ".join(parts)
+
+
+def config_options(f):
+    """Add one click option per method option (``greedy.methods.config``), all defaulting to None (unset)."""
+    for name, fld in reversed(list(configs.cli_fields().items())):
+        if name == "seed":
+            continue
+        meta, flag = fld.metadata, name.replace("_", "-")
+        decl = [f"--{flag}/--no-{flag}"] if meta["type"] is bool else [f"--{flag}"]
+        kwargs = {} if meta["type"] is bool else {"type": meta["type"]}
+        option = click.option(*decl, name, default=None, help=f"{meta['help']} [{default_text(name)}]", **kwargs)
+        f = option(f)
+        f.__click_params__[-1].group = meta["group"]
+    return f
 
 
 def common_options(f):
     options = [
-        click.option("--dataset", type=click.Choice(DATASET_NAMES), default="cifar10", show_default=True),
+        click.option("--dataset", default=None, help=f"Dataset: {DATASET_HELP} [cifar10; evaluate: the run's]."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding the dataset files (else $GREEDY_DATA, datasets/, download)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+                     help="Existing folder holding the dataset files (else $GREEDY_DATA, datasets/, download)."),
+        click.option("--seed", type=int, default=None, help="Seed of every random stream of the run [0]."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="Threads for Numba and BLAS (default: NUMBA_NUM_THREADS or all cores)."),
-        click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N training images."),
-        click.option("--n-test", type=click.IntRange(min=1), default=None, help="Use the first N test images."),
+        click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N training samples."),
+        click.option("--n-test", type=click.IntRange(min=1), default=None, help="Use the first N test samples."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def load_data(dataset, data_dir, seed, n_train=None, n_test=None):
-    from greedy.data.datasets import load_dataset
-    data = load_dataset(dataset, data_dir=data_dir, seed=seed, synthetic_size=(n_train or 2000, n_test or 500))
+def load_data(dataset, data_dir, seed, n_train=None, n_test=None, quiet=False):
+    from greedy.data import load_dataset
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed, synthetic_size=(n_train or 2000, n_test or 500),
+                        progress=not quiet, quiet=quiet)
     if n_train or n_test:
         data = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
                              x_test=data.x_test[:n_test], y_test=data.y_test[:n_test])
     return data
 
 
-@main.command()
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="e2e", show_default=True)
+def read_config_file(path):
+    """The options of a run's config.json: {name: value} for train."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {path}: cannot read a run config ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, dict) or saved.get("method") not in METHODS:
+        raise ConfigError(f"--config {path}: not a greedy run config (no known method)")
+    return saved
+
+
+@click.group(cls=GreedyGroup)
+def main():
+    """Layer-wise (greedy) training of convolutional networks in NumPy + Numba."""
+
+
+@main.command(cls=GroupedCommand)
+@click.option("--method", type=click.Choice(sorted(METHODS)), default=None,
+              help="Training method; `python cli.py methods` explains each [e2e].")
 @common_options
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/<method>-<dataset>-<time>).")
-@click.option("--arch", default=None, help="Architecture spec, e.g. c32k5-relu-max2-fc10 (see greedy.model).")
-@click.option("--epochs", type=click.FloatRange(min=0), default=None, help="Training epochs (end to end, or the final stage).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
-@click.option("--optimizer", type=click.Choice(["sgd", "nesterov", "adam"]), default=None)
-@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle"]), default=None)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
-@click.option("--augment/--no-augment", default=None, help="Random crops and flips during training.")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop training after this many seconds.")
-@click.option("--layers", type=click.IntRange(min=1), default=None, help="Layer-wise methods: number of conv blocks.")
-@click.option("--width", type=click.IntRange(min=1), default=None, help="Layer-wise methods: filters per block.")
-@click.option("--layer-budget", default=None,
-              help="Per-layer budget: 2e (epochs), 90s (seconds), 4e*0.5 (geometric), 3e,2e,1e (list).")
-@click.option("--aux-depth", type=click.IntRange(min=0), default=None, help="aux: hidden conv layers in each auxiliary head.")
-@click.option("--aux-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None,
-              help="Pooling before auxiliary heads/objectives (none: the whole feature map).")
-@click.option("--final-pool", type=click.Choice(["gap", "quadrant", "none"]), default=None, help="Pooling before the final classifier.")
-@click.option("--final-features", type=click.Choice(["last", "all"]), default=None,
-              help="Layer-wise methods: the final classifier sees the last block's pooled map (last) or every "
-                   "block's, max-pooled to the same side (all; default for patchbag on MNIST).")
-@click.option("--final-hidden", default=None,
-              help="Layer-wise methods: hidden layers of the final classifier, e.g. fc512-relu-drop0.4 "
-                   "or none for a linear classifier (default: none; patchbag: fc512-relu-drop0.4, on MNIST fc256-relu-drop0.4).")
-@click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None, help="Layer-wise methods: end-to-end fine-tune epochs at the end.")
-@click.option("--final-classifier", type=click.Choice(["retrain", "last-head"]), default=None,
-              help="Layer-wise methods: end with a linear classifier retrained on the frozen last block "
-                   "(retrain), or with the last block's own auxiliary head (last-head, aux's default).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="cosine: softmax temperature.")
-@click.option("--kl-variance", type=click.Choice(["full", "shared", "class"]), default=None,
-              help="kl: Gaussian class models with the pooled within-class covariance (full), its diagonal "
-                   "(shared) or a diagonal variance each (class).")
-@click.option("--clusters", type=click.IntRange(min=1), default=None, help="patchbag: k-means centroids per layer.")
-@click.option("--patch-sample", type=click.IntRange(min=1), default=None, help="patchbag: patches sampled to fit each dictionary.")
-@click.option("--regions", type=click.IntRange(min=1), default=None, help="patchbag: count codes in a RxR grid of regions (1 = whole image).")
-@click.option("--image-clusters", type=click.IntRange(min=0), default=None, help="patchbag: train on this many prototypes per class (0 = all images).")
-@click.option("--epochs-per-layer", type=click.FloatRange(min=0, min_open=True), default=None, help="patchbag: epochs on codes per layer.")
-@click.option("--activation", type=click.Choice(["tanh", "relu"]), default=None, help="patchbag: activation of the default blocks (default relu).")
-@click.option("--threshold", type=click.Choice(["median", "half", "quantile"]), default=None, help="binary: feature bit threshold.")
-@click.option("--colour-norm/--no-colour-norm", default=None, help="binary, patchbag (first layer): subtract each 3x3 patch's mean colour.")
-@click.option("--colour-feed/--no-colour-feed", default=None, help="binary: feed the pooled image to later blocks.")
-@click.option("--split-fraction", type=click.FloatRange(0, 1), default=None, help="binary: share of split filters.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
-              help="Test-time augmentation: average the logits of each image and its mirror image "
-                   "(default flip on cifar10, none elsewhere and for binary models).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default runs/<method>-<dataset>-<time>).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Repeat a run: read method, dataset and every option from its config.json "
+                   "(options given here override them).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, quiet, **opts):
+@config_options
+def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config_file, quiet, **values):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if config_file:
+        saved = read_config_file(config_file)
+        method = method or saved["method"]
+        dataset = dataset or saved.get("dataset")
+        n_train, n_test = n_train or saved.get("n_train"), n_test or saved.get("n_test")
+        seed = saved.get("seed") if seed is None else seed
+        fields = {f.name for f in dataclasses.fields(configs.CONFIGS[method])}
+        given = dict({k: v for k, v in saved.get("options", {}).items() if k in fields}, **given)
+    method, dataset, seed = method or "e2e", dataset or "cifar10", 0 if seed is None else seed
     threads = set_threads(threads)
-    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    data = load_data(dataset, data_dir, seed, n_train, n_test, quiet)
     out = out or default_out_dir(method, dataset)
-    summary = run_training(method, data, dataset, opts, out, seed, threads, data_dir, verbose=not quiet)
+    summary = run_training(method, data, dataset, dict(given, seed=seed), out, threads, data_dir,
+                           verbose=not quiet)
     click.echo(f"{method} on {dataset}: test accuracy {summary['test_accuracy']:.4f} "
                f"in {summary['train_seconds']:.1f} s -> {out}")
 
 
-def run_training(method, data, dataset, opts, out, seed, threads, data_dir=None, verbose=True):
-    """Train ``method`` on loaded ``data`` into run folder ``out``; returns the summary dict."""
-    from greedy.nn.model import Normalizer, flip_average, mirror, save_model
+def run_training(method_name, data, dataset, values, out, threads, data_dir=None, verbose=True):
+    """Train ``method_name`` on loaded ``data`` with option ``values`` (a dict; None = unset) into run
+    folder ``out``; returns the summary dict."""
+    from greedy.kernels.compile_time import CompileTimer
+    from greedy.nn.fit import label_accuracy
     from greedy.runs import Run
-    from greedy.nn.fit import label_accuracy, predict
 
-    tta = opts.get("tta") or ("flip" if dataset in MIRROR_SYMMETRIC and method not in OWN_FORMAT_METHODS
-                              else "none")
-    if tta != "none" and method in OWN_FORMAT_METHODS:
-        raise ConfigError(f"--tta {tta}: {method} models do not support test-time augmentation")
-    opts = dict(opts, tta=tta)
-    normalizer = Normalizer().fit(data.x_train)
-    config = dict(opts, seed=seed, threads=threads, data_dir=data_dir, n_train=len(data.x_train),
-                  n_test=len(data.x_test))
-    run = Run(out, method, dataset, config, verbose=verbose)
+    method = METHODS[method_name]
+    n_classes = len(data.class_names)
+    tta_default = "flip" if dataset in configs.MIRROR_SYMMETRIC else "none"
+    config = method.resolve(configs.family_of(data.x_train.shape[1:]), n_classes, values, tta_default)
+    run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": data_dir,
+                                          "n_train": len(data.x_train), "n_test": len(data.x_test),
+                                          "options": configs.to_dict(config)}, verbose=verbose)
     run.start()
-    model, extra = method_function(method)(data, normalizer, dict(opts, seed=seed), run)
+    with CompileTimer() as compiled:
+        model, extra = method.fit(data.x_train, data.y_train, n_classes, config, run, (data.x_test, data.y_test))
     train_seconds = run.seconds()
-    logits = predict(model, data.x_test, model_input(model, normalizer))
-    test_acc = label_accuracy(logits, data.y_test)
-    if tta == "flip":  # one more pass, over the mirror images; the model then predicts as evaluate will
-        mirrored = predict(model, data.x_test, lambda xb: mirror(normalizer(xb)))
-        extra = dict(extra, test_accuracy_without_tta=test_acc)
-        test_acc = label_accuracy(flip_average(logits, mirrored), data.y_test)
-        model.tta = tta
-    if hasattr(model, "save"):
-        model.save(run.path("model.npz"), normalizer, data.class_names, {"method": method, "dataset": dataset})
-    else:
-        save_model(run.path("model.npz"), model, normalizer, data.class_names, {"method": method, "dataset": dataset})
+    model.class_names = list(data.class_names)
+    plain_logits = model.predict_logits(data.x_test, tta="none")
+    test_acc = label_accuracy(plain_logits, data.y_test)
+    extra = dict(extra, test_accuracy_without_tta=test_acc)
+    if model.tta == "flip":  # one more pass, over the mirror images; the model then predicts as evaluate will
+        from greedy.nn.network import flip_average, mirror
+        test_acc = label_accuracy(flip_average(plain_logits, model.predict_logits(mirror(data.x_test), tta="none")),
+                                  data.y_test)
+    run.log("test", test_accuracy=test_acc, test_accuracy_without_tta=extra["test_accuracy_without_tta"])
+    model.save(run.path("model.npz"), {"method": method_name, "dataset": dataset})
     return run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
-                            "n_parameters": model.n_parameters(), "seed": seed, "threads": threads,
-                            "tta": tta}, **extra))
+                            "compile_seconds": round(compiled.seconds, 3), "n_parameters": model.n_parameters(),
+                            "seed": config.seed, "threads": threads, "tta": model.tta}, **extra))
+
+
+def run_dataset(run_dir):
+    """The run config (dataset, seed, n_train, n_test, ...) of the run folder holding a model file, or {}."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the run config ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: not a greedy run config")
+    return saved
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @common_options
 def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
-    """Reload RUN_DIR/model.npz and print its test accuracy on DATASET."""
-    from greedy.nn.fit import accuracy
+    """Reload RUN_DIR/model.npz and print its test accuracy on the run's dataset and test slice (or --dataset)."""
+    from greedy.modelfile import load
+    from greedy.nn.fit import label_accuracy
 
     set_threads(threads)
     path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
-    model, normalizer, meta = load_any_model(path)
-    config_path = os.path.join(os.path.dirname(path), "config.json")
-    if dataset.startswith("synthetic") and os.path.isfile(config_path):
-        with open(config_path) as f:
-            seed = json.load(f).get("seed", seed)  # synthetic test sets are generated from the run's seed
-    data = load_data(dataset, data_dir, seed, n_train, n_test)
-    if tuple(data.x_test.shape[1:]) != tuple(meta["in_shape"]):
-        fail(f"{path} expects images of shape {tuple(meta['in_shape'])}, "
+    model = load(path)
+    run = run_dataset(os.path.dirname(path))
+    recorded = run.get("dataset")
+    if dataset and recorded and dataset != recorded:
+        fail(f"--dataset {dataset} does not match the run's dataset {recorded}; leave --dataset out to use it")
+    dataset = dataset or recorded or "cifar10"
+    if dataset == recorded:  # the run's own test slice; synthetic sets are generated from its seed
+        n_test, seed = n_test or run.get("n_test"), seed if seed is not None else run.get("seed")
+    data = load_data(dataset, data_dir, seed or 0, n_train, n_test, quiet=True)
+    if tuple(data.x_test.shape[1:]) != tuple(model.in_shape):
+        fail(f"{path} expects samples of shape {tuple(model.in_shape)}, "
              f"dataset {dataset} has {tuple(data.x_test.shape[1:])}")
-    acc = accuracy(model, data.x_test, data.y_test, model_input(model, normalizer))
+    acc = label_accuracy(model.predict_logits(data.x_test), data.y_test)
     click.echo(json.dumps({"model": path, "dataset": dataset, "test_accuracy": acc}))
 
 
-def model_input(model, normalizer):
-    """What maps raw images to the model's input: the normalizer, or None for models with their own
-    file format (``save``, e.g. greedy.binary), which take uint8 images."""
-    return None if hasattr(model, "save") else normalizer
-
-
-def load_any_model(path):
-    """(model, normalizer, meta) from a model file; a file whose meta names a greedy ``loader``
-    ("module:function", e.g. binary models) is read by that function, any other by greedy.model."""
-    from greedy.errors import CheckpointError
-    from greedy.nn.model import load_model
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            loader = json.loads(str(f["meta"])).get("loader")
-    except Exception:  # missing or unreadable: load_model says what is wrong
-        loader = None
-    if not loader:
-        return load_model(path)
-    if not isinstance(loader, str) or not re.fullmatch(r"greedy(\.\w+)+:\w+", loader):
-        raise CheckpointError(f"{path}: unknown model loader {loader!r}")
-    module, func = loader.split(":")
-    return getattr(importlib.import_module(module), func)(path)
+@main.command()
+@click.argument("names", nargs=-1)
+def methods(names):
+    """Explain each method (or NAMES) and list its defaults for each dataset family."""
+    for name in names or METHODS:
+        if name not in METHODS:
+            fail(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        method = METHODS[name]
+        click.echo(f"{name}\n  {method.summary}")
+        for family in configs.FAMILY_DEFAULTS:
+            config = method.resolve(family, 10, {}, "flip" if family in configs.MIRROR_SYMMETRIC else "none")
+            shown = {k: v for k, v in configs.to_dict(config).items() if v is not None and k != "seed"}
+            click.echo(f"  defaults on {family}: " + ", ".join(f"{k}={_short(v) if k != 'blocks' else '-'.join(v)}"
+                                                              for k, v in shown.items()))
+        click.echo("")
 
 
 @main.command()
@@ -236,23 +278,26 @@ def load_any_model(path):
               help="Comma-separated methods to compare.")
 @common_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the runs and the tables.")
-@click.option("--arch", default=None, help="Shared conv blocks, e.g. c32k3-bn-relu-max2-c64k3-bn-relu-max2.")
+@click.option("--arch", default=None,
+              help="Shared conv blocks, e.g. c32k3-bn-relu-max2-c64k3-bn-relu-max2 (default: the first "
+                   "layer-wise method's default blocks).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds of training per method (split evenly over layers for layer-wise methods).")
+              help="Seconds of training per method (split evenly over the blocks for layer-wise methods).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Epochs per method (e2e: all of them; layer-wise: split evenly over layers).")
+              help="Epochs per method (e2e: all of them; layer-wise: split evenly over the blocks).")
 @click.option("--finetune-epochs", type=click.FloatRange(min=0), default=None)
 @click.option("--quiet", is_flag=True)
 def compare(methods, dataset, data_dir, seed, threads, n_train, n_test, out, arch, time_budget, epochs,
             finetune_epochs, quiet):
-    """Train several methods with the same architecture, seed and budget; write compare.md and compare.json."""
+    """Train several methods with the same blocks, seed and budget; write compare.md and compare.json."""
     from greedy.experiments.compare import compare as run_compare
     names = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
         fail(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(sorted(METHODS))}")
+    dataset, seed = dataset or "cifar10", seed or 0
     threads = set_threads(threads)
-    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    data = load_data(dataset, data_dir, seed, n_train, n_test, quiet)
     out = out or default_out_dir("compare", dataset)
     rows = run_compare(run_training, data, dataset, names, out, seed, threads, arch, time_budget, epochs,
                        finetune_epochs, verbose=not quiet)
@@ -262,29 +307,34 @@ def compare(methods, dataset, data_dir, seed, threads, n_train, n_test, out, arc
 
 
 @main.command()
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="aux", show_default=True)
+@click.option("--method", type=click.Choice(sorted(m for m in METHODS if m not in ("e2e", "binary"))),
+              default="aux", show_default=True)
 @common_options
-@click.option("--budgets", default="0.5e,1e,2e,4e*0.5", show_default=True,
-              help="Semicolon-separated per-layer budgets (each in --layer-budget syntax).")
+@click.option("--budgets", default="0.5e;1e;2e;4e*0.5", show_default=True,
+              help="Semicolon-separated per-block budgets, each in --layer-budget syntax (e.g. 2e;3e,2e,1e).")
 @click.option("--finetune", default="0", show_default=True, help="Comma-separated fine-tune epochs to try, e.g. 0,1.")
 @click.option("--arch", default=None, help="Conv blocks (layer-wise syntax).")
 @click.option("--out", type=click.Path(file_okay=False), default=None)
 @click.option("--quiet", is_flag=True)
 def sweep(method, dataset, data_dir, seed, threads, n_train, n_test, budgets, finetune, arch, out, quiet):
-    """Accuracy against per-layer budget (and fine-tuning): writes sweep.csv, sweep.json, sweep.png."""
+    """Accuracy against per-block budget (and fine-tuning): writes sweep.csv, sweep.json, sweep.png."""
     from greedy.experiments.compare import sweep as run_sweep
+    from greedy.methods.blocks import parse_budget
     try:
         fts = [float(s) for s in finetune.split(",")]
     except ValueError:
         fail(f"--finetune must be comma-separated numbers, got {finetune!r}")
+    budget_list = [b.strip() for b in budgets.split(";") if b.strip()]
+    for b in budget_list:  # a bad budget fails before any run starts
+        parse_budget(b, 1)
+    dataset, seed = dataset or "cifar10", seed or 0
     threads = set_threads(threads)
-    data = load_data(dataset, data_dir, seed, n_train, n_test)
+    data = load_data(dataset, data_dir, seed, n_train, n_test, quiet)
     out = out or default_out_dir(f"sweep-{method}", dataset)
-    rows = run_sweep(run_training, data, dataset, method, [b.strip() for b in budgets.split(";") if b.strip()],
-                     out, seed, threads, fts, {"arch": arch}, verbose=not quiet)
+    rows = run_sweep(run_training, data, dataset, method, budget_list, out, seed, threads, fts, {"arch": arch},
+                     verbose=not quiet)
     for r in rows:
         click.echo(json.dumps(r))
-
 
 
 @main.group()
@@ -333,7 +383,7 @@ def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_t
     2000 test images); writes metrics.jsonl, summary.json, table.md, a CSV per run and plots if matplotlib is installed."""
     from greedy.errors import ConfigError
     from greedy.experiments.freeze import EXPERIMENT_STRATEGIES, run_freeze_experiment, write_table
-    from greedy.nn.model import Normalizer
+    from greedy.nn.network import Normalizer
 
     names = [s.strip() for item in strategies for s in item.split(",") if s.strip()]
     if "all" in names:
@@ -342,7 +392,8 @@ def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_t
         if s not in EXPERIMENT_STRATEGIES:
             raise ConfigError(f"unknown strategy {s!r}; choose from {', '.join(EXPERIMENT_STRATEGIES)} or all")
     threads = set_threads(threads)
-    data = load_data(dataset, data_dir, seed, n_train or 10000, n_test or 2000)
+    dataset, seed = dataset or "cifar10", seed or 0
+    data = load_data(dataset, data_dir, seed, n_train or 10000, n_test or 2000, quiet)
     normalizer = Normalizer().fit(data.x_train)
     out = out or default_out_dir("freeze", dataset)
     opts = dict(opts, seed=seed, dataset=dataset, threads=threads)

@@ -24,12 +24,18 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
     assert config["seed"] == 3 and config["method"] == "e2e" and config["threads"] >= 1
     assert "numba" in config["versions"]
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in events] == [1, 2]
-    for e in events:
-        assert {"method", "layer", "epoch", "phase", "seconds", "train_loss", "test_accuracy"} <= set(e)
+    epochs = [e for e in events if e["phase"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(e["n_epochs"] == 2 for e in epochs)
+    for e in epochs:
+        assert {"method", "layer", "epoch", "phase", "seconds", "train_loss", "accuracy"} <= set(e)
         assert e["layer"] is None
+    assert events[-1]["phase"] == "test" and "test_accuracy" in events[-1]
+    options = config["options"]  # every option resolved: nothing the run used is null
+    assert options["lr"] == 1e-3 and options["optimizer"] == "adam" and options["batch_size"] == 128
+    assert options["arch"] == "c8k3-relu-max2-fc10" and options["epochs"] == 2 and options["schedule"] == "cosine"
     summary = json.loads((out / "summary.json").read_text())
-    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["test_accuracy"] == events[-1]["test_accuracy"]
+    assert summary["compile_seconds"] >= 0
     assert summary["train_seconds"] > 0 and summary["n_parameters"] == 8 * 27 + 8 + 8 * 256 * 10 + 10
     with np.load(out / "model.npz", allow_pickle=False) as f:
         assert "meta" in f.files
@@ -47,7 +53,7 @@ def test_flip_tta_is_recorded_and_evaluate_applies_it(tmp_path):
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     plain = json.loads((train(tmp_path, "plain", "--method", "e2e", "--arch", "c8k3-relu-max2-fc10",
                               "--epochs", "2") / "summary.json").read_text())
-    assert plain["tta"] == "none" and "test_accuracy_without_tta" not in plain  # synthetic: no flips by default
+    assert plain["tta"] == "none" and plain["test_accuracy_without_tta"] == plain["test_accuracy"]  # synthetic: no flips
     assert plain["test_accuracy"] == summary["test_accuracy_without_tta"]
 
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from greedy.methods import layerwise
 from greedy.cli import main
 from greedy.errors import ConfigError
-from greedy.methods.layerwise import (blocks_from_widths, classifier_layers, column_mean_std, parse_budget, propagate, split_blocks,
-                              standardize, train_classifier)
 from greedy.kernels.pointwise import column_sums
+from greedy.methods import blocks, classifier
+from greedy.methods.blocks import blocks_from_widths, parse_budget, propagate, split_blocks
+from greedy.methods.classifier import classifier_layers, column_mean_std, standardize, train_classifier
 from greedy.nn.model import Sequential
 
 
@@ -40,7 +40,7 @@ def test_propagate_streams_and_switches_to_float16_for_large_caches(monkeypatch)
     full = block.forward(x)
     out = propagate(block, x, batch_size=7)
     assert out.dtype == np.float32 and np.allclose(out, full, atol=1e-6)
-    monkeypatch.setattr(layerwise, "CACHE_FLOAT32_BYTES", 100)
+    monkeypatch.setattr(blocks, "CACHE_FLOAT32_BYTES", 100)
     small = propagate(block, x, batch_size=7)
     assert small.dtype == np.float16 and np.allclose(small, full, atol=1e-2)
 
@@ -51,7 +51,7 @@ def test_linear_classifier_folds_its_standardisation():
     f = rng.standard_normal((600, 5)) * [1, 10, 100, 0.1, 1] + 50
     f[:, 0] += 3 * y
     f = f.astype(np.float32)
-    (layer,), acc = train_classifier(f[:500], y[:500], f[500:], y[500:], 3, {}, rng)
+    (layer,), acc = train_classifier(f[:500], y[:500], f[500:], y[500:], 3, rng)
     raw_acc = float((layer.forward(f[500:]).argmax(1) == y[500:]).mean())
     assert raw_acc == pytest.approx(acc)
     assert acc > 0.8
@@ -64,8 +64,7 @@ def test_classifier_with_hidden_layers_folds_standardisation_into_its_first_laye
     f[:, 0] += 3 * y
     f[:, 1] += 20 * (y == 2)
     f = f.astype(np.float32)
-    layers, acc = train_classifier(f[:500], y[:500], f[500:], y[500:], 3,
-                                   {"final_hidden": "fc16-relu-drop0.2"}, rng)
+    layers, acc = train_classifier(f[:500], y[:500], f[500:], y[500:], 3, rng, hidden="fc16-relu-drop0.2")
     assert [lay.spec() for lay in layers] == ["fc16", "relu", "drop0.2", "fc3"]
     raw = Sequential(layers)
     raw_acc = float((raw.predict_batch(f[500:]).argmax(1) == y[500:]).mean())
@@ -77,16 +76,16 @@ def test_classifier_with_hidden_layers_folds_standardisation_into_its_first_laye
 def test_classifier_hidden_layers_must_be_dense_layers(hidden):
     with pytest.raises(ConfigError):
         classifier_layers(hidden, 3)
-    with pytest.raises(ConfigError, match="training and test"):
+    with pytest.raises(ConfigError, match="training and evaluation"):
         train_classifier(np.zeros((4, 3), np.float32), np.zeros(4, int), np.zeros((2, 5), np.float32),
-                         np.zeros(2, int), 3, {}, np.random.default_rng(0))
+                         np.zeros(2, int), 3, np.random.default_rng(0))
     for linear in (None, "", "none"):
         assert [lay.spec() for lay in classifier_layers(linear, 3)] == ["fc3"]
 
 
 @pytest.mark.parametrize("dtype,chunk", [(np.float32, 256 * 1024**2), (np.float32, 400), (np.float16, 400)])
 def test_column_statistics_and_standardize_match_numpy_in_float64(monkeypatch, dtype, chunk):
-    monkeypatch.setattr(layerwise, "STANDARDIZE_CHUNK_BYTES", chunk)  # 400 bytes: 11 rows per chunk
+    monkeypatch.setattr(classifier, "STANDARDIZE_CHUNK_BYTES", chunk)  # 400 bytes: 11 rows per chunk
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((203, 9)) * [1, 10, 100, 0.5, 1, 1, 1, 1, 1] + 100).astype(dtype)
     x64 = x.astype(np.float64)
@@ -129,7 +128,7 @@ def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, a
     assert n_layers == len(split_blocks(args[1]))
     assert {e["layer"] for e in events if e["phase"] == "layer_done"} == set(range(n_layers))
     assert all({"method", "layer", "epoch", "phase", "seconds"} <= set(e) for e in events)
-    assert all(0 <= layer["aux_test_accuracy"] <= 1 for layer in summary["layers"])
+    assert all(0 <= layer["head_accuracy"] <= 1 for layer in summary["layers"])
     assert summary["test_accuracy"] > floor  # chance is 0.1
     assert summary["finetuned"] == ("--finetune-epochs" in args)
     last_head = method == "aux" and "retrain" not in args
@@ -156,7 +155,7 @@ def test_last_head_keeps_the_trained_head_and_needs_a_method_that_has_one(tmp_pa
     kept = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert kept["arch"].endswith("-bn-relu-c8k3-relu-avg8-fc10")  # the head's hidden conv is part of the model
     assert kept["retrained_classifier_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=0.2)
-    assert kept["test_accuracy"] == pytest.approx(kept["layers"][-1]["aux_test_accuracy"])
+    assert kept["test_accuracy"] == pytest.approx(kept["layers"][-1]["head_accuracy"])
     result = CliRunner().invoke(main, ["train", "--method", "cosine", *SMALL, "--out", str(tmp_path / "c"),
                                        *args, "last-head"])
     assert result.exit_code == 2 and "last-head" in result.output
@@ -173,14 +172,16 @@ def test_final_hidden_layers_are_refused_where_the_head_is_linear_by_design(tmp_
 
 
 def test_feature_augment_scales_the_shift_with_the_map():
-    from greedy.methods.objectives import feature_augment
-    opts = {"augment": True, "augment_pad": 4, "augment_flip": False, "image_size": 32}
-    assert feature_augment(dict(opts, augment=False), (3, 32, 32)) is None
-    assert feature_augment(opts, (3, 32, 32)).keywords == {"pad": 4, "flip": False}
-    assert feature_augment(opts, (64, 8, 8)).keywords["pad"] == 1
-    assert feature_augment(opts, (64, 4, 4)).keywords["pad"] == 1
+    from greedy.methods.config import resolve
+    from greedy.methods.objectives import AuxTrainer
+    trainer = AuxTrainer(resolve("aux", "cifar10", 10, {"augment": True, "augment_flip": False}), 10)
+    trainer.image_shape = (3, 32, 32)
+    assert AuxTrainer(resolve("aux", "cifar10", 10, {"augment": False}), 10).augment((3, 32, 32)) is None
+    assert trainer.augment((3, 32, 32)).keywords == {"pad": 4, "flip": False}
+    assert trainer.augment((64, 8, 8)).keywords["pad"] == 1
+    assert trainer.augment((64, 4, 4)).keywords["pad"] == 1
     x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8) + 1
-    out = feature_augment(opts, (3, 8, 8))(x, np.random.default_rng(0))
+    out = trainer.augment((3, 8, 8))(x, np.random.default_rng(0))
     assert out.shape == x.shape
     # a shift by at most one pixel: every row of the output is a row of the input moved by <= 1, or zero fill
     assert np.isin(out[out != 0], x).all() and (out == 0).sum() <= 2 * 3 * (8 + 8 - 1)

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from greedy.errors import CheckpointError, ConfigError
-from greedy.nn.model import Normalizer, Sequential, build_model, load_model, parse_spec, save_model
+from greedy.modelfile import load
+from greedy.nn.model import Sequential, build_model, parse_spec
+from greedy.nn.network import Network, Normalizer, load_model, save_model
 
 
 def test_spec_round_trips():
@@ -75,18 +77,50 @@ def test_normalizer_standardises_channels():
 
 def test_flip_tta_averages_the_mirror_image_and_survives_save_and_load(tmp_path):
     model = build_model("c4k3-bn-relu-max2-fc10", (3, 8, 8), 10, seed=1)
-    x = np.random.default_rng(2).standard_normal((6, 3, 8, 8)).astype(np.float32)
-    plain = model.predict_batch(x)
-    mirrored = model.predict_batch(np.ascontiguousarray(x[..., ::-1]))
+    x = np.random.default_rng(2).integers(0, 256, (6, 3, 8, 8)).astype(np.uint8)
+    network = Network(model, Normalizer([0.5] * 3, [0.25] * 3))
+    plain = network.predict_logits(x)
+    mirrored = network.predict_logits(np.ascontiguousarray(x[..., ::-1]))
     assert not np.allclose(plain, mirrored)  # the model itself is not mirror-invariant
-    model.tta = "flip"
-    both = model.predict_batch(x)
+    network.tta = "flip"
+    both = network.predict_logits(x)
     np.testing.assert_allclose(both, 0.5 * (plain + mirrored), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.predict_batch(x[..., ::-1]), both, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(network.predict_logits(x[..., ::-1]), both, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(network.predict_logits(x, tta="none"), plain)
     path = str(tmp_path / "m.npz")
-    save_model(path, model, Normalizer([0.5] * 3, [0.25] * 3))
-    loaded, _, meta = load_model(path)
-    assert meta["tta"] == "flip" and loaded.tta == "flip"
-    np.testing.assert_allclose(loaded.predict_batch(x), both, rtol=1e-6)
-    with pytest.raises(ConfigError, match="test-time augmentation"):
-        Sequential([], tta="rotate")
+    network.save(path)
+    loaded = load(path)
+    assert isinstance(loaded, Network) and loaded.tta == "flip"
+    np.testing.assert_allclose(loaded.predict_logits(x), both, rtol=1e-6)
+    with pytest.raises(CheckpointError, match="test-time augmentation"):
+        Network(model, Normalizer([0.5] * 3, [0.25] * 3), tta="rotate")
+
+
+def test_damaged_network_files_are_one_line_checkpoint_errors(tmp_path):
+    model = build_model("c4k3-bn-relu-max2-fc10", (3, 8, 8), 10, seed=1)
+    path = tmp_path / "m.npz"
+    Network(model, Normalizer([0.5] * 3, [0.25] * 3)).save(str(path))
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    cases = {"nan": dict(arrays, **{"param/0/w": np.full_like(arrays["param/0/w"], np.nan)}),
+             "missing": {k: v for k, v in arrays.items() if k != "param/0/b"},
+             "dtype": dict(arrays, **{"param/0/w": arrays["param/0/w"].astype(np.int32)})}
+    for name, damaged in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **damaged)
+        with pytest.raises(CheckpointError, match=f"{name}.npz"):
+            load(str(tmp_path / f"{name}.npz"))
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load(str(tmp_path / "cut.npz"))
+
+
+def test_files_written_before_formats_were_named_still_load(tmp_path):
+    model = build_model("c4k3-relu-max2-fc10", (1, 8, 8), 10, seed=1)
+    network = Network(model, Normalizer([0.5], [0.25]))
+    arrays, meta = network.arrays()
+    np.savez(tmp_path / "old.npz", meta=np.array(__import__("json").dumps(meta)), **arrays)  # no "format" key
+    x = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8)).astype(np.uint8)
+    np.testing.assert_allclose(load(str(tmp_path / "old.npz")).predict_logits(x), network.predict_logits(x))
+    np.savez(tmp_path / "future.npz", meta=np.array('{"format": "greedy-quantum"}'))
+    with pytest.raises(CheckpointError, match="unknown model format 'greedy-quantum'"):
+        load(str(tmp_path / "future.npz"))

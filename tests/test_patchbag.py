@@ -7,7 +7,8 @@ from greedy.errors import ConfigError
 from greedy.nn.layers import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Tanh
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
-from greedy.methods.patchbag import CodeLayer, RegionCodes, cluster_images, encode, region_sizes
+from greedy.cluster.codes import RegionCodes, cluster_images, encode, region_sizes
+from greedy.nn.codelayer import CodeLayer
 from greedy.cluster.patches import PatchPreprocessor, extract_patches, fold_into_conv, mean_removal_matrix, sample_patches
 
 from gradcheck import numeric_grad, rel_error
@@ -174,15 +175,18 @@ def test_whitening_from_a_covariance_subsample_still_whitens_the_patches():
 
 
 def test_default_blocks_are_relu_unless_told():
-    from greedy.methods.patchbag import resolve_options
-    assert resolve_options({}, "cifar10")["blocks"][0] == "c128k3-relu-max2"
+    from greedy.methods.config import resolve
+
+    def resolve_options(values, family):
+        return resolve("patchbag", family, 10, values)
+    assert resolve_options({}, "cifar10").blocks[0] == "c128k3-relu-max2"
     mnist = resolve_options({}, "mnist")
-    assert mnist["blocks"] == ["c32k3-relu-max2", "c64k3-relu-max2", "c128k3-relu-max2"]
-    assert mnist["final_hidden"] == "fc256-relu-drop0.4" and mnist["final_features"] == "all"
-    assert resolve_options({}, "cifar10")["final_hidden"] == "fc512-relu-drop0.4"
-    assert resolve_options({"final_hidden": "none"}, "mnist")["final_hidden"] == "none"
-    assert not mnist["colour_norm"] and resolve_options({}, "cifar10")["colour_norm"]
-    assert resolve_options({"colour_norm": True, "clusters": 64}, "mnist")["clusters"] == 64
-    assert resolve_options({"activation": "tanh"}, "mnist")["blocks"][1] == "c64k3-tanh-max2"
+    assert mnist.blocks == ["c32k3-relu-max2", "c64k3-relu-max2", "c128k3-relu-max2"]
+    assert mnist.final_hidden == "fc256-relu-drop0.4" and mnist.final_features == "all"
+    assert resolve_options({}, "cifar10").final_hidden == "fc512-relu-drop0.4"
+    assert resolve_options({"final_hidden": "none"}, "mnist").final_hidden == "none"
+    assert not mnist.colour_norm and resolve_options({}, "cifar10").colour_norm
+    assert resolve_options({"colour_norm": True, "clusters": 64}, "mnist").clusters == 64
+    assert resolve_options({"activation": "tanh"}, "mnist").blocks[1] == "c64k3-tanh-max2"
     with pytest.raises(ConfigError, match="--arch"):
         resolve_options({"arch": "c8k3-tanh", "activation": "relu"}, "mnist")

@@ -9,8 +9,9 @@ import json
 import os
 
 from greedy.errors import ConfigError
-from greedy.methods.layerwise import split_blocks
-from greedy.runs import atomic_write_text
+from greedy.methods import config as configs
+from greedy.methods.blocks import split_blocks
+from greedy.atomic import write_text as atomic_write_text
 
 
 def layerwise_arch(arch, method):
@@ -38,7 +39,7 @@ def budget_options(method, n_layers, time_budget=None, epochs=None):
 def summary_row(method, summary):
     layers = summary.get("layers", [])
     return {"method": method, "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],
-            "aux_accuracy": [layer.get("aux_test_accuracy") for layer in layers],
+            "head_accuracy": [layer.get("head_accuracy") for layer in layers],
             "finetuned": summary.get("finetuned", False), "tta": summary.get("tta", "none"),
             "arch": summary.get("arch")}
 
@@ -58,27 +59,46 @@ def markdown_table(rows, columns):
     return "\n".join(lines) + "\n"
 
 
+def shared_blocks(methods, family):
+    """The conv blocks every compared method trains when none are given: patchbag's defaults when it
+    takes part (its blocks are the most constrained: a 3x3 conv, an activation, pooling), else the
+    first layer-wise method's; None when only e2e takes part."""
+    layerwise = [m for m in methods if m != "e2e"]
+    if not layerwise:
+        return None
+    chosen = "patchbag" if "patchbag" in layerwise else layerwise[0]
+    return "-".join(configs.resolve(chosen, family, 10).blocks)
+
+
 def compare(run_training, data, dataset, methods, out_dir, seed, threads, arch=None, time_budget=None,
             epochs=None, finetune_epochs=None, verbose=True):
-    """Train each method with the same architecture, seed and budget; write compare.json and compare.md."""
-    if arch is not None:
-        n_layers = len(split_blocks(arch))
-    else:
-        n_layers = 4 if dataset in ("cifar10", "synthetic") else 2
+    """Train each method with the same blocks, seed and budget; write compare.json and compare.md.
+
+    Every layer-wise method trains the same blocks (``arch``, or ``shared_blocks``) with the same
+    per-block share of the budget; e2e trains those blocks with global pooling and a linear classifier.
+    """
+    if "binary" in methods:
+        raise ConfigError("compare trains conv blocks under one budget; binary layers have neither, "
+                          "train them with `train --method binary`")
+    arch = arch or shared_blocks(methods, configs.family_of(data.x_train.shape[1:]))
+    n_layers = len(split_blocks(arch)) if arch else 1
+    if time_budget is None and epochs is None:
+        epochs = float(n_layers)  # one epoch per block; e2e trains the whole stack as many epochs
     rows = []
     os.makedirs(out_dir, exist_ok=True)
     for method in methods:
-        opts = dict(budget_options(method, n_layers, time_budget, epochs), arch=layerwise_arch(arch, method))
+        opts = dict(budget_options(method, n_layers, time_budget, epochs), arch=layerwise_arch(arch, method),
+                    seed=seed)
         if finetune_epochs is not None and method != "e2e":
             opts["finetune_epochs"] = finetune_epochs
-        summary = run_training(method, data, dataset, opts, os.path.join(out_dir, method), seed, threads,
+        summary = run_training(method, data, dataset, opts, os.path.join(out_dir, method), threads,
                                verbose=verbose)
         rows.append(summary_row(method, summary))
     atomic_write_text(os.path.join(out_dir, "compare.json"), json.dumps(rows, indent=2))
     header = (f"Dataset {dataset}, seed {seed}, threads {threads}, "
-              f"budget {'%gs' % time_budget if time_budget else '%g epochs' % epochs if epochs else 'defaults'}\n\n")
+              f"blocks {arch}, budget {'%gs' % time_budget if time_budget else '%g epochs' % epochs}\n\n")
     atomic_write_text(os.path.join(out_dir, "compare.md"),
-                      header + markdown_table(rows, ["method", "test_accuracy", "train_seconds", "aux_accuracy",
+                      header + markdown_table(rows, ["method", "test_accuracy", "train_seconds", "head_accuracy",
                                                      "finetuned", "tta"]))
     return rows
 
@@ -92,9 +112,9 @@ def sweep(run_training, data, dataset, method, budgets, out_dir, seed, threads, 
     os.makedirs(out_dir, exist_ok=True)
     for budget in budgets:
         for ft in finetune:
-            opts = dict(base_opts or {}, layer_budget=budget, finetune_epochs=ft)
+            opts = dict(base_opts or {}, layer_budget=budget, finetune_epochs=ft, seed=seed)
             name = f"{method}-{budget}-ft{ft:g}".replace("*", "x").replace(",", "_")
-            summary = run_training(method, data, dataset, opts, os.path.join(out_dir, name), seed, threads,
+            summary = run_training(method, data, dataset, opts, os.path.join(out_dir, name), threads,
                                    verbose=verbose)
             rows.append({"method": method, "layer_budget": budget, "finetune_epochs": ft,
                          "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],

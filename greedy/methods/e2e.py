@@ -1,31 +1,37 @@
-"""End-to-end training with back-propagation through the whole network: the baseline."""
+"""End-to-end training with back-propagation through the whole network: ``--method e2e``, the baseline."""
 import numpy as np
 
+from greedy.methods.base import Method
 from greedy.nn.augment import random_crop_flip
-from greedy.nn.model import build_model
-from greedy.nn.optim import make_optimizer
 from greedy.nn.fit import accuracy, fit
-
-TUTORIAL_CNN = "c32k5-relu-max2-c64k5-relu-max2-fc1024-relu-drop0.4-fc{n_classes}"
-
-DEFAULTS = {"arch": TUTORIAL_CNN, "epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
-            "schedule": "cosine", "weight_decay": 0.0, "augment": False}
+from greedy.nn.model import build_model
+from greedy.nn.network import Network, Normalizer
+from greedy.nn.optim import make_optimizer
 
 
-def train_e2e(data, normalizer, opts, run):
-    """Train the architecture ``opts["arch"]`` end to end; returns (model, extra summary fields)."""
-    o = dict(DEFAULTS, **{k: v for k, v in opts.items() if v is not None})
-    n_classes = len(data.class_names)
-    model = build_model(o["arch"].format(n_classes=n_classes), data.x_train.shape[1:], n_classes, o["seed"])
-    rng = np.random.default_rng(o["seed"])
-    opt = make_optimizer(o["optimizer"], o["lr"], o["schedule"], o["weight_decay"])
-    augment = random_crop_flip if o["augment"] else None
+class E2E(Method):
+    name = "e2e"
+    summary = ("End to end (the baseline): the whole architecture (--arch, by default the TensorFlow tutorial's "
+               "CNN) is trained with back-propagation through every layer, mini-batch by mini-batch.")
 
-    def on_epoch(epoch, loss, train_acc):
-        test_acc = accuracy(model, data.x_test, data.y_test, normalizer)
-        run.log("epoch", epoch=epoch, train_loss=loss, train_accuracy=train_acc, test_accuracy=test_acc)
+    def fit(self, x, y, n_classes, config, monitor, eval_set=None):
+        c = config
+        normalizer = Normalizer().fit(x)
+        rng = np.random.default_rng(np.random.SeedSequence(c.seed))
+        model = build_model(c.arch, x.shape[1:], n_classes, rng)
+        opt = make_optimizer(c.optimizer, c.lr, c.schedule, c.weight_decay)
+        n_epochs = int(np.ceil(c.epochs))
 
-    fit(model, data.x_train, data.y_train, opt, epochs=o["epochs"], batch_size=o["batch_size"],
-        prepare=normalizer, augment=augment, rng=rng, time_budget=o.get("time_budget"),
-        on_epoch=on_epoch, progress=run.verbose, label="e2e")
-    return model, {"arch": model.spec(), "epochs": o["epochs"]}
+        def on_epoch(epoch, loss, train_acc):
+            fields = {"train_loss": loss, "train_accuracy": train_acc}
+            if eval_set is not None:
+                fields["accuracy"] = accuracy(model, eval_set[0], eval_set[1], normalizer)
+            monitor.log("epoch", epoch=epoch, n_epochs=n_epochs, **fields)
+
+        fit(model, x, y, opt, epochs=c.epochs, batch_size=c.batch_size, prepare=normalizer,
+            augment=random_crop_flip if c.augment else None, rng=rng, time_budget=c.time_budget,
+            on_epoch=on_epoch, progress=monitor.verbose, label="e2e")
+        return Network(model, normalizer, tta=c.tta), {"arch": model.spec(), "epochs": c.epochs}
+
+
+E2E_METHOD = E2E()

@@ -1,392 +1,230 @@
-"""The layer-wise training loop shared by every greedy method.
+"""The layer-wise training loop shared by every greedy method, and the block-trainer protocol.
 
-A network is a list of *blocks* (a conv and what follows it up to the next
-conv, e.g. ``c128k3-bn-relu-max2``). For each block in turn:
+A network is a list of *blocks*. For each block in turn (``train_layerwise``):
 
-1. the block's input is the cached output of the frozen blocks before it,
-   computed once per layer, never per step;
-2. a method-specific *block trainer* trains the block on that input with a
-   per-layer objective that never evaluates later blocks (an auxiliary
-   classifier, cosine separation, KL divergence, or patch-bag codes);
-3. the trained block is frozen and applied to the real input to make the next
-   block's input.
+1. the block's input is the cached output of the frozen blocks before it, computed once per
+   block, never per step;
+2. a method-specific ``BlockTrainer`` trains the block on that input with a per-block objective
+   that never evaluates later blocks (an auxiliary classifier, cosine separation, KL divergence,
+   patch-bag codes, or the gradient-free statistics of binary filters);
+3. the trained block is frozen and applied to the real input to make the next block's input.
 
-Then a softmax classifier is trained on the last block's pooled features: linear,
-or with the hidden layers of ``final_hidden``; with ``final_features="all"`` it
-also sees every earlier block's map, pooled to the same side. (With
-``final_classifier="last-head"`` the last block keeps the head it was trained
-with instead.) Optionally, the whole stack is then fine-tuned end to end. The
-result is an ordinary ``Sequential`` CNN (blocks, pooling, classifier).
+Then a softmax classifier is trained on features of the last cache (``greedy.methods.classifier``)
+and the trainer assembles the blocks and the classifier into a ``TrainedModel``.
 
-Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above
-it, so the training-set cache of a layer needs at most
-N x C x H x W x 4 bytes, or half of that for large layers (about 3.3 GB for
-50,000 images of 128 x 16 x 16).
+``ConvBlockTrainer`` is the trainer of conv blocks (aux, cosine, kl, patchbag): its caches are
+normalised float maps, its classifier sees the last block's pooled map (or every block's, with
+``final_features="all"``), and its model is a plain ``Sequential`` in a ``Network``.
 """
-import re
 import time
 
-import numba
 import numpy as np
 
-from greedy.nn import inference
 from greedy.errors import ConfigError
-from greedy.nn.layers import Concat, Dense, Dropout, MaxPool2d, ReLU, Tanh, Tap
-from greedy.nn.model import Sequential, parse_spec
-from greedy.nn.optim import make_optimizer
-from greedy.kernels.pointwise import channel_normalise, column_sums
+from greedy.methods.blocks import (_as32, block_shapes, parse_budget, pool_maps, pooling_token, propagate,
+                                   tap_pool_sizes)
+from greedy.methods.classifier import train_classifier
 from greedy.nn.fit import accuracy, fit, predict
-
-CACHE_FLOAT32_BYTES = 2 * 1024**3
-
-
-def split_blocks(spec):
-    """Split an architecture spec into block specs, one per conv: 'c8k3-relu-c16k3-max2' -> ['c8k3-relu', 'c16k3-max2']."""
-    tokens = spec.strip().split("-")
-    if not tokens or not re.fullmatch(r"c\d+k\d+.*", tokens[0]):
-        raise ConfigError(f"a layer-wise architecture must start with a conv token, got {spec!r}")
-    if any(re.fullmatch(r"(fc|d)\d+|gap", t) for t in tokens):
-        raise ConfigError(f"a layer-wise architecture lists conv blocks only (no fc or gap; the classifier is "
-                          f"added by the method), got {spec!r}")
-    blocks, current = [], []
-    for t in tokens:
-        if re.fullmatch(r"c\d+k\d+.*", t) and current:
-            blocks.append("-".join(current))
-            current = []
-        current.append(t)
-    blocks.append("-".join(current))
-    parse_spec("-".join(blocks))
-    return blocks
+from greedy.nn.layers import Concat, Tap
+from greedy.nn.model import Sequential, parse_spec
+from greedy.nn.network import Network, Normalizer
+from greedy.nn.optim import make_optimizer
 
 
-def blocks_from_widths(layers, width, pool_every=1, first_pool=True, activation="relu", batchnorm=True,
-                       kernel=3, widen_after=None):
-    """A conv stack of ``layers`` blocks of ``width`` filters (doubling at ``widen_after``) with 2x2 max pools."""
-    if layers < 1 or width < 1:
-        raise ConfigError(f"need at least one layer of width >= 1, got layers={layers} width={width}")
-    blocks = []
-    for i in range(layers):
-        w = width * (2 if widen_after is not None and i >= widen_after else 1)
-        tokens = [f"c{w}k{kernel}"] + (["bn"] if batchnorm else []) + [activation]
-        if (i == 0 and first_pool) or (i > 0 and pool_every and (i + 1) % pool_every == 0):
-            tokens.append("max2")
-        blocks.append("-".join(tokens))
-    return blocks
+class BlockTrainer:
+    """How one kind of block is built, trained, applied and assembled: the loop's only dependency.
 
-
-def pooling_token(shape, mode):
-    """Token pooling a (C, H, W) map to what the classifier sees: 'gap', 'quadrant' (2x2 regions) or 'none'."""
-    c, h, w = shape
-    if mode == "gap":
-        return "gap"
-    if mode == "quadrant":
-        return f"avg{max(min(h, w) // 2, 1)}"
-    if mode == "none":
-        return None
-    raise ConfigError(f"unknown pooling {mode!r}; choose gap, quadrant or none")
-
-
-def block_shapes(blocks_spec, in_shape):
-    """Output shape of each block of ``blocks_spec`` for a per-sample input ``in_shape``."""
-    shapes, rng = [], np.random.default_rng(0)
-    for spec in blocks_spec:
-        in_shape = Sequential.from_spec(spec).build(in_shape, rng).out_shape
-        shapes.append(in_shape)
-    return shapes
-
-
-def tap_pool_sizes(shapes, pool):
-    """Max-pool size of the tap after each block but the last, for ``final_features="all"``: each
-    block's map (``shapes``, from ``block_shapes``) pooled to about the side of the map the
-    classifier sees (the last block's, after the ``pool`` token)."""
-    last = Sequential(parse_spec(pool)).build(shapes[-1]).out_shape if pool else shapes[-1]
-    side = last[1] if len(last) == 3 else 1
-    return [max(1, shape[1] // side) for shape in shapes[:-1]]
-
-
-def pool_maps(x, size, batch_size=500):
-    """Maps x (N, C, H, W), float32 or float16, max-pooled ``size`` x ``size`` and flattened: (N, D) float32."""
-    if size == 1:
-        return _as32(x).reshape(len(x), -1)
-    pooler = Sequential([MaxPool2d(size)]).build(x.shape[1:])
-    return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
-
-
-def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
-    """An auxiliary/final head for a (C, H, W) input: optional convs, pooling, then a linear classifier."""
-    tokens = [f"c{width or shape[0]}k3-relu" for _ in range(hidden_convs)]
-    token = pooling_token(shape, pool)
-    tokens += [token] if token else []
-    return parse_spec("-".join(tokens + [f"fc{n_classes}"]))
-
-
-def propagate(block, x, batch_size=256):
-    """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) -> outputs, stored float16 if large.
-
-    Uses the fused inference pass (``greedy.inference``): no full-size conv map is written.
+    ``config`` is the method's resolved config; ``n_classes`` the number of classes. The loop calls
+    ``start``, then for each block ``build``, ``train``, ``propagate`` and ``after_block``, then
+    ``features``, trains the classifier on them, and ends with ``assemble``.
     """
-    first = block.predict_batch(_as32(x[:1]))
-    n = len(x)
-    dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
-    out = np.empty((n,) + first.shape[1:], dtype)
-    for i in range(0, n, batch_size):
-        out[i:i + batch_size] = block.predict_batch(_as32(x[i:i + batch_size]))
-    return out
+    trains_head = False  # True when train() returns the block's trained head under "head"
+
+    def __init__(self, config, n_classes):
+        self.config, self.n_classes = config, n_classes
+
+    def block_specs(self):
+        return list(self.config.blocks)
+
+    def budgets(self, n_blocks):
+        """One (amount, unit) budget per block."""
+        return parse_budget(self.config.layer_budget, n_blocks)
+
+    def start(self, x, x_eval, rng):
+        """The first block's input caches (training, evaluation or None) from raw samples."""
+        raise NotImplementedError
+
+    def build(self, layer, spec, rng):
+        """An untrained block for ``spec`` on the current cache."""
+        raise NotImplementedError
+
+    def train(self, layer, block, x, y, x_eval, y_eval, budget, rng, monitor):
+        """Train ``block`` in place on cache x (N, ...) and labels y; returns figures to log."""
+        raise NotImplementedError
+
+    def propagate(self, layer, block, x):
+        """The next block's input cache: the frozen ``block`` applied to cache x."""
+        raise NotImplementedError
+
+    def after_block(self, layer, block, x, x_eval, rng):
+        """Called with the new caches after each block (e.g. to keep pooled maps for the classifier)."""
+
+    def features(self, x, which, rng):
+        """(N, D) float features for the classifier of the final cache x of the ``which`` set
+        ("train" or "eval")."""
+        raise NotImplementedError
+
+    def classifier_options(self):
+        """Keyword arguments of ``train_classifier``."""
+        c = self.config
+        return {"hidden": c.final_hidden, "epochs": c.final_epochs, "lr": c.final_lr,
+                "batch_size": c.final_batch_size, "weight_decay": c.final_weight_decay,
+                "min_steps": c.final_min_steps}
+
+    def assemble(self, blocks, classifier, state):
+        """(TrainedModel, summary fields) from the trained blocks and the classifier's layers.
+
+        ``state`` holds what the loop knows at the end: caches, heads, accuracies."""
+        raise NotImplementedError
 
 
-def _as32(xb):
-    return xb if xb.dtype == np.float32 else xb.astype(np.float32)
+def train_layerwise(trainer, x, y, eval_set, monitor, rng):
+    """Train ``trainer``'s blocks one at a time, then the classifier; returns (model, summary fields).
 
-
-def parse_budget(text, n_layers):
-    """Per-layer training budgets from a string.
-
-    ``2`` or ``2e``: two epochs per layer; ``90s``: 90 seconds per layer;
-    ``4e*0.5``: geometric, 4, 2, 1, ... epochs (front-loaded); ``3e,2e,1e``: one
-    value per layer (the last repeats). Returns a list of (amount, unit) with
-    unit 'e' (epochs) or 's' (seconds).
+    x (N, ...) raw samples, y (N,) int labels; ``eval_set`` (x_eval, y_eval) or None: figures
+    logged on the way (a block's head accuracy, the classifier's) are measured on it.
+    ``rng`` (a Generator) is the run's one stream, drawn from in a fixed order.
     """
-    text = str(text).strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([es]?)\*(\d+(?:\.\d+)?)", text)
-    if m:
-        base, unit, ratio = float(m[1]), m[2] or "e", float(m[3])
-        budgets = [(base * ratio**i, unit) for i in range(n_layers)]
-    else:
-        budgets = []
-        for part in text.split(","):
-            m = re.fullmatch(r"(\d+(?:\.\d+)?)([es]?)", part.strip())
-            if not m:
-                raise ConfigError(f"cannot read layer budget {text!r}; use e.g. 2e, 90s, 4e*0.5 or 3e,2e,1e")
-            budgets.append((float(m[1]), m[2] or "e"))
-        budgets += [budgets[-1]] * (n_layers - len(budgets))
-    if any(a <= 0 for a, _ in budgets):
-        raise ConfigError(f"layer budgets must be positive, got {text!r}")
-    return budgets[:n_layers]
-
-
-class Stack:
-    """A model made of a body and a head, trained as one by ``fit`` (only its listed parts get gradients)."""
-
-    def __init__(self, *parts):
-        self.parts = parts
-
-    def forward(self, x, train=False):
-        for p in self.parts:
-            x = p.forward(x, train)
-        return x
-
-    def backward(self, dy, input_grad=True):
-        for i in range(len(self.parts) - 1, -1, -1):
-            dy = self.parts[i].backward(dy, input_grad=input_grad or i > 0)
-        return dy
-
-    def predict_batch(self, x):
-        """Inference output for one batch, with conv runs fused (``greedy.inference``)."""
-        return inference.forward([lay for p in self.parts for lay in p.layers], x)
-
-    def parameters(self):
-        return [q for p in self.parts for q in p.parameters()]
-
-    def gradients(self):
-        return [q for p in self.parts for q in p.gradients()]
-
-
-def fit_block(model, x, y, opts, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,
-              sample_weight=None, progress=True):
-    """Train ``model`` on cached features (or codes) with the block optimiser options and an (amount, unit) budget."""
-    amount, unit = budget
-    opt = make_optimizer(opts["optimizer"], opts["lr"], opts["schedule"], opts["weight_decay"])
-    kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-    epochs = amount if unit == "e" else 1e6
-    return fit(model, x, y, opt, epochs=epochs, batch_size=opts["batch_size"],
-               prepare=_as32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
-               time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=progress,
-               label=label, augment=augment, **kwargs)
-
-
-STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
-
-
-def _row_chunks(x):
-    rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * x[0].size))
-    for i in range(0, len(x), rows):
-        yield i, _as32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
-
-
-def column_mean_std(x):
-    """Per-column mean and standard deviation (float64, (D,)) of x (N, D), float32 or float16.
-
-    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``; sums in float64 around the first row.
-    """
-    shift = _as32(x[:1]).reshape(-1).astype(np.float64)
-    total, total2 = np.zeros_like(shift), np.zeros_like(shift)
-    for _, chunk in _row_chunks(x):
-        s, s2 = column_sums(chunk, shift, numba.get_num_threads())
-        total += s
-        total2 += s2
-    m = total / len(x)
-    return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
-
-
-def standardize(x, mean, std):
-    """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,)."""
-    if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
-        raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
-    z = np.empty((len(x), len(mean)), np.float32)
-    inv, zero = 1.0 / std, np.zeros_like(mean)
-    for i, chunk in _row_chunks(x):
-        m = len(chunk)
-        channel_normalise(chunk.reshape(m, -1, 1), mean, inv, zero, z[i:i + m].reshape(m, -1, 1))
-    return z
-
-
-def classifier_layers(hidden, n_classes):
-    """Unbuilt layers of the final classifier: the ``hidden`` spec (e.g. 'fc512-relu-drop0.4'; None, ''
-    or 'none' for none) followed by a linear ``fc<n_classes>``."""
-    layers = parse_spec(hidden) if hidden and hidden != "none" else []
-    if layers and (not isinstance(layers[0], Dense)
-                   or not all(isinstance(lay, (Dense, ReLU, Tanh, Dropout)) for lay in layers)):
-        raise ConfigError(f"the final classifier's hidden layers are fc<units> layers with relu, tanh or "
-                          f"drop<p> between them, starting with fc (e.g. fc512-relu-drop0.4), got {hidden!r}")
-    return layers + [Dense(n_classes, init="glorot")]
-
-
-def train_classifier(features, y, test_features, y_test, n_classes, opts, rng, progress=False):
-    """Fit the final softmax classifier on pooled features (N, D); returns (list of layers, test accuracy).
-
-    Linear unless ``opts['final_hidden']`` names hidden layers (``classifier_layers``).
-    Features are standardised for training and the standardisation is folded into the
-    first layer's weights, so the returned layers apply to raw pooled features. Trains
-    for ``opts['final_epochs']`` epochs at rate ``opts['final_lr']``, or
-    ``opts['final_min_steps']`` (default 2000) steps if that is more: small training sets
-    still get enough steps.
-    """
-    layers = classifier_layers(opts.get("final_hidden"), n_classes)
-    if features.ndim != 2 or test_features.ndim != 2 or features.shape[1] != test_features.shape[1]:
-        raise ConfigError(f"classifier features must be (N, D) for training and test alike, got "
-                          f"{features.shape} and {test_features.shape}")
-    mean, std = column_mean_std(features)
-    std += 1e-6
-    z, z_test = standardize(features, mean, std), standardize(test_features, mean, std)
-    batch = opts.get("final_batch_size", 256)
-    epochs = max(opts.get("final_epochs", 10), opts.get("final_min_steps", 2000) * batch / len(z))
-    head = Sequential(layers).build(z.shape[1:], rng)
-    opt = make_optimizer("adam", opts.get("final_lr", 1e-2), "cosine", opts.get("final_weight_decay", 5e-4))
-    fit(head, z, y, opt, epochs=epochs, batch_size=batch, rng=rng, label="classifier", progress=progress)
-    acc = accuracy(head, z_test, y_test)
-    first = layers[0]
-    w = first.params["w"] / std[:, None]
-    first.params["b"][...] = first.params["b"] - mean @ w
-    first.params["w"][...] = w
-    return layers, acc
-
-
-def train_layerwise(data, normalizer, opts, run, block_trainer):
-    """Train blocks one at a time with ``block_trainer``, then the classifier; returns (model, summary fields).
-
-    ``block_trainer(layer, block, x, y, x_test, y_test, budget, rng, run) -> dict`` trains the
-    already built ``block`` (a Sequential) in place on cached inputs and returns figures to log
-    (e.g. its auxiliary test accuracy); a trainer with the attribute ``trains_head = True``
-    returns its trained head (a Sequential on the block's output) under ``"head"``.
-
-    ``opts['final_classifier']``: ``"retrain"`` (default) ends the model with the linear
-    classifier trained on the frozen last block; ``"last-head"`` ends it with the last block's
-    own head, trained together with the block (the retrained classifier's accuracy is still
-    reported, as ``retrained_classifier_accuracy``).
-
-    ``opts['final_features']``: ``"last"`` (default) feeds the classifier the last block's
-    pooled map; ``"all"`` also every earlier block's map, max-pooled to about the same side,
-    through ``tap<k>`` layers and a ``cat`` (multi-scale features; ``greedy.layers.Tap``).
-    """
-    n_classes = len(data.class_names)
-    blocks_spec = opts["blocks"]
-    budgets = parse_budget(opts["layer_budget"], len(blocks_spec))
-    rng = np.random.default_rng(opts["seed"])
-    x, x_test = normalizer(data.x_train), normalizer(data.x_test)
-    y, y_test = data.y_train, data.y_test
-    shape = x.shape[1:]
-    final_classifier = opts.get("final_classifier", "retrain")
-    if final_classifier not in ("retrain", "last-head"):
-        raise ConfigError(f"final classifier must be 'retrain' or 'last-head', got {final_classifier!r}")
-    if final_classifier == "last-head" and not getattr(block_trainer, "trains_head", False):
-        raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
-    classifier_layers(opts.get("final_hidden"), n_classes)  # a bad spec fails now, not after the blocks
-    shapes = block_shapes(blocks_spec, shape)
-    pool = pooling_token(shapes[-1], opts.get("final_pool", "quadrant"))
-    final_features = opts.get("final_features", "last")
-    if final_features not in ("last", "all"):
-        raise ConfigError(f"final features must be 'last' or 'all', got {final_features!r}")
-    if final_features == "all" and final_classifier == "last-head":
-        raise ConfigError("--final-features all feeds a retrained classifier; it cannot go with last-head")
-    tap_sizes = tap_pool_sizes(shapes, pool) if final_features == "all" else None
-    blocks, per_layer, head, taps, tapped, tapped_test = [], [], None, [], [], []
-    for layer, (spec, budget) in enumerate(zip(blocks_spec, budgets)):
-        block = Sequential.from_spec(spec).build(shape, rng)
+    x_eval, y_eval = eval_set if eval_set is not None else (None, None)
+    cache, cache_eval = trainer.start(x, x_eval, rng)
+    specs = trainer.block_specs()
+    blocks, per_layer, heads = [], [], []
+    for layer, (spec, budget) in enumerate(zip(specs, trainer.budgets(len(specs)))):
+        block = trainer.build(layer, spec, rng)
         t = time.perf_counter()
-        info = block_trainer(layer, block, x, y, x_test, y_test, budget, rng, run)
-        head = info.pop("head", None)
+        info = trainer.train(layer, block, cache, y, cache_eval, y_eval, budget, rng, monitor)
+        heads.append(info.pop("head", None))
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        x, x_test = propagate(block, x), propagate(block, x_test)
-        run.log("propagate", layer=layer, seconds_in_phase=time.perf_counter() - t, out_shape=list(x.shape[1:]))
-        per_layer.append(dict(info, layer=layer, spec=spec, budget=f"{budget[0]:g}{budget[1]}",
-                              train_seconds=round(train_s, 3)))
-        run.log("layer_done", layer=layer, **{k: v for k, v in per_layer[-1].items() if k != "layer"})
+        cache = trainer.propagate(layer, block, cache)
+        cache_eval = None if cache_eval is None else trainer.propagate(layer, block, cache_eval)
+        monitor.log("propagate", layer=layer, seconds_in_phase=time.perf_counter() - t,
+                    out_shape=list(np.shape(cache)[1:]) if isinstance(cache, np.ndarray) else None)
+        budget_text = None if budget is None else f"{budget[0]:g}{budget[1]}"
+        per_layer.append(dict(info, layer=layer, spec=spec, budget=budget_text, train_seconds=round(train_s, 3)))
+        monitor.log("layer_done", layer=layer, **{k: v for k, v in per_layer[-1].items() if k != "layer"})
         blocks.append(block)
-        shape = x.shape[1:]
-        if tap_sizes and layer < len(blocks_spec) - 1:
-            taps.append(Tap(tap_sizes[layer]))
-            taps[-1].build(shape, rng)
-            block.layers.append(taps[-1])
-            tapped.append(pool_maps(x, tap_sizes[layer]))
-            tapped_test.append(pool_maps(x_test, tap_sizes[layer]))
+        trainer.after_block(layer, block, cache, cache_eval, rng)
 
-    pool_layers = parse_spec(pool) if pool else []
-    pooler = Sequential(pool_layers).build(shape, rng) if pool_layers else None
-    feats = predict(pooler, x, _as32) if pooler else x
-    feats_test = predict(pooler, x_test, _as32) if pooler else x_test
-    cat = []
-    if taps:
-        cat = [Concat()]
-        cat[0].taps = taps
-        cat[0].build(feats.shape[1:], rng)
-        feats, feats_test = (np.concatenate([_as32(f) for f in fs] + [_as32(last).reshape(len(last), -1)], axis=1)
-                             for fs, last in ((tapped, feats), (tapped_test, feats_test)))
+    feats = trainer.features(cache, "train", rng)
+    feats_eval = None if cache_eval is None else trainer.features(cache_eval, "eval", rng)
     t = time.perf_counter()
-    classifier, final_acc = train_classifier(feats.reshape(len(feats), -1), y,
-                                             feats_test.reshape(len(feats_test), -1), y_test, n_classes, opts,
-                                             rng, progress=run.verbose)
-    run.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t, test_accuracy=final_acc)
 
-    body = [lay for b in blocks for lay in b.layers]
-    extra = {"layers": per_layer, "final_classifier": final_classifier}
-    if final_classifier == "last-head":
-        extra["retrained_classifier_accuracy"] = final_acc
-        final_acc = accuracy(head, x_test, y_test, _as32)
-        model = Sequential(body + head.layers)
-    else:
-        model = Sequential(body + pool_layers + cat + classifier)
-    model.in_shape, model.out_shape = tuple(data.x_train.shape[1:]), (n_classes,)
-    extra.update(arch=model.spec(), accuracy_before_finetune=final_acc, finetuned=False)
-    if opts.get("finetune_epochs"):
-        t = time.perf_counter()
-        finetune(model, data, normalizer, opts, rng, run)
-        extra.update(finetuned=True, finetune_seconds=round(time.perf_counter() - t, 3))
-    return model, extra
+    def on_epoch(epoch, n_epochs, loss, train_acc):
+        monitor.log("classifier_epoch", layer=len(blocks), epoch=epoch, n_epochs=n_epochs, train_loss=loss)
+
+    classifier, acc = train_classifier(feats.reshape(len(feats), -1), y,
+                                       None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
+                                       y_eval, trainer.n_classes, rng, on_epoch=on_epoch,
+                                       progress=monitor.verbose, **trainer.classifier_options())
+    monitor.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t,
+                classifier_accuracy=acc)
+    state = {"cache_eval": cache_eval, "y_eval": y_eval, "heads": heads, "classifier_accuracy": acc,
+             "monitor": monitor, "rng": rng, "x": x, "y": y, "x_eval": x_eval}
+    model, extra = trainer.assemble(blocks, classifier, state)
+    return model, dict(extra, layers=per_layer)
 
 
-def finetune(model, data, normalizer, opts, rng, run):
-    """Train the whole stack end to end for ``opts['finetune_epochs']`` epochs at a small rate."""
+class ConvBlockTrainer(BlockTrainer):
+    """Conv blocks on normalised image maps; the base of aux, cosine, kl and patchbag.
+
+    Subclasses implement ``train``. The model is ``Sequential(blocks + pooling + classifier)``:
+    with ``final_features="all"`` each block but the last ends in a ``tap<k>`` and the classifier
+    follows a ``cat`` of every block's pooled map. With ``final_classifier="last-head"`` the last
+    block keeps the head it was trained with (a subclass with ``trains_head``).
+    """
+
+    def start(self, x, x_eval, rng):
+        c = self.config
+        if c.final_classifier == "last-head" and not self.trains_head:
+            raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
+        self.normalizer = Normalizer().fit(x)
+        self.image_shape = tuple(x.shape[1:])
+        self.shape = self.image_shape
+        shapes = block_shapes(self.block_specs(), self.shape)
+        self.pool = pooling_token(shapes[-1], c.final_pool)
+        self.tap_sizes = tap_pool_sizes(shapes, self.pool) if c.final_features == "all" else None
+        self.taps, self.tapped, self.tapped_eval = [], [], []
+        return self.normalizer(x), None if x_eval is None else self.normalizer(x_eval)
+
+    def build(self, layer, spec, rng):
+        return Sequential.from_spec(spec).build(self.shape, rng)
+
+    def propagate(self, layer, block, x):
+        return propagate(block, x)
+
+    def after_block(self, layer, block, x, x_eval, rng):
+        self.shape = x.shape[1:]
+        if self.tap_sizes and layer < len(self.tap_sizes):
+            self.taps.append(Tap(self.tap_sizes[layer]))
+            self.taps[-1].build(self.shape, rng)
+            block.layers.append(self.taps[-1])
+            self.tapped.append(pool_maps(x, self.tap_sizes[layer]))
+            if x_eval is not None:
+                self.tapped_eval.append(pool_maps(x_eval, self.tap_sizes[layer]))
+
+    def features(self, x, which, rng):
+        if not hasattr(self, "pool_layers"):
+            self.pool_layers = parse_spec(self.pool) if self.pool else []
+            self.pooler = Sequential(self.pool_layers).build(self.shape, rng) if self.pool_layers else None
+            self.cat = []
+            if self.taps:
+                self.cat = [Concat()]
+                self.cat[0].taps = self.taps
+                pooled_shape = self.pooler.out_shape if self.pooler else self.shape
+                self.cat[0].build(pooled_shape, rng)
+        feats = predict(self.pooler, x, _as32) if self.pooler else x
+        if self.taps:
+            tapped = self.tapped if which == "train" else self.tapped_eval
+            feats = np.concatenate([_as32(f) for f in tapped] + [_as32(feats).reshape(len(feats), -1)], axis=1)
+        return feats
+
+    def assemble(self, blocks, classifier, state):
+        c = self.config
+        body = [lay for b in blocks for lay in b.layers]
+        acc = state["classifier_accuracy"]
+        extra = {"final_classifier": c.final_classifier}
+        if c.final_classifier == "last-head":
+            head = state["heads"][-1]
+            extra["retrained_classifier_accuracy"] = acc
+            acc = None if state["cache_eval"] is None else accuracy(head, state["cache_eval"], state["y_eval"], _as32)
+            model = Sequential(body + head.layers)
+        else:
+            model = Sequential(body + self.pool_layers + self.cat + classifier)
+        model.in_shape, model.out_shape = self.image_shape, (self.n_classes,)
+        extra.update(arch=model.spec(), accuracy_before_finetune=acc, finetuned=False)
+        network = Network(model, self.normalizer, tta=c.tta)
+        if c.finetune_epochs:
+            t = time.perf_counter()
+            finetune(network, state["x"], state["y"], state["x_eval"], state["y_eval"], c, state["rng"],
+                     state["monitor"])
+            extra.update(finetuned=True, finetune_seconds=round(time.perf_counter() - t, 3))
+        return network, extra
+
+
+def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
+    """Train the whole stack end to end for ``config.finetune_epochs`` epochs at a small rate."""
     from greedy.nn.augment import random_crop_flip
-    opt = make_optimizer(opts["optimizer"], opts.get("finetune_lr", opts["lr"] * 0.1), "cosine",
-                         opts["weight_decay"])
+    model, normalizer = network.model, network.normalizer
+    lr = config.finetune_lr or config.lr * 0.1
+    opt = make_optimizer(config.optimizer, lr, "cosine", config.weight_decay)
 
     def on_epoch(epoch, loss, train_acc):
-        run.log("finetune", epoch=epoch, train_loss=loss,
-                test_accuracy=accuracy(model, data.x_test, data.y_test, normalizer))
+        fields = {"train_loss": loss}
+        if x_eval is not None:
+            fields["accuracy"] = accuracy(model, x_eval, y_eval, normalizer)
+        monitor.log("finetune", epoch=epoch, **fields)
 
-    fit(model, data.x_train, data.y_train, opt, epochs=opts["finetune_epochs"], batch_size=opts["batch_size"],
-        prepare=normalizer, augment=random_crop_flip if opts.get("augment") else None, rng=rng,
-        on_epoch=on_epoch, progress=run.verbose, label="finetune")
-
-
+    fit(model, x, y, opt, epochs=config.finetune_epochs, batch_size=config.batch_size, prepare=normalizer,
+        augment=random_crop_flip if config.augment else None, rng=rng, on_epoch=on_epoch,
+        progress=monitor.verbose, label="finetune")

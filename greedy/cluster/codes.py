@@ -1,0 +1,99 @@
+"""Patch-bag codes: every image as the counts of its patches' nearest centroids (seed 001).
+
+``encode`` assigns every 3x3 patch of every image to its nearest centroid, streamed in image
+chunks, and counts the assignments per image, optionally per region of the image (e.g. the
+four quadrants), as sparse ``RegionCodes``. ``cluster_images`` clusters each class's codes
+into weighted prototypes ("distributions of centroids can also be clustered").
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from greedy.cluster.kmeans import KMeans, assign
+from greedy.kernels.codes import count_codes
+
+ENCODE_CHUNK_BYTES = 64 * 1024**2
+
+def region_sizes(h, w, side):
+    """Number of positions in each of the side x side regions of an h x w map (same split as count_codes)."""
+    rows = np.bincount(np.minimum(np.arange(h) * side // h, side - 1), minlength=side)
+    cols = np.bincount(np.minimum(np.arange(w) * side // w, side - 1), minlength=side)
+    return np.outer(rows, cols).reshape(-1)
+
+
+class RegionCodes:
+    """Centroid frequencies of N images in R regions: ``parts`` is a list of R CSR matrices (N, k), float32.
+
+    Row i of part r holds image i's centroid counts in region r divided by the number of
+    positions in that region, so each row sums to one. Indexable by an index array.
+    """
+
+    def __init__(self, parts, weights=None):
+        self.parts = parts
+        self.weights = weights
+
+    def __len__(self):
+        return self.parts[0].shape[0]
+
+    def __getitem__(self, idx):
+        return RegionCodes([p[idx] for p in self.parts])
+
+    @property
+    def nnz(self):
+        return sum(p.nnz for p in self.parts)
+
+    def dense(self):
+        """(N, R*k) dense array of all regions side by side."""
+        return np.hstack([p.toarray() for p in self.parts])
+
+
+def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32):
+    """Assign every patch of every image to its nearest centroid, streamed in image chunks.
+
+    x (N, C, H, W) float; pre a fitted PatchPreprocessor; centers (k, d) float32.
+    Chunks hold images whose 3x3 patches would take ``chunk_bytes``; the patches
+    are projected by a convolution (``PatchPreprocessor.transform_images``), so
+    at most that much (d/9C of it for the projections, plus the distance blocks
+    of ``assign``) is in memory at once.
+    Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
+    """
+    n, c, h, w = x.shape
+    k = len(centers)
+    sizes = region_sizes(h, w, side).astype(dtype)
+    per_image = h * w * 9 * c * 4
+    step = max(1, chunk_bytes // per_image)
+    sq = (centers.astype(np.float32) ** 2).sum(axis=1)
+    parts = [[] for _ in range(side * side)]
+    inertia, distinct = 0.0, 0
+    for start in range(0, n, step):
+        xb = x[start:start + step]
+        labels, dist = assign(pre.transform_images(xb), centers, sq)
+        counts = np.zeros((len(xb), side * side, k), dtype)
+        count_codes(labels.astype(np.int64), len(xb), h, w, side, k, counts)
+        inertia += float(dist.sum())
+        distinct += int((counts.sum(axis=1) > 0).sum())
+        counts /= sizes[None, :, None]
+        for r in range(side * side):
+            parts[r].append(sp.csr_matrix(counts[:, r]))
+    codes = RegionCodes([sp.vstack(p, format="csr") for p in parts])
+    stats = {"inertia_per_patch": inertia / (n * h * w), "distinct_centroids_per_image": distinct / n,
+             "code_density": codes.nnz / (n * side * side * k)}
+    return codes, stats
+
+
+def cluster_images(codes, y, n_classes, per_class, seed):
+    """Cluster each class's codes into ``per_class`` prototypes; returns (RegionCodes with weights, labels)."""
+    dense = codes.dense()
+    protos, labels, weights = [], [], []
+    for cls in range(n_classes):
+        rows = dense[y == cls]
+        if len(rows) == 0:
+            continue
+        m = min(per_class, len(rows))
+        km = KMeans(m, max_iter=20, random_state=seed).fit(rows)
+        protos.append(km.cluster_centers_)
+        weights.append(np.bincount(km.labels_, minlength=m).astype(np.float32))
+        labels.append(np.full(m, cls))
+    protos = np.concatenate(protos).astype(np.float32)
+    k = codes.parts[0].shape[1]
+    parts = [sp.csr_matrix(protos[:, r * k:(r + 1) * k]) for r in range(len(codes.parts))]
+    return RegionCodes(parts), np.concatenate(labels), np.concatenate(weights)

@@ -1,0 +1,155 @@
+"""Blocks of a layer-wise network: parsing them, their shapes, budgets, propagation and training.
+
+A *block* is a conv and what follows it up to the next conv (``c128k3-bn-relu-max2``), built as a
+``Sequential``. Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above it, so
+the training-set cache of a block needs at most N x C x H x W x 4 bytes, or half of that for
+large blocks (about 3.3 GB for 50,000 images of 128 x 16 x 16).
+"""
+import re
+
+import numpy as np
+
+from greedy.errors import ConfigError
+from greedy.nn.fit import fit, predict
+from greedy.nn.layers import MaxPool2d
+from greedy.nn.model import Sequential, parse_spec
+from greedy.nn.optim import make_optimizer
+
+CACHE_FLOAT32_BYTES = 2 * 1024**3
+
+def split_blocks(spec):
+    """Split an architecture spec into block specs, one per conv: 'c8k3-relu-c16k3-max2' -> ['c8k3-relu', 'c16k3-max2']."""
+    tokens = spec.strip().split("-")
+    if not tokens or not re.fullmatch(r"c\d+k\d+.*", tokens[0]):
+        raise ConfigError(f"a layer-wise architecture must start with a conv token, got {spec!r}")
+    if any(re.fullmatch(r"(fc|d)\d+|gap", t) for t in tokens):
+        raise ConfigError(f"a layer-wise architecture lists conv blocks only (no fc or gap; the classifier is "
+                          f"added by the method), got {spec!r}")
+    blocks, current = [], []
+    for t in tokens:
+        if re.fullmatch(r"c\d+k\d+.*", t) and current:
+            blocks.append("-".join(current))
+            current = []
+        current.append(t)
+    blocks.append("-".join(current))
+    parse_spec("-".join(blocks))
+    return blocks
+
+
+def blocks_from_widths(layers, width, pool_every=1, first_pool=True, activation="relu", batchnorm=True,
+                       kernel=3, widen_after=None):
+    """A conv stack of ``layers`` blocks of ``width`` filters (doubling at ``widen_after``) with 2x2 max pools."""
+    if layers < 1 or width < 1:
+        raise ConfigError(f"need at least one layer of width >= 1, got layers={layers} width={width}")
+    blocks = []
+    for i in range(layers):
+        w = width * (2 if widen_after is not None and i >= widen_after else 1)
+        tokens = [f"c{w}k{kernel}"] + (["bn"] if batchnorm else []) + [activation]
+        if (i == 0 and first_pool) or (i > 0 and pool_every and (i + 1) % pool_every == 0):
+            tokens.append("max2")
+        blocks.append("-".join(tokens))
+    return blocks
+
+
+def pooling_token(shape, mode):
+    """Token pooling a (C, H, W) map to what the classifier sees: 'gap', 'quadrant' (2x2 regions) or 'none'."""
+    c, h, w = shape
+    if mode == "gap":
+        return "gap"
+    if mode == "quadrant":
+        return f"avg{max(min(h, w) // 2, 1)}"
+    if mode == "none":
+        return None
+    raise ConfigError(f"unknown pooling {mode!r}; choose gap, quadrant or none")
+
+
+def block_shapes(blocks_spec, in_shape):
+    """Output shape of each block of ``blocks_spec`` for a per-sample input ``in_shape``."""
+    shapes, rng = [], np.random.default_rng(0)
+    for spec in blocks_spec:
+        in_shape = Sequential.from_spec(spec).build(in_shape, rng).out_shape
+        shapes.append(in_shape)
+    return shapes
+
+
+def tap_pool_sizes(shapes, pool):
+    """Max-pool size of the tap after each block but the last, for ``final_features="all"``: each
+    block's map (``shapes``, from ``block_shapes``) pooled to about the side of the map the
+    classifier sees (the last block's, after the ``pool`` token)."""
+    last = Sequential(parse_spec(pool)).build(shapes[-1]).out_shape if pool else shapes[-1]
+    side = last[1] if len(last) == 3 else 1
+    return [max(1, shape[1] // side) for shape in shapes[:-1]]
+
+
+def pool_maps(x, size, batch_size=500):
+    """Maps x (N, C, H, W), float32 or float16, max-pooled ``size`` x ``size`` and flattened: (N, D) float32."""
+    if size == 1:
+        return _as32(x).reshape(len(x), -1)
+    pooler = Sequential([MaxPool2d(size)]).build(x.shape[1:])
+    return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
+
+
+def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
+    """An auxiliary/final head for a (C, H, W) input: optional convs, pooling, then a linear classifier."""
+    tokens = [f"c{width or shape[0]}k3-relu" for _ in range(hidden_convs)]
+    token = pooling_token(shape, pool)
+    tokens += [token] if token else []
+    return parse_spec("-".join(tokens + [f"fc{n_classes}"]))
+
+
+def propagate(block, x, batch_size=256):
+    """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) -> outputs, stored float16 if large.
+
+    Uses the fused inference pass (``greedy.inference``): no full-size conv map is written.
+    """
+    first = block.predict_batch(_as32(x[:1]))
+    n = len(x)
+    dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
+    out = np.empty((n,) + first.shape[1:], dtype)
+    for i in range(0, n, batch_size):
+        out[i:i + batch_size] = block.predict_batch(_as32(x[i:i + batch_size]))
+    return out
+
+
+def _as32(xb):
+    return xb if xb.dtype == np.float32 else xb.astype(np.float32)
+
+
+def parse_budget(text, n_layers):
+    """Per-layer training budgets from a string.
+
+    ``2`` or ``2e``: two epochs per layer; ``90s``: 90 seconds per layer;
+    ``4e*0.5``: geometric, 4, 2, 1, ... epochs (front-loaded); ``3e,2e,1e``: one
+    value per layer (the last repeats). Returns a list of (amount, unit) with
+    unit 'e' (epochs) or 's' (seconds).
+    """
+    text = str(text).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([es]?)\*(\d+(?:\.\d+)?)", text)
+    if m:
+        base, unit, ratio = float(m[1]), m[2] or "e", float(m[3])
+        budgets = [(base * ratio**i, unit) for i in range(n_layers)]
+    else:
+        budgets = []
+        for part in text.split(","):
+            m = re.fullmatch(r"(\d+(?:\.\d+)?)([es]?)", part.strip())
+            if not m:
+                raise ConfigError(f"cannot read layer budget {text!r}; use e.g. 2e, 90s, 4e*0.5 or 3e,2e,1e")
+            budgets.append((float(m[1]), m[2] or "e"))
+        budgets += [budgets[-1]] * (n_layers - len(budgets))
+    if any(a <= 0 for a, _ in budgets):
+        raise ConfigError(f"layer budgets must be positive, got {text!r}")
+    return budgets[:n_layers]
+
+
+def fit_block(model, x, y, config, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,
+              sample_weight=None, progress=True):
+    """Train ``model`` on cached features (or codes) with the block optimiser of ``config`` (an
+    ``OptimConfig``) for an (amount, unit) budget."""
+    amount, unit = budget
+    opt = make_optimizer(config.optimizer, config.lr, config.schedule, config.weight_decay)
+    kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
+    epochs = amount if unit == "e" else 1e6
+    return fit(model, x, y, opt, epochs=epochs, batch_size=config.batch_size,
+               prepare=_as32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
+               time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=progress,
+               label=label, augment=augment, **kwargs)

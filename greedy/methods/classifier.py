@@ -1,0 +1,94 @@
+"""The final softmax classifier of a layer-wise network, trained on the frozen blocks' features.
+
+Features are standardised for training and the standardisation is folded into the first layer's
+weights, so the returned layers apply to raw features.
+"""
+import numba
+import numpy as np
+
+from greedy.errors import ConfigError
+from greedy.kernels.pointwise import channel_normalise, column_sums
+from greedy.methods.blocks import _as32
+from greedy.nn.fit import accuracy, fit
+from greedy.nn.layers import Dense, Dropout, ReLU, Tanh
+from greedy.nn.model import Sequential, parse_spec
+from greedy.nn.optim import make_optimizer
+
+STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
+
+
+def _row_chunks(x):
+    rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * x[0].size))
+    for i in range(0, len(x), rows):
+        yield i, _as32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
+
+
+def column_mean_std(x):
+    """Per-column mean and standard deviation (float64, (D,)) of x (N, D), float32 or float16.
+
+    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``; sums in float64 around the first row.
+    """
+    shift = _as32(x[:1]).reshape(-1).astype(np.float64)
+    total, total2 = np.zeros_like(shift), np.zeros_like(shift)
+    for _, chunk in _row_chunks(x):
+        s, s2 = column_sums(chunk, shift, numba.get_num_threads())
+        total += s
+        total2 += s2
+    m = total / len(x)
+    return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
+
+
+def standardize(x, mean, std):
+    """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,)."""
+    if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
+        raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
+    z = np.empty((len(x), len(mean)), np.float32)
+    inv, zero = 1.0 / std, np.zeros_like(mean)
+    for i, chunk in _row_chunks(x):
+        m = len(chunk)
+        channel_normalise(chunk.reshape(m, -1, 1), mean, inv, zero, z[i:i + m].reshape(m, -1, 1))
+    return z
+
+
+def classifier_layers(hidden, n_classes):
+    """Unbuilt layers of the final classifier: the ``hidden`` spec (e.g. 'fc512-relu-drop0.4'; None, ''
+    or 'none' for none) followed by a linear ``fc<n_classes>``."""
+    layers = parse_spec(hidden) if hidden and hidden != "none" else []
+    if layers and (not isinstance(layers[0], Dense)
+                   or not all(isinstance(lay, (Dense, ReLU, Tanh, Dropout)) for lay in layers)):
+        raise ConfigError(f"the final classifier's hidden layers are fc<units> layers with relu, tanh or "
+                          f"drop<p> between them, starting with fc (e.g. fc512-relu-drop0.4), got {hidden!r}")
+    return layers + [Dense(n_classes, init="glorot")]
+
+
+def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidden="none", epochs=10.0, lr=1e-2,
+                     batch_size=256, weight_decay=5e-4, min_steps=2000, on_epoch=None, progress=False):
+    """Fit the final softmax classifier on features (N, D); returns (list of layers, accuracy on the
+    evaluation features, None without them).
+
+    Linear unless ``hidden`` names hidden layers (``classifier_layers``). Features are
+    standardised for training and the standardisation is folded into the first layer's weights,
+    so the returned layers apply to raw features. Trains with Adam and a cosine schedule for
+    ``epochs`` epochs, or ``min_steps`` steps if that is more: small training sets still get
+    enough steps. ``on_epoch(epoch, n_epochs, loss, train_acc)`` follows each epoch.
+    """
+    layers = classifier_layers(hidden, n_classes)
+    if features.ndim != 2 or (eval_features is not None and (eval_features.ndim != 2
+                                                             or features.shape[1] != eval_features.shape[1])):
+        raise ConfigError(f"classifier features must be (N, D) for training and evaluation alike, got "
+                          f"{features.shape} and {None if eval_features is None else eval_features.shape}")
+    mean, std = column_mean_std(features)
+    std += 1e-6
+    z = standardize(features, mean, std)
+    epochs = max(epochs, min_steps * batch_size / len(z))
+    head = Sequential(layers).build(z.shape[1:], rng)
+    opt = make_optimizer("adam", lr, "cosine", weight_decay)
+    total = int(np.ceil(epochs))
+    fit(head, z, y, opt, epochs=epochs, batch_size=batch_size, rng=rng, label="classifier", progress=progress,
+        on_epoch=None if on_epoch is None else lambda e, loss, acc: on_epoch(e, total, loss, acc))
+    acc = None if eval_features is None else accuracy(head, standardize(eval_features, mean, std), y_eval)
+    first = layers[0]
+    w = first.params["w"] / std[:, None]
+    first.params["b"][...] = first.params["b"] - mean @ w
+    first.params["w"][...] = w
+    return layers, acc
