@@ -79,7 +79,7 @@ class LayerwiseClassifier:
         if len(self.classes_) < 2:
             raise ConfigError(f"y holds {len(self.classes_)} class; a classifier needs at least 2")
         method = METHODS[self.method]
-        self.config_ = method.resolve(configs.family_of(x.shape[1:]), len(self.classes_),
+        self.config_ = method.resolve(configs.family_of(x.shape[1:], x.dtype), len(self.classes_),
                                       dict(self.options, seed=self.random_state))
         eval_pair = None
         if eval_set is not None:
@@ -120,7 +120,8 @@ class LayerwiseClassifier:
 
     def predict(self, X):
         """Predicted labels (N,), from ``classes_``."""
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(axis=1)]
 
     def score(self, X, y):
         """Mean accuracy of ``predict(X)`` against y."""
