@@ -18,7 +18,8 @@ from greedy.methods import config as configs
 from greedy.runs import default_out_dir
 
 DATASET_HELP = ("cifar10, mnist, fashion-mnist, synthetic (32x32 RGB) or synthetic-grey (28x28), "
-                "the last two generated from the seed")
+                "the last two generated from the seed; sequences: ucr:<Name> (a set of the UCR archive), "
+                "loghub:system, loghub:event, lines:<PATH> (a folder of train.tsv and test.tsv, label<TAB>text)")
 
 # the options of train that are not method options; each goes into a help group
 RUN_GROUPS = {"method": "data", "dataset": "data", "data_dir": "data", "n_train": "data", "n_test": "data",
@@ -107,9 +108,26 @@ def config_options(f):
     return f
 
 
+def _dataset_name(ctx, param, value):
+    """--dataset in canonical form; an unknown name is a one-line error (``greedy.data.dataset_key``)."""
+    from greedy.data import dataset_key
+    return None if value is None else dataset_key(value)
+
+
+def _data_option(ctx, param, value):
+    """Keep a text option (--max-bytes, --keep) for ``load_data`` without adding it to every command."""
+    if value is not None:
+        ctx.meta[f"greedy.data.{param.name}"] = value
+
+
+TEXT_OPTIONS = ("max_bytes", "keep")
+
+
 def common_options(f):
+    from greedy.data import KEEP, MAX_BYTES
     options = [
-        click.option("--dataset", default=None, help=f"Dataset: {DATASET_HELP} [cifar10; evaluate: the run's]."),
+        click.option("--dataset", default=None, callback=_dataset_name,
+                     help=f"Dataset: {DATASET_HELP} [cifar10; evaluate: the run's]."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Existing folder holding the dataset files (else $GREEDY_DATA, datasets/, download)."),
         click.option("--seed", type=int, default=None, help="Seed of every random stream of the run [0]."),
@@ -117,16 +135,29 @@ def common_options(f):
                      help="Threads for Numba and BLAS (default: NUMBA_NUM_THREADS or all cores)."),
         click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N training samples."),
         click.option("--n-test", type=click.IntRange(min=1), default=None, help="Use the first N test samples."),
+        click.option("--max-bytes", type=click.IntRange(min=1), default=None, expose_value=False,
+                     callback=_data_option, help=f"Text datasets: bytes kept of each text; shorter texts are "
+                                                 f"zero-padded [{MAX_BYTES}]."),
+        click.option("--keep", type=click.Choice(KEEP), default=None, expose_value=False, callback=_data_option,
+                     help="Text datasets: keep the first (head) or the last (tail) bytes of a longer text [head]."),
     ]
     for option in reversed(options):
         f = option(f)
+        f.__click_params__[-1].group = "data"
     return f
 
 
 def load_data(dataset, data_dir, seed, n_train=None, n_test=None, quiet=False):
-    from greedy.data import load_dataset
+    """The dataset, cut to the first n_train and n_test samples; --max-bytes and --keep, when the command
+    line gave them, go to ``load_dataset`` (text datasets only)."""
+    from greedy.data import dataset_key, load_dataset
+    ctx = click.get_current_context(silent=True)
+    text = {k: ctx.meta[f"greedy.data.{k}"] for k in TEXT_OPTIONS if ctx and f"greedy.data.{k}" in ctx.meta}
+    if text and dataset_key(dataset).partition(":")[0] not in ("loghub", "lines"):
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in text)
+        raise ConfigError(f"{flags} appl{'y' if len(text) > 1 else 'ies'} to text datasets (loghub:<task>, lines:<PATH>), not {dataset}")
     data = load_dataset(dataset, data_dir=data_dir, seed=seed, synthetic_size=(n_train or 2000, n_test or 500),
-                        progress=not quiet, quiet=quiet)
+                        progress=not quiet, quiet=quiet, **text)
     if n_train or n_test:
         data = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
                              x_test=data.x_test[:n_test], y_test=data.y_test[:n_test])
@@ -171,7 +202,10 @@ def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config
         n_train, n_test = n_train or saved.get("n_train"), n_test or saved.get("n_test")
         seed = saved.get("seed") if seed is None else seed
         fields = {f.name for f in dataclasses.fields(configs.CONFIGS[method])}
-        given = dict({k: v for k, v in saved.get("options", {}).items() if k in fields}, **given)
+        options = {k: v for k, v in saved.get("options", {}).items() if k in fields}
+        if options.get("arch"):  # a saved --arch names each block's activation itself
+            options.pop("activation", None)
+        given = dict(options, **given)
     method, dataset, seed = method or "e2e", dataset or "cifar10", 0 if seed is None else seed
     threads = set_threads(threads)
     data = load_data(dataset, data_dir, seed, n_train, n_test, quiet)
@@ -192,7 +226,8 @@ def run_training(method_name, data, dataset, values, out, threads, data_dir=None
     method = METHODS[method_name]
     n_classes = len(data.class_names)
     tta_default = "flip" if dataset in configs.MIRROR_SYMMETRIC else "none"
-    config = method.resolve(configs.family_of(data.x_train.shape[1:]), n_classes, values, tta_default)
+    family = configs.family_of(data.x_train.shape[1:], data.x_train.dtype)
+    config = method.resolve(family, n_classes, values, tta_default)
     run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": data_dir,
                                           "n_train": len(data.x_train), "n_test": len(data.x_test),
                                           "options": configs.to_dict(config)}, verbose=verbose)
