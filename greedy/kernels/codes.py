@@ -5,14 +5,15 @@ The Python API (``encode``, ``region_sizes``) is in ``greedy.methods.patchbag``.
 import numba
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def count_codes(labels, n_images, h, w, side, k, counts):
     """counts (n_images, side*side, k) += region-wise histograms of labels (n_images*h*w,) int64.
 
     Position (r, c) of an h x w map falls in region (r*side // h, c*side // w), so the
-    regions split the rows and the columns as evenly as integers allow; prange over images.
+    regions split the rows and the columns as evenly as integers allow. Serial: one
+    increment per position saves less with threads than a threaded loop takes to compile.
     """
-    for i in numba.prange(n_images):
+    for i in range(n_images):
         base = i * h * w
         for r in range(h):
             rr = min(r * side // h, side - 1)

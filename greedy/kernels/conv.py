@@ -70,14 +70,17 @@ def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
         orow = out[j, s]
         if stride == 1 and wo == w:
             # rows of out and x have the same length: the patch column is x shifted by d,
-            # copied in one block, then the columns that fall into the padding are cleared
+            # copied as one run, then the columns that fall into the padding are cleared
             oh0 = min(ho, max(0, pad - a))
             oh1 = max(oh0, min(ho, h + pad - a))
             d = (a - pad) * w + b - pad
             t0 = max(oh0 * w, -d)
             t1 = max(t0, min(oh1 * w, h * w - d))
+            src = x[s, ci].reshape(h * w)[t0 + d:t1 + d]
+            dst = orow[t0:t1]
             orow[:t0] = 0
-            orow[t0:t1] = x[s, ci].reshape(h * w)[t0 + d:t1 + d]
+            for q in range(t1 - t0):
+                dst[q] = src[q]
             orow[t1:] = 0
             for oh in range(oh0, oh1):
                 orow[oh * wo:oh * wo + lo] = 0
@@ -93,7 +96,8 @@ def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
             src = x[s, ci, hh, lo * stride + b - pad:]
             mid = dst[lo:hi]
             if stride == 1:
-                mid[:] = src[:hi - lo]
+                for q in range(hi - lo):
+                    mid[q] = src[q]
             else:
                 for q in range(hi - lo):
                     mid[q] = src[q * stride]

@@ -44,11 +44,14 @@ def _im2col_kernel(x, kh, kw, stride, pad, ho, wo, out):
                                 out[r, j + b] = zero
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _gather_patches_kernel(x, img, row, col, kh, kw, pad, out):
-    """out[j] = the (C, kh, kw) window of image img[j] at output pixel (row[j], col[j]), stride 1, zero padding."""
+    """out[j] = the (C, kh, kw) window of image img[j] at output pixel (row[j], col[j]), stride 1, zero padding.
+
+    Serial: it runs once per dictionary, on a sample of patches.
+    """
     n, c, h, w = x.shape
-    for j in prange(len(img)):
+    for j in range(len(img)):
         s = img[j]
         for ci in range(c):
             for a in range(kh):

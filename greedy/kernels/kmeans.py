@@ -79,8 +79,28 @@ def minibatch_step(x, weights, labels, centers, seen):
 
 @njit(nogil=True, cache=True)
 def _draw(cum, u):
-    """Index whose interval of the running sum cum (n,) contains u * cum[-1]."""
-    return min(np.searchsorted(cum, u * cum[-1], side="right"), cum.shape[0] - 1)
+    """Index whose interval of the running sum cum (n,) contains u * cum[-1].
+
+    The first i with cum[i] > u * cum[-1] (``np.searchsorted(..., side="right")``), at most n - 1.
+    """
+    v = u * cum[-1]
+    lo, hi = 0, cum.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cum[mid] <= v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return min(lo, cum.shape[0] - 1)
+
+
+@njit(nogil=True, cache=True)
+def _running_sum(a, out):
+    """out (n,) = np.cumsum(a (n,)), summed left to right."""
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += a[i]
+        out[i] = acc
 
 
 @njit(nogil=True, cache=True)
@@ -120,7 +140,8 @@ def kmeanspp(xt, weights, first, draws):
     closest = np.empty((1, n))
     cand = np.empty((trials, n))
     idx = np.empty(trials, np.int64)
-    cum = np.cumsum(weights)
+    cum = np.empty(n)
+    _running_sum(weights, cum)
     chosen[0] = _draw(cum, first)
     _sq_dists_to(xt, chosen[:1], closest)
     for c in range(1, k):
@@ -129,7 +150,7 @@ def kmeanspp(xt, weights, first, draws):
             acc += weights[i] * closest[0, i]
             cum[i] = acc
         if acc <= 0:  # every point sits on a chosen centre
-            cum[:] = np.cumsum(weights)
+            _running_sum(weights, cum)
         for t in range(trials):
             idx[t] = _draw(cum, draws[c - 1, t])
         _sq_dists_to(xt, idx, cand)
@@ -142,5 +163,6 @@ def kmeanspp(xt, weights, first, draws):
             if total < best_total:
                 best, best_total = t, total
         chosen[c] = idx[best]
-        closest[0] = cand[best]
+        for i in range(n):
+            closest[0, i] = cand[best, i]
     return chosen

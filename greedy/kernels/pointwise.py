@@ -2,29 +2,79 @@
 column statistics that standardise features for a linear classifier.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
-is one or two parallel passes over the data. Arrays are C-contiguous, float32
-or float64; batch-norm arrays are viewed as (N, C, P) with P = H*W.
+is one or two passes over the data, threaded where the arrays are large enough to
+pay for it. Arrays are C-contiguous, float32 or float64; batch-norm arrays are
+viewed as (N, C, P) with P = H*W.
 """
 import numba
 import numpy as np
 from numba import prange
 
+# Elementwise layers on fewer elements (a dense layer's batch) run serially: threads do not
+# pay there, and a run that never reaches this size does not compile the threaded kernels.
+THREADED_MIN_SIZE = 1 << 18
+
+
+def relu_forward(x, y):
+    """y = max(x, 0) over flat arrays x, y of equal size and dtype."""
+    (_relu_forward_threaded if x.size >= THREADED_MIN_SIZE else _relu_forward_serial)(x, y)
+
+
+def relu_backward(y, dy, dx):
+    """dx = dy where the forward output y > 0, else 0 (flat arrays of one dtype)."""
+    (_relu_backward_threaded if y.size >= THREADED_MIN_SIZE else _relu_backward_serial)(y, dy, dx)
+
+
+def tanh_backward(y, dy, dx):
+    """dx = dy * (1 - y^2) over flat arrays of one dtype, y the forward output."""
+    (_tanh_backward_threaded if y.size >= THREADED_MIN_SIZE else _tanh_backward_serial)(y, dy, dx)
+
+
+# Serial and threaded twins have separate source: Numba's cache keys a kernel by its
+# source, not by its flags, so one function compiled both ways would share cache entries.
+
+@numba.njit(cache=True)
+def _relu_forward_serial(x, y):
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if v > zero else zero
+
 
 @numba.njit(parallel=True, cache=True)
-def relu_forward(x, y):
-    """y = max(x, 0) over flat arrays x, y of equal size."""
+def _relu_forward_threaded(x, y):
     zero = x.dtype.type(0)
     for i in prange(x.size):
         v = x[i]
         y[i] = v if v > zero else zero
 
 
+@numba.njit(cache=True)
+def _relu_backward_serial(y, dy, dx):
+    zero = dy.dtype.type(0)
+    for i in range(y.size):
+        dx[i] = dy[i] if y[i] > zero else zero
+
+
 @numba.njit(parallel=True, cache=True)
-def relu_backward(y, dy, dx):
-    """dx = dy where the forward output y > 0, else 0 (flat arrays)."""
+def _relu_backward_threaded(y, dy, dx):
     zero = dy.dtype.type(0)
     for i in prange(y.size):
         dx[i] = dy[i] if y[i] > zero else zero
+
+
+@numba.njit(cache=True)
+def _tanh_backward_serial(y, dy, dx):
+    one = y.dtype.type(1)
+    for i in range(y.size):
+        dx[i] = dy[i] * (one - y[i] * y[i])
+
+
+@numba.njit(parallel=True, cache=True)
+def _tanh_backward_threaded(y, dy, dx):
+    one = y.dtype.type(1)
+    for i in prange(y.size):
+        dx[i] = dy[i] * (one - y[i] * y[i])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -48,24 +98,32 @@ def channel_mean_var(x):
     return mean, var
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def column_sums(x, shift, parts):
     """Sums of (x - shift) and of its squares over the rows of x (N, D), float64 (D,) each.
 
-    Rows are split into ``parts`` blocks (one per thread), each summing into its own
-    partial row (contiguous reads); the partials are added after the parallel loop.
+    Rows are summed in ``parts`` consecutive blocks whose partial sums are then added in
+    order (shorter float64 chains than one running sum). Serial: it is one memory-bound
+    pass, made once per classifier, where threads save less than they cost to compile.
     """
     n, d = x.shape
     step = (n + parts - 1) // parts
-    s = np.zeros((parts, d), np.float64)
-    s2 = np.zeros((parts, d), np.float64)
-    for t in prange(parts):
+    tot = np.zeros(d, np.float64)
+    tot2 = np.zeros(d, np.float64)
+    s = np.empty(d, np.float64)
+    s2 = np.empty(d, np.float64)
+    for t in range(parts):
+        s[:] = 0.0
+        s2[:] = 0.0
         for i in range(t * step, min(n, (t + 1) * step)):
             for j in range(d):
                 v = np.float64(x[i, j]) - shift[j]
-                s[t, j] += v
-                s2[t, j] += v * v
-    return s.sum(axis=0), s2.sum(axis=0)
+                s[j] += v
+                s2[j] += v * v
+        for j in range(d):
+            tot[j] += s[j]
+            tot2[j] += s2[j]
+    return tot, tot2
 
 
 @numba.njit(parallel=True, cache=True)
@@ -105,11 +163,3 @@ def batchnorm_backward(x, dy, mean, inv_std, gamma, dx, dgamma, dbeta):
             for k in range(p):
                 xh = (np.float64(x[i, j, k]) - m) * s
                 dx[i, j, k] = scale * (np.float64(dy[i, j, k]) - a - xh * b)
-
-
-@numba.njit(parallel=True, cache=True)
-def tanh_backward(y, dy, dx):
-    """dx = dy * (1 - y^2) over flat arrays, y the forward output."""
-    one = y.dtype.type(1)
-    for i in prange(y.size):
-        dx[i] = dy[i] * (one - y[i] * y[i])
