@@ -11,10 +11,11 @@ machine is shared and noisy. ``record`` counts one multiply-add per filter bit.
 import numpy as np
 from conftest import best_seconds, record
 
-from greedy.methods.binary import BinaryNetwork, ConvLayer, ImageLayer, avg_pool_image
 from greedy.kernels.bitops import pack_bits, unpack_bits
 from greedy.kernels.conv import conv2d_forward
 from greedy.kernels.pool import maxpool2d_forward
+from greedy.methods.binary import BinaryNetwork, ConvLayer, ImageLayer
+from greedy.methods.binary.stats import avg_pool_image
 
 N, C, SIZE, LEVELS, COLOUR_LEVELS = 500, 3, 32, 4, 8
 F1, F2, REGIONS = 128, 256, 4

@@ -1,47 +1,17 @@
+"""Binary training through the one layer-wise loop, the binary model file, options and the CLI."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from greedy.methods import binary as B
-from greedy.kernels.bitops import pack_bits, unpack_bits
+from greedy import modelfile
 from greedy.errors import CheckpointError, ConfigError
-
-# ---------------------------------------------------------------- NumPy references
-
-
-def image_codes_reference(x, levels, norm):
-    """uint8 images (N, C, H, W) -> 0/1 patch codes (N, H, W, 9*C*T), edge padding, bit (j*C + c)*T + t."""
-    n, c, h, w = x.shape
-    pad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-    vals = np.stack([pad[:, :, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=1)  # N,9,C,H,W
-    if norm:
-        vals = vals - vals.mean(axis=1, keepdims=True)
-    bits = vals[..., None] > levels[None, None, :, None, None, :]  # N, 9, C, H, W, T
-    return bits.transpose(0, 3, 4, 1, 2, 5).reshape(n, h, w, -1).astype(np.uint8)
-
-
-def map_patches_reference(bits):
-    """0/1 maps (N, H, W, B) -> 3x3 patches with zero padding (N, H, W, 9*B)."""
-    n, h, w, b = bits.shape
-    pad = np.pad(bits, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return np.concatenate([pad[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=3)
-
-
-def layer_reference(codes, fbits, thresholds, pool):
-    """Bits of a binary layer from 0/1 patch codes (N, H, W, D), filters (F, D): agreement >= threshold, pooled."""
-    agree = (codes[..., None, :] == fbits).sum(-1)
-    out = (agree >= thresholds).astype(np.uint8)
-    if pool:
-        n, h, w, f = out.shape
-        win = out[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, f).sum(axis=(2, 4))
-        out = (win >= (1 if pool == "or" else 2)).astype(np.uint8)
-    return out
-
-
-def random_bits(rng, shape, p=0.5):
-    return (rng.random(shape) < p).astype(np.uint8)
+from greedy.methods import METHODS
+from greedy.methods.binary import BINARY, BinaryNetwork, BinaryTrainer, parse_arch
+from greedy.methods.config import resolve
+from greedy.methods.layerwise import train_layerwise
+from greedy.monitor import Monitor
 
 
 @pytest.fixture
@@ -49,219 +19,7 @@ def rng():
     return np.random.default_rng(0)
 
 
-# ---------------------------------------------------------------- the layers
-
-
-@pytest.mark.parametrize("norm", [True, False])
-@pytest.mark.parametrize("pool", [None, "or", "majority"])
-def test_image_layer_matches_reference(rng, norm, pool):
-    x = rng.integers(0, 256, (3, 2, 7, 6), dtype=np.uint8)
-    x[0, :, :3, :3] = 100  # a flat region: ties between the patch values and its mean
-    levels = np.sort(rng.uniform(-60, 200, (2, 3)), axis=1)
-    layer = B.ImageLayer(levels, norm, pool=pool)
-    codes = image_codes_reference(x, levels, norm)
-    fbits = random_bits(rng, (70, layer.n_code_bits))
-    layer.filters = layer.pack_filters(fbits)
-    layer.thresholds = rng.integers(20, 40, 70).astype(np.float64)
-    out = layer.forward(x)
-    np.testing.assert_array_equal(unpack_bits(out, 70), layer_reference(codes, fbits, layer.thresholds, pool))
-
-
-def test_image_layer_sampled_codes_match_reference(rng):
-    x = rng.integers(0, 256, (4, 3, 5, 5), dtype=np.uint8)
-    levels = np.sort(rng.uniform(-50, 50, (3, 4)), axis=1)
-    layer = B.ImageLayer(levels, True, pool="or")
-    codes, img = layer.sample_codes(x, 6, np.random.default_rng(1))
-    assert codes.shape == (6, 4, 2) and img.shape == (6,)
-    ref = image_codes_reference(x, levels, True)
-    # each sample is a 2x2 pooling window: find it among the reference codes of its image
-    got = layer.unpack_codes(codes.reshape(-1, 2)).reshape(6, 4, -1)
-    for i in range(6):
-        windows = ref[img[i], :4, :4].reshape(2, 2, 2, 2, -1).transpose(0, 2, 1, 3, 4).reshape(4, 4, -1)
-        assert any(np.array_equal(got[i], win) for win in windows)
-
-
-@pytest.mark.parametrize("pool", [None, "or", "majority"])
-def test_conv_layer_with_colour_feed_matches_reference(rng, pool):
-    prev_bits, c_levels = 67, np.sort(rng.uniform(0, 255, (3, 5)), axis=1)
-    x = rng.integers(0, 256, (2, 3, 12, 10), dtype=np.uint8)
-    prev = random_bits(rng, (2, 6, 5, prev_bits))
-    layer = B.ConvLayer(prev_bits + 15, pool=pool, colour_levels=c_levels, colour_pools=1)
-    m = layer.inputs(pack_bits(prev)[0], prev_bits, x)
-    pooled = x.reshape(2, 3, 6, 2, 5, 2).mean(axis=(3, 5)).transpose(0, 2, 3, 1)
-    colour = (pooled[..., None] > c_levels).reshape(2, 6, 5, 15).astype(np.uint8)
-    full = np.concatenate([prev, colour], axis=3)
-    np.testing.assert_array_equal(unpack_bits(m, prev_bits + 15), full)
-    fbits = random_bits(rng, (9, layer.n_code_bits))
-    layer.filters = layer.pack_filters(fbits)
-    layer.thresholds = np.full(9, layer.n_code_bits / 2.0)
-    np.testing.assert_array_equal(unpack_bits(layer.forward(m), 9),
-                                  layer_reference(map_patches_reference(full), fbits, layer.thresholds, pool))
-
-
-def test_conv_layer_sampled_codes_are_patches(rng):
-    bits = random_bits(rng, (3, 5, 4, 70))
-    layer = B.ConvLayer(70)
-    codes, img = layer.sample_codes(pack_bits(bits)[0], 8, np.random.default_rng(2))
-    got = layer.unpack_codes(codes[:, 0])
-    ref = map_patches_reference(bits)
-    for i in range(8):
-        assert any(np.array_equal(got[i], p) for p in ref[img[i]].reshape(-1, 9 * 70))
-
-
-@pytest.mark.parametrize("a_bits,b_bits", [(64, 10), (67, 70), (1, 130), (128, 64)])
-def test_concat_bits(rng, a_bits, b_bits):
-    a, b = random_bits(rng, (2, 3, a_bits)), random_bits(rng, (2, 3, b_bits))
-    out = B.concat_bits(pack_bits(a)[0], a_bits, pack_bits(b)[0], b_bits)
-    np.testing.assert_array_equal(out, pack_bits(np.concatenate([a, b], axis=2))[0])
-
-
-def test_thermometer_and_avg_pool():
-    v = np.array([[1.0, 5.0], [3.0, -1.0]])
-    levels = np.array([[0.0, 2.0], [4.0, 6.0]])
-    np.testing.assert_array_equal(B.thermometer(v, levels), [[1, 0, 1, 0], [1, 1, 0, 0]])
-    x = np.arange(2 * 1 * 5 * 5).reshape(2, 1, 5, 5)
-    np.testing.assert_allclose(B.avg_pool_image(x, 1)[0, 0], [[3, 5], [13, 15]])
-    assert B.avg_pool_image(x, 2).shape == (2, 1, 1, 1)
-
-
-# ---------------------------------------------------------------- filters
-
-
-def test_split_filter_formula(rng):
-    bits = random_bits(rng, (300, 40), p=0.3)
-    labels = rng.integers(0, 5, 300)
-    bits[labels == 1, :10] = 1  # class 1 patches have their first 10 bits set
-    sums, counts = B.map_class_sums(bits, labels, 5)
-    a, b = np.array([1, 3]), np.array([0, 2, 4])
-    in_a, in_b = np.isin(labels, a), np.isin(labels, b)
-    expected = (bits[in_a].mean(0) - bits[in_b].mean(0) > 0).astype(np.uint8)
-    got = B.split_filter(sums, counts, a, b)
-    np.testing.assert_array_equal(got, expected)
-    assert got[:10].all()
-    # keep < 1: the bits of largest difference follow the split, the others the majority of A and B
-    kept = B.split_filter(sums, counts, a, b, keep=0.25)
-    diff = bits[in_a].mean(0) - bits[in_b].mean(0)
-    top = np.argsort(-np.abs(diff), kind="stable")[:10]
-    rest = np.setdiff1d(np.arange(40), top)
-    np.testing.assert_array_equal(kept[top], expected[top])
-    np.testing.assert_array_equal(kept[rest], (bits[in_a | in_b].mean(0) > 0.5)[rest])
-
-
-def test_class_partitions_tree_and_random():
-    tree = B.class_partitions(10, 9, "tree", np.random.default_rng(0))
-    assert len(tree) == 9
-    root_a, root_b = tree[0]
-    assert sorted(np.concatenate([root_a, root_b]).tolist()) == list(range(10)) and len(root_a) == 5
-    for a, b in tree:
-        assert len(np.intersect1d(a, b)) == 0 and abs(len(a) - len(b)) <= 1 and len(a) >= 1
-    # a balanced binary tree over 10 leaves has 9 internal nodes: their A sides and B sides are the children
-    children = {tuple(sorted(a.tolist())) for a, _ in tree} | {tuple(sorted(b.tolist())) for _, b in tree}
-    nodes = {tuple(sorted(np.concatenate([a, b]).tolist())) for a, b in tree}
-    assert nodes - {tuple(range(10))} <= children
-    rand = B.class_partitions(10, 7, "random", np.random.default_rng(0))
-    assert len(rand) == 7 and all(len(a) == 5 and len(b) == 5 for a, b in rand)
-    with pytest.raises(ConfigError):
-        B.class_partitions(10, 3, "spiral")
-
-
-def test_binarize_centroids():
-    c = np.array([[0.9, 0.1, 0.6], [0.2, 0.3, 0.4], [0.7, 0.8, 0.5]])
-    np.testing.assert_array_equal(B.binarize_centroids(c, "half"), [[1, 0, 1], [0, 0, 0], [1, 1, 0]])
-    np.testing.assert_array_equal(B.binarize_centroids(c, "median"), [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
-
-
-# ---------------------------------------------------------------- thresholds
-
-
-def test_median_threshold_balances_ties(rng):
-    act = np.concatenate([np.full(80, 7), rng.integers(0, 20, 20)])  # 80% tied at 7
-    hist = np.bincount(act, minlength=30)[None]
-    t = B.median_from_histogram(hist)[0]
-    on = (act >= t).mean()
-    candidates = [(act >= s).mean() for s in range(31)]
-    assert abs(on - 0.5) == min(abs(c - 0.5) for c in candidates)
-    act = rng.integers(0, 30, 1001)
-    t = B.median_from_histogram(np.bincount(act, minlength=30)[None])[0]
-    assert (act >= t).mean() >= 0.5 > (act >= t + 1).mean() or (act >= t).mean() == pytest.approx(0.5, abs=0.05)
-    assert t == pytest.approx(np.median(act), abs=1)
-    t25 = B.median_from_histogram(np.bincount(act, minlength=30)[None], on_fraction=0.25)[0]
-    assert abs((act >= t25).mean() - 0.25) < 0.05
-
-
-@pytest.mark.parametrize("pool", [None, "or", "majority"])
-def test_median_threshold_of_pooled_output(rng, pool):
-    bits = random_bits(rng, (6, 8, 8, 20))
-    layer = B.ConvLayer(20, pool=pool)
-    layer.filters = layer.pack_filters(random_bits(rng, (5, 180)))
-    m = pack_bits(bits)[0]
-    codes, _ = layer.sample_codes(m, 40, np.random.default_rng(0))
-    layer.thresholds = B.choose_thresholds(layer, [(codes, None)], "median")
-    act = 180 - (layer.unpack_codes(codes.reshape(-1, codes.shape[2]))[:, None, :] !=
-                 unpack_bits(layer.filters_flat().reshape(5, 9, 1), 20).reshape(1, 5, 180)).sum(-1)
-    act = act.reshape(len(codes), -1, 5)
-    pooled = act[:, 0] if pool is None else act.max(1) if pool == "or" else np.sort(act, axis=1)[:, 2]
-    for f in range(5):
-        on = (pooled[:, f] >= layer.thresholds[f]).mean()
-        best = min(abs((pooled[:, f] >= s).mean() - 0.5) for s in range(182))
-        assert abs(on - 0.5) == pytest.approx(best)
-    assert np.all(B.choose_thresholds(layer, [(codes, None)], "half") == 90.0)
-
-
-def test_quantile_levels_skip_a_dominant_value(rng):
-    values = np.concatenate([np.zeros(900), rng.uniform(10, 250, 100)])[:, None]
-    hist = B.map_value_histogram(values, 0.0, 256.0, 1024)
-    levels = B.quantiles_from_histogram(hist, 0.0, 256.0, 4)
-    assert levels.shape == (1, 4) and np.all(np.diff(levels[0]) > 0) and levels[0, 0] > 0
-    nz = np.sort(values[values > 0])
-    for t, lv in enumerate(levels[0]):
-        assert abs((nz < lv).mean() - (t + 1) / 5) < 0.03
-
-
-# ---------------------------------------------------------------- map / reduce
-
-
-def test_map_reduce_merge_equals_single_shard(rng):
-    bits = random_bits(rng, (120, 33))
-    labels = rng.integers(0, 4, 120)
-    shards = [(0, 50), (50, 51), (51, 120)]
-    merged = B.reduce_sums(B.map_class_sums(bits[a:b], labels[a:b], 4) for a, b in shards)
-    single = B.map_class_sums(bits, labels, 4)
-    for m, s in zip(merged, single):
-        np.testing.assert_allclose(m, s)
-    codes = pack_bits(random_bits(rng, (120, 1, 100)))[0]
-    filters = pack_bits(random_bits(rng, (7, 100)))[0]
-    merged = B.reduce_sums(B.map_activation_histogram(codes[a:b], filters, 100) for a, b in shards)
-    np.testing.assert_array_equal(merged, B.map_activation_histogram(codes, filters, 100))
-    np.testing.assert_array_equal(merged.sum(1), 120)
-    values = rng.normal(0, 50, (120, 3))
-    merged = B.reduce_sums(B.map_value_histogram(values[a:b], -256, 256, 64) for a, b in shards)
-    np.testing.assert_array_equal(merged, B.map_value_histogram(values, -256, 256, 64))
-    feats = [bits[a:b] for a, b in shards]
-    np.testing.assert_allclose(B.fit_ncm(feats, [labels[a:b] for a, b in shards], 4),
-                               single[0] / single[1][:, None])
-
-
-def test_position_sums_merge_and_split_filter(rng):
-    bits = random_bits(rng, (40, 4, 5, 8))
-    labels = rng.integers(0, 3, 40)
-    layer = B.ConvLayer(8)
-    m = pack_bits(bits)[0]
-    shards = [(0, 15), (15, 40)]
-    merged = B.reduce_sums(B.map_position_sums(layer, m[a:b], labels[a:b], 3, b - a, np.random.default_rng(0))
-                           for a, b in shards)
-    single = B.map_position_sums(layer, m, labels, 3, 40, np.random.default_rng(0))
-    np.testing.assert_allclose(merged[0], single[0])
-    np.testing.assert_array_equal(merged[1], np.bincount(labels, minlength=3))
-    filters = B.position_split_filters(layer, merged[0], merged[1], [(np.array([0]), np.array([1, 2]))],
-                                       np.random.default_rng(0))
-    patches = map_patches_reference(bits).astype(np.float64)
-    diff = patches[labels == 0].mean(0) - patches[labels != 0].mean(0)  # (H, W, 72)
-    matches = [np.array_equal(filters[0], (diff[y, x] > 0).astype(np.uint8)) for y in range(4) for x in range(5)]
-    assert any(matches)
-
-
-# ---------------------------------------------------------------- the network
+# ---------------------------------------------------------------- training through the layer-wise loop
 
 
 def tiny_data(rng, n=160, c=3, size=12, k=4):
@@ -273,22 +31,58 @@ def tiny_data(rng, n=160, c=3, size=12, k=4):
 
 
 OPTS = dict(seed=0, arch="c16-or2-c16", patch_sample=2000, kmeans_iter=5, shard_size=60, split_images=80,
-            final_epochs=20, levels=3, colour_levels=3, regions=0)
+            epochs=20, final_min_steps=0, levels=3, colour_levels=3, regions=0)
 
 
-def fit_tiny(x, y, **kw):
-    o = B.resolve_options(dict(OPTS, **kw), "synthetic")
-    net, maps = B.fit_network(x, y, 4, o)
-    feats = np.concatenate([B.head_features(m, net.last_bits(), o["regions"]) for m in maps])
-    net.class_means = B.fit_ncm([feats], [y], 4)
-    net.head_w = np.random.default_rng(0).normal(size=(feats.shape[1], 4)).astype(np.float32)
-    net.head_b = np.zeros(4, np.float32)
-    return net, feats
+class RecordingTrainer(BinaryTrainer):
+    """A BinaryTrainer that keeps the classifier's features of the training set."""
+
+    def features(self, x, which, rng):
+        out = super().features(x, which, rng)
+        if which == "train":
+            self.train_features = out
+        return out
+
+
+def fit_tiny(x, y, eval_set=None, monitor=None, **kw):
+    """(BinaryNetwork, training features of the head, summary) of a small run of the one layer-wise loop."""
+    config = resolve("binary", "cifar10", 4, dict(OPTS, **kw))
+    trainer = RecordingTrainer(config, 4)
+    net, info = train_layerwise(trainer, x, y, eval_set, monitor or Monitor(), np.random.default_rng(0))
+    return net, trainer.train_features, info
+
+
+def test_binary_trainer_runs_through_the_layerwise_loop(rng):
+    x, y = tiny_data(rng)
+    monitor = Monitor()
+    net, feats, info = fit_tiny(x[:120], y[:120], (x[120:], y[120:]), monitor, regions=2)
+    assert isinstance(net, BinaryNetwork) and METHODS["binary"] is BINARY
+    assert [lay["spec"] for lay in info["layers"]] == ["c16-or2", "c16"]
+    assert all(lay["budget"] is None and 0 < lay["fraction_on"] < 1 for lay in info["layers"])
+    assert [e["phase"] for e in monitor.events].count("layer_done") == 2
+    assert 0 <= info["ncm_accuracy"] <= 1 and info["model_bytes"] < info["float32_model_bytes"]
+    assert info["filter_bits"] == net.filter_bits() and info["arch"] == "c16-or2-c16"
+    assert feats.shape == (120, 2 * 2 * 16) and feats.dtype == np.float32
+    assert (net.predict_logits(x[:120]).argmax(1) == y[:120]).mean() > 0.6
+
+
+def test_binary_method_is_reproducible_and_seeded():
+    x, y = tiny_data(np.random.default_rng(3), n=120)
+
+    def logits(seed):
+        config = resolve("binary", "cifar10", 4, dict(OPTS, seed=seed))
+        net, _ = BINARY.fit(x, y, 4, config, Monitor())
+        return net.predict_logits(x), net.image_layer.filters
+
+    (a, fa), (b, fb), (_, fc) = logits(0), logits(0), logits(1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fa, fb)
+    assert not np.array_equal(fa, fc)
 
 
 def test_network_features_match_training_maps_and_ncm_learns(rng):
     x, y = tiny_data(rng)
-    net, feats = fit_tiny(x, y, split_context="position", split_fraction=0.5)
+    net, feats, _ = fit_tiny(x, y, split_context="position", split_fraction=0.5)
     np.testing.assert_array_equal(net.features(x, batch_size=50), feats)
     assert (net.ncm_scores(feats).argmax(1) == y).mean() > 0.6
     packed, float32 = net.size_bytes()
@@ -298,37 +92,115 @@ def test_network_features_match_training_maps_and_ncm_learns(rng):
 @pytest.mark.parametrize("context", ["global", "cluster"])
 def test_network_other_split_contexts(rng, context):
     x, y = tiny_data(rng, n=80)
-    net, feats = fit_tiny(x, y, split_context=context, threshold="half", colour_norm=False, colour_feed=False)
+    net, feats, _ = fit_tiny(x, y, split_context=context, threshold="half", colour_norm=False, colour_feed=False)
     assert feats.shape == (80, 6 * 6 * 16) and set(np.unique(feats)) <= {0, 1}
     assert net.layers[0].colour_levels is None and not net.image_layer.colour_norm
 
 
+# ---------------------------------------------------------------- model files
+
+
 def test_save_load_round_trip(rng, tmp_path):
     x, y = tiny_data(rng, n=80)
-    net, _ = fit_tiny(x, y, regions=2)
+    net, _, _ = fit_tiny(x, y, regions=2)
+    net.class_names = ["a", "b", "c", "d"]
     path = str(tmp_path / "model.npz")
-    net.save(path, None, ["a", "b", "c", "d"], {"note": 1})
-    loaded, normalizer, meta = B.load_binary_model(path)
+    net.save(path, {"note": 1})
+    loaded = modelfile.load(path)
+    _, meta = modelfile.read_npz(path)
     np.testing.assert_array_equal(loaded.forward(x), net.forward(x))
+    np.testing.assert_array_equal(loaded.predict_logits(x), net.predict_logits(x))
     np.testing.assert_array_equal(loaded.ncm_scores(loaded.features(x)), net.ncm_scores(net.features(x)))
-    assert normalizer is None and meta["class_names"] == ["a", "b", "c", "d"] and meta["extra"] == {"note": 1}
+    assert isinstance(loaded, BinaryNetwork) and meta["format"] == "greedy-binary" and "mean" not in meta
+    assert loaded.class_names == ["a", "b", "c", "d"] and meta["extra"] == {"note": 1}
     assert loaded.image_layer.filters.dtype == np.uint64 and loaded.layers[0].filters.shape == (16, 9, 1)
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["layer/0/filters"] = arrays["layer/0/filters"][:, :, :0]
     np.savez(path, **arrays)
     with pytest.raises(CheckpointError, match="inconsistent"):
-        B.load_binary_model(path)
+        modelfile.load(path)
     with pytest.raises(CheckpointError, match="not found|not a readable"):
-        B.load_binary_model(str(tmp_path / "missing.npz"))
+        modelfile.load(str(tmp_path / "missing.npz"))
+
+
+def damage(arrays, what):
+    if what == "filter shape":
+        arrays["image/filters"] = arrays["image/filters"][:, :1]
+    elif what == "filter dtype":
+        arrays["layer/0/filters"] = arrays["layer/0/filters"].astype(np.float64)
+    elif what == "NaN thresholds":
+        arrays["layer/0/thresholds"] = np.full_like(arrays["layer/0/thresholds"], np.nan)
+    elif what == "NaN levels":
+        arrays["image/levels"] = np.full_like(arrays["image/levels"], np.nan)
+    elif what == "head shape":
+        arrays["head/w"] = arrays["head/w"][:-1]
+    elif what == "missing array":
+        del arrays["layer/0/colour_levels"]
+
+
+@pytest.mark.parametrize("what,message", [
+    ("filter shape", "image filters have shape"), ("filter dtype", "layer 0 filters"),
+    ("NaN thresholds", "thresholds hold NaN"), ("NaN levels", "image levels hold NaN"),
+    ("head shape", "head weights"), ("missing array", "no array 'layer/0/colour_levels'")])
+def test_damaged_model_file_fails_with_checkpoint_error(rng, tmp_path, what, message):
+    x, y = tiny_data(rng, n=80)
+    net, _, _ = fit_tiny(x, y, regions=2)
+    path = str(tmp_path / "model.npz")
+    net.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    damage(arrays, what)
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=message):
+        modelfile.load(path)
+
+
+def save_the_old_way(net, path, class_names, extra, with_format=True):
+    """A model file as BinaryNetwork.save wrote it before model formats had names (loader string)."""
+    il = net.image_layer
+    meta = {"loader": "greedy.binary:load_binary_model", "arch": net.arch, "in_shape": list(net.in_shape),
+            "n_classes": net.n_classes, "regions": net.regions, "class_names": list(class_names),
+            "mean": None, "std": None, "image": {"colour_norm": il.colour_norm, "pool": il.pool},
+            "layers": [{"n_bits": la.n_bits, "pool": la.pool, "colour_pools": la.colour_pools,
+                        "colour_feed": la.colour_levels is not None} for la in net.layers], "extra": extra}
+    if with_format:
+        meta["format"] = "greedy-binary"
+    arrays = {"meta": np.array(json.dumps(meta)), "image/levels": il.levels, "image/filters": il.filters,
+              "image/thresholds": il.thresholds, "head/w": net.head_w, "head/b": net.head_b,
+              "ncm/means": net.class_means}
+    for i, la in enumerate(net.layers):
+        arrays[f"layer/{i}/filters"] = la.filters
+        arrays[f"layer/{i}/thresholds"] = la.thresholds
+        if la.colour_levels is not None:
+            arrays[f"layer/{i}/colour_levels"] = la.colour_levels
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("with_format", [True, False])
+def test_model_file_written_the_old_way_loads(rng, tmp_path, with_format):
+    x, y = tiny_data(rng, n=80)
+    net, _, _ = fit_tiny(x, y, regions=2)
+    path = str(tmp_path / "old.npz")
+    save_the_old_way(net, path, ["a", "b", "c", "d"], {"note": 1}, with_format)
+    loaded = modelfile.load(path)
+    assert isinstance(loaded, BinaryNetwork) and loaded.class_names == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(loaded.predict_logits(x), net.predict_logits(x))
+
+
+# ---------------------------------------------------------------- options and inputs
 
 
 def test_bad_options():
     with pytest.raises(ConfigError, match="bad token"):
-        B.parse_arch("c16-max2")
+        parse_arch("c16-max2")
     with pytest.raises(ConfigError, match="threshold"):
-        B.resolve_options({"threshold": "mean"}, "mnist")
-    assert B.parse_arch("c8-or2-c4-maj2-c2") == [(8, "or"), (4, "majority"), (2, None)]
+        BinaryTrainer(resolve("binary", "mnist", 10, {"threshold": "mean"}), 10)
+    with pytest.raises(ConfigError, match="on_fraction"):
+        BinaryTrainer(resolve("binary", "mnist", 10, {"on_fraction": 1.5}), 10)
+    assert parse_arch("c8-or2-c4-maj2-c2") == [(8, "or"), (4, "majority"), (2, None)]
+    assert BinaryTrainer(resolve("binary", "mnist", 10, {"arch": "c8-or2-c4-maj2-c2"}), 10).block_specs() == \
+        ["c8-or2", "c4-maj2", "c2"]
 
 
 def test_cli_train_and_evaluate(tmp_path):
@@ -343,7 +215,7 @@ def test_cli_train_and_evaluate(tmp_path):
     assert result.exit_code == 0, result.output
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    assert summary["model_bytes"] < summary["float32_model_bytes"] and 0 <= summary["ncm_test_accuracy"] <= 1
+    assert summary["model_bytes"] < summary["float32_model_bytes"] and 0 <= summary["ncm_accuracy"] <= 1
     result = CliRunner().invoke(main, ["evaluate", out, "--dataset", "synthetic", "--n-train", "120",
                                        "--n-test", "40"])
     assert result.exit_code == 0, result.output
@@ -352,8 +224,10 @@ def test_cli_train_and_evaluate(tmp_path):
 
 def test_network_rejects_wrong_images(rng):
     x, y = tiny_data(rng, n=40)
-    net, _ = fit_tiny(x, y)
+    net, _, _ = fit_tiny(x, y)
     with pytest.raises(ConfigError, match="uint8"):
         net.forward(x.astype(np.float32))
     with pytest.raises(ConfigError, match="shape"):
         net.forward(x[:, :, :8, :8])
+    with pytest.raises(ConfigError, match="uint8"):
+        BINARY.fit(x.astype(np.float32), y, 4, resolve("binary", "cifar10", 4, dict(OPTS)), Monitor())

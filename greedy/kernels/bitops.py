@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 
 from greedy.errors import ConfigError
 
-_TILE = 1024  # filters per tile in _hamming_row; keeps the output tile in L1
+_TILE = 1024  # filters per tile in hamming_row; keeps the output tile in L1
 
 
 @intrinsic
@@ -40,7 +40,7 @@ def popcount64(typingctx, x):
 
 
 @numba.njit(cache=True)
-def _hamming_row(a_row, bt, out_row):
+def hamming_row(a_row, bt, out_row):
     """out_row[j] = popcount(a_row ^ bt[:, j]); a_row (w,), bt (w, m) uint64, out_row (m,) int32."""
     w, m = bt.shape
     for j0 in range(0, m, _TILE):
@@ -61,11 +61,11 @@ def _hamming_row(a_row, bt, out_row):
 def _hamming_pairwise_kernel(a, bt, out):
     """a (n, w), bt (w, m) uint64 -> out (n, m) int32; prange over rows of a."""
     for i in prange(a.shape[0]):
-        _hamming_row(a[i], bt, out[i])
+        hamming_row(a[i], bt, out[i])
 
 
 @numba.njit(cache=True)
-def _gather_patch(x, n, y, xc, patch):
+def gather_patch(x, n, y, xc, patch):
     """Copies the 3x3 patch of x (N, H, W, w) around (n, y, xc) into patch (9*w,); outside pixels are 0."""
     h, wd, nw = x.shape[1], x.shape[2], x.shape[3]
     o = 0
@@ -91,9 +91,9 @@ def _conv_activations_kernel(x, ft, total, out):
         y = r - n * h
         patch = np.empty(ft.shape[0], np.uint64)
         for xc in range(wd):
-            _gather_patch(x, n, y, xc, patch)
+            gather_patch(x, n, y, xc, patch)
             o = out[n, y, xc]
-            _hamming_row(patch, ft, o)
+            hamming_row(patch, ft, o)
             for f in range(o.shape[0]):
                 o[f] = total - o[f]
 
@@ -110,8 +110,8 @@ def _conv_bits_kernel(x, ft, max_ham, out):
         patch = np.empty(ft.shape[0], np.uint64)
         ham = np.empty(n_filters, np.int32)
         for xc in range(wd):
-            _gather_patch(x, n, y, xc, patch)
-            _hamming_row(patch, ft, ham)
+            gather_patch(x, n, y, xc, patch)
+            hamming_row(patch, ft, ham)
             for f in range(n_filters):
                 if ham[f] <= max_ham[f]:
                     out[n, y, xc, f >> 6] |= one << np.uint64(f & 63)
@@ -141,8 +141,18 @@ def _pool2x2_kernel(x, majority, out):
 # ---------------------------------------------------------------- API
 
 
-def _n_words(n_bits):
-    return (n_bits + 63) // 64
+def n_words(n_bits):
+    """Number of uint64 words holding ``n_bits`` bits: ceil(n_bits / 64)."""
+    return (int(n_bits) + 63) // 64
+
+
+def max_hamming(thresholds, total):
+    """Per-filter largest hamming distance whose activation (total - hamming) is >= threshold, int64 (F,).
+
+    activation >= t  <=>  activation >= ceil(t)  <=>  hamming <= total - ceil(t); thresholds (F,) real.
+    """
+    th = np.asarray(thresholds, np.float64)
+    return (total - np.ceil(np.clip(th, -1, total + 1))).astype(np.int64)
 
 
 def _packed(name, arr, ndim):
@@ -178,9 +188,8 @@ def pack_bits(bits):
     if bits.dtype != np.bool_ and bits.size and (bits.min() < 0 or bits.max() > 1):
         raise ConfigError("bits must contain only 0 and 1")
     n_bits = bits.shape[-1]
-    n_words = _n_words(n_bits)
     by = np.packbits(bits, axis=-1, bitorder="little")
-    buf = np.zeros(bits.shape[:-1] + (n_words * 8,), np.uint8)
+    buf = np.zeros(bits.shape[:-1] + (n_words(n_bits) * 8,), np.uint8)
     buf[..., : by.shape[-1]] = by
     return buf.view("<u8").astype(np.uint64, copy=False), n_bits
 
@@ -191,7 +200,7 @@ def unpack_bits(packed, n_bits):
     if packed.dtype != np.uint64:
         raise ConfigError(f"packed must be a uint64 array, got dtype {packed.dtype}")
     n_bits = int(n_bits)
-    if n_bits < 1 or packed.ndim == 0 or packed.shape[-1] != _n_words(n_bits):
+    if n_bits < 1 or packed.ndim == 0 or packed.shape[-1] != n_words(n_bits):
         raise ConfigError(
             f"packed last axis must hold ceil(n_bits/64) words for n_bits={n_bits}, got shape {packed.shape}"
         )
@@ -231,7 +240,7 @@ def _conv_inputs(packed_map, filters, n_bits):
     x = _packed("packed_map", packed_map, 4)
     f = _packed("filters", filters, 3)
     n_bits = int(n_bits)
-    nw = _n_words(n_bits) if n_bits >= 1 else -1
+    nw = n_words(n_bits) if n_bits >= 1 else -1
     if x.shape[3] != nw:
         raise ConfigError(f"packed_map has {x.shape[3]} words per pixel, n_bits={n_bits} needs {max(nw, 1)}")
     if f.shape[1:] != (9, nw):
@@ -275,11 +284,8 @@ def binary_conv2d(packed_map, filters, thresholds, n_bits):
         th = np.full(n_filters, th)
     if th.shape != (n_filters,) or not np.all(np.isfinite(th)):
         raise ConfigError(f"thresholds must be {n_filters} finite numbers (one per filter), got shape {th.shape}")
-    total = 9 * n_bits
-    # activation >= t  <=>  activation >= ceil(t)  <=>  hamming <= total - ceil(t)
-    max_ham = (total - np.ceil(np.clip(th, -1, total + 1))).astype(np.int64)
-    out = np.zeros(x.shape[:3] + (_n_words(n_filters),), np.uint64)
-    _conv_bits_kernel(x, ft, max_ham, out)
+    out = np.zeros(x.shape[:3] + (n_words(n_filters),), np.uint64)
+    _conv_bits_kernel(x, ft, max_hamming(th, 9 * n_bits), out)
     return out
 
 
