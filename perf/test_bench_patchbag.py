@@ -4,7 +4,9 @@ import time
 import numpy as np
 import pytest
 
-from greedy.nn.layers import AvgPool2d, Conv2d, Dense, ReLU, Tanh
+from greedy.nn.activations import ReLU, Tanh
+from greedy.nn.layers import Conv2d, Dense
+from greedy.nn.pooling import AvgPool2d
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
 from greedy.nn.optim import Adam

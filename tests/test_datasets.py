@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import greedy.data as D
+from greedy import progress
 from greedy.data import files as F
 from greedy.data import images as I
 from greedy.data import synthetic as S
@@ -634,14 +635,14 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_download_progress_redraws_one_line_on_a_terminal(monkeypatch):
+def test_download_progress_redraws_one_line_on_a_terminal(env, monkeypatch):
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
-    bar = F.Progress("x.gz", 1000, enabled=True)
-    bar.interval = 0.0
-    for _ in range(10):
-        bar.update(100)
-    bar.close()
+    monkeypatch.setattr(progress, "TTY_INTERVAL", 0.0)
+    data = bytes(range(250)) * 4
+    serve(env, {"x.gz": data})
+    F.fetch("https://mirror/x.gz", env["tmp"] / "x.gz", md5(data), progress=True)  # ten reads of 100 bytes
+    assert (env["tmp"] / "x.gz").read_bytes() == data
     text = term.getvalue()
     assert text.count("\n") == 1 and text.count("\r") == 11 and text.endswith("100.0% 0.0/0.0 MB\n")
 

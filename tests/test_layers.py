@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from greedy.nn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
-                           ReLU, Tanh)
+from greedy.nn.activations import Dropout, ReLU, Tanh
+from greedy.nn.batchnorm import BatchNorm2d
+from greedy.nn.layers import Conv2d, Dense
+from greedy.nn.pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
 from greedy.nn.losses import log_softmax, softmax_cross_entropy
 from greedy.errors import ConfigError
 from greedy.nn.model import Sequential

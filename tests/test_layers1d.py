@@ -8,11 +8,13 @@ from greedy.kernels import conv as ck
 from greedy.kernels import conv1d as k1
 from greedy.kernels import embedding as ek
 from greedy.nn import hessian, inference
-from greedy.nn.layers import BatchNorm2d, Conv2d, Dense, MaxPool2d
+from greedy.nn.batchnorm import BatchNorm2d
+from greedy.nn.layers import Conv2d, Dense
 from greedy.nn.layers1d import (AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d, GlobalMaxPool1d, MaxPool1d,
                                 Tap1d)
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential, build_model, parse_spec
+from greedy.nn.pooling import MaxPool2d
 
 from gradcheck import numeric_grad, rel_error
 

@@ -4,7 +4,9 @@ import pytest
 import scipy.sparse as sp
 
 from greedy.errors import ConfigError
-from greedy.nn.layers import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Tanh
+from greedy.nn.activations import Tanh
+from greedy.nn.layers import Conv2d, Dense
+from greedy.nn.pooling import AvgPool2d, GlobalAvgPool
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
 from greedy.cluster.codes import RegionCodes, cluster_images, encode, region_sizes

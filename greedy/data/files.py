@@ -27,11 +27,11 @@ import hashlib
 import os
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 from greedy.errors import DatasetError
+from greedy.progress import Progress
 
 ENV_VAR = "GREEDY_DATA"
 
@@ -250,36 +250,11 @@ def report_mismatches(name: str, paths: list, quiet: bool) -> None:
 
 # ---------------------------------------------------------------- download
 
-class Progress:
-    """Download progress on stderr: one redrawn line on a terminal, else a plain
-    line at most every ``interval`` seconds and one at the end."""
-
-    def __init__(self, label: str, total: int, enabled: bool, interval: float = 10.0):
-        self.label, self.total, self.enabled = label, total, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.interval = 0.1 if self.tty else interval
-        self.done, self.last = 0, time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self.last > self.interval:
-            self.last = now
-            self._draw()
-
-    def _draw(self, end: str = "") -> None:
-        mb = self.done / 1e6
-        if self.total:
-            text = f"{100 * self.done / self.total:5.1f}% {mb:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            text = f"{mb:.1f} MB"
-        line = f"downloading {self.label} {text}"
-        sys.stderr.write(f"\r{line}{end}" if self.tty else line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw(end="\n")
+def download_line(label: str, done: int, total: int) -> str:
+    """``downloading LABEL 42.0% 70.3/170.5 MB`` (``done`` and ``total`` in bytes; total 0 when unknown)."""
+    mb = done / 1e6
+    text = f"{100 * done / total:5.1f}% {mb:.1f}/{total / 1e6:.1f} MB" if total else f"{mb:.1f} MB"
+    return f"downloading {label} {text}"
 
 
 def fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
@@ -288,15 +263,17 @@ def fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
     try:
         h = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            bar = Progress(dest.name, total, progress)
+            total, done = int(resp.headers.get("Content-Length") or 0), 0
+            bar = Progress(enabled=progress)
             try:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
                     h.update(chunk)
-                    bar.update(len(chunk))
+                    done += len(chunk)
+                    if bar.due():
+                        bar.show(download_line(dest.name, done, total))
             finally:
-                bar.close()
+                bar.end(download_line(dest.name, done, total))
         if h.hexdigest() != md5:
             raise DatasetError(f"md5 {h.hexdigest()} does not match the published {md5}")
         os.replace(tmp, dest)

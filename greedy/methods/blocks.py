@@ -11,9 +11,9 @@ import numpy as np
 
 from greedy.errors import ConfigError
 from greedy.nn.fit import fit, predict
-from greedy.nn.layers import MaxPool2d
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.optim import make_optimizer
+from greedy.nn.pooling import MaxPool2d
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
 

@@ -9,8 +9,9 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.kernels.pointwise import channel_normalise, column_sums
 from greedy.methods.blocks import _as32
+from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.fit import accuracy, fit
-from greedy.nn.layers import Dense, Dropout, ReLU, Tanh
+from greedy.nn.layers import Dense
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.optim import make_optimizer
 

@@ -25,10 +25,10 @@ from greedy.methods.blocks import (_as32, block_shapes, parse_budget, pool_maps,
                                    tap_pool_sizes)
 from greedy.methods.classifier import train_classifier
 from greedy.nn.fit import accuracy, fit, predict
-from greedy.nn.layers import Concat, Tap
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.network import Network, Normalizer
 from greedy.nn.optim import make_optimizer
+from greedy.nn.pooling import Concat, Tap
 
 
 class BlockTrainer:

@@ -20,9 +20,11 @@ from greedy.errors import ConfigError
 from greedy.methods.base import LayerwiseMethod
 from greedy.methods.blocks import fit_block
 from greedy.methods.layerwise import ConvBlockTrainer
+from greedy.nn.activations import ReLU, Tanh
 from greedy.nn.codelayer import CodeLayer
 from greedy.nn.fit import label_accuracy
-from greedy.nn.layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Tanh
+from greedy.nn.layers import Conv2d
+from greedy.nn.pooling import AvgPool2d, MaxPool2d
 
 
 def block_activation(block):

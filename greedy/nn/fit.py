@@ -7,7 +7,6 @@ training, auxiliary heads, cosine and KL objectives, the final classifiers and
 the freezing experiment (through the hooks ``backward``, ``after_backward`` and
 ``on_step``) all go through it.
 """
-import sys
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from greedy import validate
 from greedy.errors import ConfigError
 from greedy.nn.losses import softmax_cross_entropy
+from greedy.progress import Progress
 
 
 def batches(n, batch_size, rng=None, drop_last=False):
@@ -75,6 +75,8 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
     gradients before the optimiser step (``optimizer.progress`` is already set);
     ``on_step(step, loss)`` is called after the optimiser step.
     ``on_epoch(epoch, train_loss, train_acc)`` is called after each epoch.
+    ``progress``: a line on stderr (``greedy.progress``) with the epoch against its total,
+    or against the seconds of ``time_budget`` when one is given, the batch and the running loss.
     Returns a list of per-epoch dicts (epoch, train_loss, train_accuracy, seconds).
     """
     if (epochs is None) == (steps is None):
@@ -86,6 +88,8 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
     n = len(x)
     total_steps = steps if steps is not None else int(np.ceil(epochs * n / batch_size))
     steps_per_epoch = n // batch_size if drop_last else int(np.ceil(n / batch_size))
+    n_epochs = int(np.ceil(total_steps / steps_per_epoch)) if steps_per_epoch else 0
+    bar = Progress(enabled=progress)
     params, grads = model.parameters(), model.gradients()
     history, step, t0 = [], 0, time.perf_counter()
     epoch = 0
@@ -121,11 +125,11 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
             seen += len(idx)
             if out.ndim == 2 and out.shape[1] > 1 and loss_fn is softmax_cross_entropy:
                 correct += int((out.argmax(axis=1) == y[idx]).sum())
-            if progress and step % 50 == 0:
-                print(f"\r  {label} epoch {epoch}: {step - (epoch - 1) * steps_per_epoch}/{steps_per_epoch} "
-                      f"batches, loss {loss_sum / seen:.4f}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+            if bar.due():
+                total = f"/{n_epochs}" if time_budget is None else f", {elapsed:.0f}/{time_budget:g} s"
+                bar.show(f"{label} epoch {epoch}{total}: {step - (epoch - 1) * steps_per_epoch}/{steps_per_epoch} "
+                         f"batches, loss {loss_sum / seen:.4f}")
+        bar.end()
         if seen == 0:
             break
         record = {"epoch": epoch, "train_loss": loss_sum / seen,

@@ -20,8 +20,11 @@ import numpy as np
 
 from greedy.kernels import conv as ck
 from greedy.kernels import conv1d as k1
-from greedy.nn.layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Tanh
+from greedy.nn.activations import ReLU, Tanh
+from greedy.nn.batchnorm import BatchNorm2d
+from greedy.nn.layers import Conv2d
 from greedy.nn.layers1d import Conv1d, MaxPool1d
+from greedy.nn.pooling import MaxPool2d
 
 
 def fold_batchnorm(conv, bn):

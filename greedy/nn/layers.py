@@ -1,23 +1,24 @@
-"""Layers with hand-written forward and backward passes.
+"""The layer protocol, the weight initialisers, and the layers with weights: ``Conv2d`` and ``Dense``.
 
-Every layer follows one small protocol:
+Every layer subclasses :class:`Layer` and follows one small protocol:
 
 - ``build(in_shape, rng, dtype) -> out_shape`` creates parameters for a
   per-sample input shape (C, H, W) or (D,), drawing from a seeded generator.
 - ``forward(x, train=False) -> y`` caches what ``backward`` needs.
-- ``backward(dy) -> dx`` writes parameter gradients into ``self.grads``
+- ``backward(dy, input_grad=True) -> dx`` writes parameter gradients into ``self.grads``
   (same keys as ``self.params``) and returns the gradient of the input.
 - ``spec()`` is the layer's token in the architecture string (see ``model.py``).
 
 Arrays are NCHW for images and (N, D) for vectors; float32 by default,
-float64 works everywhere (gradient checks).
+float64 works everywhere (gradient checks). The other layers live in
+``activations`` (ReLU, Tanh, Dropout), ``batchnorm``, ``pooling`` (pools, Tap,
+Concat) and ``layers1d`` (sequences).
 """
 import numpy as np
 
+from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
-from greedy.kernels import pool
 from greedy.kernels.im2col import col2im
-from greedy.kernels import pointwise as pk
 
 
 class Layer:
@@ -42,7 +43,7 @@ class Layer:
     def spec(self):
         raise NotImplementedError
 
-    # R-operator (Pearlmutter 1994), used by greedy.hessian.hvp. R{f} is the
+    # R-operator (Pearlmutter 1994), used by greedy.nn.hessian.hvp. R{f} is the
     # directional derivative of f along a direction v of the parameters.
     # ``r_forward(rx, rparams) -> ry`` maps R{x} (None: the input does not depend
     # on the parameters) to R{y}, given the parameter direction ``rparams`` (a dict
@@ -53,11 +54,9 @@ class Layer:
     # not ``input_grad``).
 
     def r_forward(self, rx, rparams=None):
-        from greedy.errors import ConfigError
         raise ConfigError(f"layer {self.spec()} has no R-operator (Hessian-vector products)")
 
     def r_backward(self, dy, rdy, input_grad=True):
-        from greedy.errors import ConfigError
         raise ConfigError(f"layer {self.spec()} has no R-operator (Hessian-vector products)")
 
     def _r_linear_backward(self, dy, rdy, input_grad):
@@ -111,7 +110,6 @@ class Conv2d(Layer):
         ho = (h + 2 * self.padding - k) // self.stride + 1
         wo = (w + 2 * self.padding - k) // self.stride + 1
         if ho < 1 or wo < 1:
-            from greedy.errors import ConfigError
             raise ConfigError(f"conv {self.spec()} does not fit an input of {h}x{w} pixels")
         return (self.filters, ho, wo)
 
@@ -221,247 +219,6 @@ class Dense(Layer):
         return f"fc{self.units}"
 
 
-class ReLU(Layer):
-    def forward(self, x, train=False):
-        x = np.ascontiguousarray(x)
-        self.y = np.empty_like(x)
-        pk.relu_forward(x.reshape(-1), self.y.reshape(-1))
-        return self.y
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        dy = np.ascontiguousarray(dy, dtype=self.y.dtype)
-        dx = np.empty_like(dy)
-        pk.relu_backward(self.y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
-        return dx
-
-    def r_forward(self, rx, rparams=None):
-        return None if rx is None else self.backward(rx)
-
-    def r_backward(self, dy, rdy, input_grad=True):
-        return self._r_linear_backward(dy, rdy, input_grad)
-
-    def spec(self):
-        return "relu"
-
-
-class Tanh(Layer):
-    def forward(self, x, train=False):
-        self.y = np.tanh(x)  # NumPy's SIMD tanh is ~20x faster than Numba's scalar libm call
-        return self.y
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        dy = np.ascontiguousarray(dy, dtype=self.y.dtype)
-        dx = np.empty_like(dy)
-        pk.tanh_backward(self.y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
-        return dx
-
-    def r_forward(self, rx, rparams=None):
-        self.ry = None if rx is None else self.backward(rx)  # R{y} = Rx (1 - y^2), the same map as backward
-        return self.ry
-
-    def r_backward(self, dy, rdy, input_grad=True):
-        """R{dx} = R dy (1 - y^2) - 2 dy y Ry."""
-        if not input_grad:
-            return None, None
-        d = 1 - self.y * self.y
-        return dy * d, rdy * d - 2 * dy * self.y * self.ry
-
-    def spec(self):
-        return "tanh"
-
-
-class MaxPool2d(Layer):
-    """Max pooling with a square window ``size`` and stride ``size`` (floor on odd sizes)."""
-
-    def __init__(self, size=2):
-        super().__init__()
-        self.size = int(size)
-
-    def build(self, in_shape, rng, dtype=np.float32):
-        c, h, w = in_shape
-        self.in_shape = tuple(in_shape)
-        if h < self.size or w < self.size:
-            from greedy.errors import ConfigError
-            raise ConfigError(f"pool {self.spec()} does not fit an input of {h}x{w} pixels")
-        return (c, h // self.size, w // self.size)
-
-    def forward(self, x, train=False):
-        # inference skips the argmax; backward or an R-op after it recomputes it from x
-        self.x = x
-        y, self._argmax = pool.maxpool2d_forward(x, self.size, self.size, with_argmax=train)
-        return y
-
-    @property
-    def argmax(self):
-        if self._argmax is None:
-            self._argmax = pool.maxpool2d_forward(self.x, self.size, self.size)[1]
-        return self._argmax
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        return pool.maxpool2d_backward(dy, self.argmax, self.x.shape)
-
-    def r_forward(self, rx, rparams=None):
-        """R{y} picks Rx at the positions of the maxima."""
-        if rx is None:
-            return None
-        argmax = self.argmax
-        n, c = argmax.shape[:2]
-        picked = np.take_along_axis(rx.reshape(n, c, -1), argmax.reshape(n, c, -1), axis=2)
-        return picked.reshape(argmax.shape)
-
-    def r_backward(self, dy, rdy, input_grad=True):
-        return self._r_linear_backward(dy, rdy, input_grad)
-
-    def spec(self):
-        return f"max{self.size}"
-
-
-class AvgPool2d(MaxPool2d):
-    """Average pooling with a square window ``size`` and stride ``size``."""
-
-    def forward(self, x, train=False):
-        self.x_shape = x.shape
-        return pool.avgpool2d_forward(x, self.size, self.size)
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        return pool.avgpool2d_backward(dy, self.x_shape, self.size, self.size)
-
-    def r_forward(self, rx, rparams=None):
-        return None if rx is None else pool.avgpool2d_forward(rx, self.size, self.size)
-
-    def spec(self):
-        return f"avg{self.size}"
-
-
-class GlobalAvgPool(Layer):
-    """Global average pooling: x (N, C, H, W) -> y (N, C)."""
-
-    def build(self, in_shape, rng, dtype=np.float32):
-        self.in_shape = tuple(in_shape)
-        return (in_shape[0],)
-
-    def forward(self, x, train=False):
-        self.x_shape = x.shape
-        return x.mean(axis=(2, 3))
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        n, c, h, w = self.x_shape
-        return np.broadcast_to((dy / (h * w))[:, :, None, None], self.x_shape).copy()
-
-    def r_forward(self, rx, rparams=None):
-        return None if rx is None else rx.mean(axis=(2, 3))
-
-    def r_backward(self, dy, rdy, input_grad=True):
-        return self._r_linear_backward(dy, rdy, input_grad)
-
-    def spec(self):
-        return "gap"
-
-
-class Dropout(Layer):
-    """Inverted dropout with drop probability ``rate``; identity at inference."""
-
-    def __init__(self, rate=0.5, seed=0):
-        super().__init__()
-        if not 0.0 <= rate < 1.0:
-            from greedy.errors import ConfigError
-            raise ConfigError(f"dropout rate must be in [0, 1), got {rate}")
-        self.rate = float(rate)
-        self.rng = np.random.default_rng(seed)
-
-    def build(self, in_shape, rng, dtype=np.float32):
-        self.rng = np.random.default_rng(rng.integers(2**63))
-        return super().build(in_shape, rng, dtype)
-
-    def forward(self, x, train=False):
-        if not train or self.rate == 0.0:
-            self.scale = None
-            return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        self.scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.rate)
-        return x * self.scale
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        return dy if self.scale is None else dy * self.scale
-
-    def r_forward(self, rx, rparams=None):
-        """Linear with the mask drawn by the last ``forward``."""
-        if rx is None or self.scale is None:
-            return rx
-        return rx * self.scale
-
-    def r_backward(self, dy, rdy, input_grad=True):
-        return self._r_linear_backward(dy, rdy, input_grad)
-
-    def spec(self):
-        return f"drop{self.rate:g}"
-
-
-class BatchNorm2d(Layer):
-    """Batch normalisation over (N, H, W) per channel of x (N, C, H, W).
-
-    Training uses batch statistics and updates running averages with
-    ``momentum``; inference uses the running averages. Parameters: scale
-    ``gamma`` (C,), shift ``beta`` (C,). Running statistics are stored as
-    buffers (saved with the model, not trained).
-    """
-
-    def __init__(self, momentum=0.1, eps=1e-5):
-        super().__init__()
-        self.momentum = momentum
-        self.eps = eps
-
-    def build(self, in_shape, rng, dtype=np.float32):
-        c = in_shape[0]
-        self.params = {"gamma": np.ones(c, dtype), "beta": np.zeros(c, dtype)}
-        self.grads = {key: np.zeros_like(v) for key, v in self.params.items()}
-        self.buffers = {"mean": np.zeros(c, dtype), "var": np.ones(c, dtype)}
-        self.in_shape = tuple(in_shape)
-        return self.in_shape
-
-    def forward(self, x, train=False):
-        x = np.ascontiguousarray(x)
-        self.x = x.reshape(x.shape[0], x.shape[1], -1)
-        if train:
-            mean, var = pk.channel_mean_var(self.x)
-            m = self.momentum
-            n = x.size / x.shape[1]
-            self.buffers["mean"] *= 1 - m
-            self.buffers["mean"] += m * mean.astype(x.dtype)
-            self.buffers["var"] *= 1 - m
-            self.buffers["var"] += m * var.astype(x.dtype) * n / max(n - 1, 1)
-        else:
-            mean, var = self.buffers["mean"].astype(np.float64), self.buffers["var"].astype(np.float64)
-        self.mean = mean
-        self.inv_std = 1.0 / np.sqrt(var + self.eps)
-        scale = self.params["gamma"] * self.inv_std
-        y = np.empty_like(x)
-        pk.channel_normalise(self.x, mean, scale, self.params["beta"], y.reshape(self.x.shape))
-        return y
-
-    def backward(self, dy, input_grad=True):
-        dy = np.ascontiguousarray(dy, dtype=self.x.dtype)
-        dx = np.empty_like(dy)
-        pk.batchnorm_backward(self.x, dy.reshape(self.x.shape), self.mean, self.inv_std, self.params["gamma"],
-                              dx.reshape(self.x.shape), self.grads["gamma"], self.grads["beta"])
-        return dx
-
-    def spec(self):
-        return "bn"
-
-
 def _conv_input_grad(dy, w, x_shape, stride, pad):
     """dL/dx of a convolution with weights w (F, C, K, K) given dy (N, F, Ho, Wo), without dL/dw.
 
@@ -479,71 +236,3 @@ def _conv_input_grad(dy, w, x_shape, stride, pad):
         rows = dy[n0:n0 + m].transpose(0, 2, 3, 1).reshape(m * p, f)
         dx[n0:n0 + m] = col2im(rows @ wm, (m,) + tuple(x_shape[1:]), k, k, stride, pad)
     return dx
-
-
-class Tap(Layer):
-    """Passes x (N, C, H, W) through unchanged and keeps its ``size`` x ``size`` max pool for a later ``Concat``.
-
-    ``tap1`` keeps the map itself. Together with ``Concat`` this lets a classifier
-    see every block's pooled output (multi-scale features) in a plain layer list.
-    """
-
-    def __init__(self, size=1):
-        super().__init__()
-        self.pool = MaxPool2d(size) if int(size) > 1 else None
-        self.size = int(size)
-        self.grad_out = None
-
-    def build(self, in_shape, rng, dtype=np.float32):
-        self.tap_shape = self.pool.build(in_shape, rng, dtype) if self.pool else tuple(in_shape)
-        return super().build(in_shape, rng, dtype)
-
-    def forward(self, x, train=False):
-        self.out = self.pool.forward(x, train) if self.pool else x
-        return x
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        """dy plus the gradient that the ``Concat`` layer sent back to this tap (``grad_out``)."""
-        g = self.grad_out.reshape((len(dy),) + self.tap_shape)
-        self.grad_out = None
-        return dy + (self.pool.backward(g) if self.pool else g)
-
-    def spec(self):
-        return f"tap{self.size}"
-
-
-class Concat(Layer):
-    """Flattens x and appends it to the kept outputs of the ``Tap`` layers before it: (N, sum of sizes).
-
-    ``Sequential.build`` links each ``Concat`` to the taps since the previous one (``taps``);
-    the taps come first, in order, then x.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.taps = []
-
-    def build(self, in_shape, rng, dtype=np.float32):
-        if not self.taps:
-            from greedy.errors import ConfigError
-            raise ConfigError("'cat' needs at least one 'tap<k>' layer before it")
-        self.in_shape = tuple(in_shape)
-        self.sizes = [int(np.prod(t.tap_shape)) for t in self.taps] + [int(np.prod(in_shape))]
-        return (sum(self.sizes),)
-
-    def forward(self, x, train=False):
-        n = len(x)
-        return np.concatenate([t.out.reshape(n, -1) for t in self.taps] + [x.reshape(n, -1)], axis=1)
-
-    def backward(self, dy, input_grad=True):
-        if not input_grad:
-            return None
-        parts = np.split(dy, np.cumsum(self.sizes)[:-1], axis=1)
-        for tap, part in zip(self.taps, parts):
-            tap.grad_out = part
-        return parts[-1].reshape((len(dy),) + self.in_shape)
-
-    def spec(self):
-        return "cat"

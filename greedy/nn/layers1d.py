@@ -11,7 +11,8 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.kernels import conv1d as k1
 from greedy.kernels import embedding as ek
-from greedy.nn.layers import Layer, Tap, glorot_uniform, he_normal
+from greedy.nn.layers import Layer, glorot_uniform, he_normal
+from greedy.nn.pooling import Tap
 
 
 def _sequence_shape(layer, in_shape):

@@ -51,10 +51,12 @@ import numpy as np
 
 from greedy.errors import ConfigError
 from greedy.nn import inference
-from greedy.nn.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dense, Dropout, GlobalAvgPool, MaxPool2d,
-                     ReLU, Tanh, Tap)
+from greedy.nn.activations import Dropout, ReLU, Tanh
+from greedy.nn.batchnorm import BatchNorm2d
+from greedy.nn.layers import Conv2d, Dense
 from greedy.nn.layers1d import (SEQUENCE_LAYERS, AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d,
                                 GlobalMaxPool1d, MaxPool1d, Tap1d)
+from greedy.nn.pooling import AvgPool2d, Concat, GlobalAvgPool, MaxPool2d, Tap
 
 
 class _SequenceOnlyToken(ConfigError):
