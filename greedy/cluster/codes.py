@@ -2,19 +2,23 @@
 
 ``encode`` assigns every 3x3 patch of every image to its nearest centroid, streamed in image
 chunks, and counts the assignments per image, optionally per region of the image (e.g. the
-four quadrants), as sparse ``RegionCodes``. ``cluster_images`` clusters each class's codes
+four quadrants), as sparse ``RegionCodes``. Sequences (N, C, L) likewise: every window of k
+positions, counted per segment of the sequence (``side`` segments). ``cluster_images`` clusters each class's codes
 into weighted prototypes ("distributions of centroids can also be clustered").
 """
 import numpy as np
 import scipy.sparse as sp
 
 from greedy.cluster.kmeans import KMeans, assign
-from greedy.kernels.codes import count_codes
+from greedy.kernels.codes import count_codes, count_codes_1d
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
 
 def region_sizes(h, w, side):
-    """Number of positions in each of the side x side regions of an h x w map (same split as count_codes)."""
+    """Number of positions in each of the side x side regions of an h x w map (same split as count_codes);
+    ``h=None``: in each of the ``side`` segments of a sequence of length w (as count_codes_1d)."""
+    if h is None:
+        return np.bincount(np.arange(w) * side // w, minlength=side)
     rows = np.bincount(np.minimum(np.arange(h) * side // h, side - 1), minlength=side)
     cols = np.bincount(np.minimum(np.arange(w) * side // w, side - 1), minlength=side)
     return np.outer(rows, cols).reshape(-1)
@@ -49,34 +53,40 @@ class RegionCodes:
 def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32):
     """Assign every patch of every image to its nearest centroid, streamed in image chunks.
 
-    x (N, C, H, W) float; pre a fitted PatchPreprocessor; centers (k, d) float32.
+    x (N, C, H, W) float (or sequences (N, C, L) with ``side`` segments); pre a fitted PatchPreprocessor;
+    centers (k, d) float32.
     Chunks hold images whose 3x3 patches would take ``chunk_bytes``; the patches
     are projected by a convolution (``PatchPreprocessor.transform_images``), so
     at most that much (d/9C of it for the projections, plus the distance blocks
     of ``assign``) is in memory at once.
     Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
     """
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
+    h, w = x.shape[2:] if x.ndim == 4 else (None, x.shape[2])
+    n_regions, positions = (side * side, h * w) if h else (side, w)
     k = len(centers)
     sizes = region_sizes(h, w, side).astype(dtype)
-    per_image = h * w * 9 * c * 4
+    per_image = positions * pre.A_.shape[0] * 4
     step = max(1, chunk_bytes // per_image)
     sq = (centers.astype(np.float32) ** 2).sum(axis=1)
-    parts = [[] for _ in range(side * side)]
+    parts = [[] for _ in range(n_regions)]
     inertia, distinct = 0.0, 0
     for start in range(0, n, step):
         xb = x[start:start + step]
         labels, dist = assign(pre.transform_images(xb), centers, sq)
-        counts = np.zeros((len(xb), side * side, k), dtype)
-        count_codes(labels.astype(np.int64), len(xb), h, w, side, k, counts)
+        counts = np.zeros((len(xb), n_regions, k), dtype)
+        if h:
+            count_codes(labels.astype(np.int64), len(xb), h, w, side, k, counts)
+        else:
+            count_codes_1d(labels.astype(np.int64), len(xb), w, side, k, counts)
         inertia += float(dist.sum())
         distinct += int((counts.sum(axis=1) > 0).sum())
         counts /= sizes[None, :, None]
-        for r in range(side * side):
+        for r in range(n_regions):
             parts[r].append(sp.csr_matrix(counts[:, r]))
     codes = RegionCodes([sp.vstack(p, format="csr") for p in parts])
-    stats = {"inertia_per_patch": inertia / (n * h * w), "distinct_centroids_per_image": distinct / n,
-             "code_density": codes.nnz / (n * side * side * k)}
+    stats = {"inertia_per_patch": inertia / (n * positions), "distinct_centroids_per_image": distinct / n,
+             "code_density": codes.nnz / (n * n_regions * k)}
     return codes, stats
 
 

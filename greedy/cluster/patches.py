@@ -1,8 +1,10 @@
-"""3x3 patches of a layer's input and their affine preprocessing.
+"""3x3 patches of a layer's input, windows of a sequence, and their affine preprocessing.
 
 A patch is the (C, 3, 3) window around a pixel (zero padding 1), flattened in
 (c, kh, kw) order to a vector of 9C: exactly what a 3x3 "same" convolution
-sees. Preprocessing is an affine map z = p @ A + c (A (9C, d), c (d,)), so a
+sees. On a sequence (N, C, L) a patch is the (C, k) window of k consecutive
+positions around a position (k odd, zero padding k // 2), flattened in (c, k)
+order to a vector of kC: what a width-k "same" Conv1d sees. Below, 9C reads kC. Preprocessing is an affine map z = p @ A + c (A (9C, d), c (d,)), so a
 filter bank W (d, F) trained on preprocessed patches is the ordinary conv with
 weights A @ W and bias b + c @ W on the raw input (``fold_into_conv``).
 
@@ -21,25 +23,46 @@ Defaults and why:
 import numpy as np
 
 from greedy.kernels.conv import conv2d_forward
+from greedy.kernels.conv1d import conv1d_forward
 from greedy.kernels.im2col import gather_patches, im2col
 from greedy.errors import ConfigError
 
 
 def extract_patches(x, size=3):
-    """All size x size patches with "same" zero padding: x (N, C, H, W) -> (N*H*W, C*size*size), rows image-major."""
+    """All size x size patches with "same" zero padding: x (N, C, H, W) -> (N*H*W, C*size*size), rows image-major;
+    or all windows of ``size`` positions of sequences x (N, C, L) -> (N*L, C*size), rows sequence-major."""
     if size % 2 != 1:
         raise ConfigError(f"patch size must be odd, got {size}")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        n, c, length = x.shape
+        windows = np.lib.stride_tricks.sliding_window_view(_pad_sequences(x, size), size, axis=2)
+        return np.ascontiguousarray(windows.transpose(0, 2, 1, 3)).reshape(n * length, c * size)
     return im2col(x, size, size, 1, size // 2)
 
 
+def _pad_sequences(x, size):
+    p = size // 2
+    return np.pad(x, ((0, 0), (0, 0), (p, p)))
+
+
+def gather_windows(x, seq, pos, size):
+    """Rows of ``extract_patches(x, size)`` for (sequence, position) pairs only: x (N, C, L) float32,
+    seq, pos (M,) int -> (M, C*size) float32."""
+    windows = _pad_sequences(x, size)[seq[:, None], :, pos[:, None] + np.arange(size)]  # (M, size, C)
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(seq), -1)
+
+
 def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
-    """A uniform random sample of ``n_patches`` patches from images x (N, C, H, W), gathered image-chunk by chunk.
+    """A uniform random sample of ``n_patches`` patches from images x (N, C, H, W) (or windows from
+    sequences x (N, C, L)), gathered image-chunk by chunk.
 
     Only the sampled windows are read (no full patch matrix), so a chunk costs
-    ``chunk_images`` images converted to float32. Returns (n_patches, C*size*size) float32.
+    ``chunk_images`` images converted to float32. Returns (n_patches, C*size*size) float32
+    ((n_patches, C*size) for sequences).
     """
-    n, _, h, w = x.shape
+    n = len(x)
+    h, w = x.shape[2:] if x.ndim == 4 else (1, x.shape[2])
     positions = h * w
     picks = rng.choice(n * positions, size=min(n_patches, n * positions), replace=False)
     picks.sort()
@@ -50,27 +73,35 @@ def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
         if not sel.any():
             continue
         xb = np.ascontiguousarray(x[start:start + chunk_images], dtype=np.float32)
+        if x.ndim == 3:
+            out.append(gather_windows(xb, img[sel] - start, pos[sel], size))
+            continue
         out.append(gather_patches(xb, img[sel] - start, pos[sel] // w, pos[sel] % w, size, size, size // 2))
     return np.concatenate(out)
 
 
-def mean_removal_matrix(channels, size=3):
-    """(9C, 9C) projection subtracting each channel's mean over the size x size window."""
-    k = size * size
+def mean_removal_matrix(channels, size=3, ndim=2):
+    """(9C, 9C) projection subtracting each channel's mean over the size x size window (``ndim=1``: over
+    the window of ``size`` positions, (kC, kC))."""
+    k = size ** ndim
     return np.eye(channels * k) - np.kron(np.eye(channels), np.full((k, k), 1.0 / k))
 
 
 class PatchPreprocessor:
     """Fit an affine patch map z = p @ A_ + c_ on sample patches (n, 9C).
 
-    Parameters: ``channels`` of the input, ``remove_mean`` (bool), ``whiten``
+    Parameters: ``channels`` of the input, ``size`` (odd), ``ndim`` (2: size x size patches of images,
+    1: windows of ``size`` positions of sequences), ``remove_mean`` (bool), ``whiten``
     ("pca" or None), ``n_components`` (int or None: min(9C, 64)), ``eps``
     (added to eigenvalues, relative to the largest).
     Fitted: ``A_`` (9C, d) float32, ``c_`` (d,) float32, ``explained_variance_ratio_``.
     """
 
     def __init__(self, channels, size=3, remove_mean=True, whiten="pca", n_components=None, eps=1e-2,
-                 cov_samples=50_000):
+                 cov_samples=50_000, ndim=2):
+        if ndim not in (1, 2):
+            raise ConfigError(f"ndim must be 1 (sequences) or 2 (images), got {ndim!r}")
+        self.ndim = ndim
         if whiten not in ("pca", None):
             raise ConfigError(f"whiten must be 'pca' or None, got {whiten!r}")
         if cov_samples < 2:
@@ -82,7 +113,7 @@ class PatchPreprocessor:
 
     def fit(self, patches):
         dim = patches.shape[1]
-        a = mean_removal_matrix(self.channels, self.size) if self.remove_mean else np.eye(dim)
+        a = mean_removal_matrix(self.channels, self.size, self.ndim) if self.remove_mean else np.eye(dim)
         mu = patches.mean(axis=0, dtype=np.float64) @ a
         if self.whiten == "pca":
             sub = patches[::-(-len(patches) // self.cov_samples)]
@@ -111,23 +142,29 @@ class PatchPreprocessor:
         return patches @ self.A_ + self.c_
 
     def transform_images(self, x):
-        """Preprocessed patches at every position of x (N, C, H, W): (N*H*W, d) float32, rows image-major.
+        """Preprocessed patches at every position of x (N, C, H, W): (N*H*W, d) float32, rows image-major
+        (sequences x (N, C, L): (N*L, d)).
 
         Equal to ``transform(extract_patches(x))`` but computed as a convolution
         with d filters, so the (N*H*W, 9C) patch matrix is never built.
         """
         d = self.A_.shape[1]
+        if self.ndim == 1:
+            w = np.ascontiguousarray(self.A_.T.reshape(d, self.channels, self.size))
+            y = conv1d_forward(np.ascontiguousarray(x, dtype=np.float32), w, self.c_, 1, self.size // 2)
+            return y.transpose(0, 2, 1).reshape(-1, d)
         w = np.ascontiguousarray(self.A_.T.reshape(d, self.channels, self.size, self.size))
         y = conv2d_forward(np.ascontiguousarray(x, dtype=np.float32), w, self.c_, 1, self.size // 2)
         return y.transpose(0, 2, 3, 1).reshape(-1, d)
 
 
 def fold_into_conv(pre, w, b, channels, size=3):
-    """Weights (F, C, size, size) and bias (F,) of the conv equal to ``z @ w + b`` on raw patches.
+    """Weights (F, C, size, size) and bias (F,) of the conv equal to ``z @ w + b`` on raw patches
+    (weights (F, C, size) of a Conv1d when ``pre`` preprocesses sequence windows).
 
     pre: a fitted PatchPreprocessor; w (d, F); b (F,).
     """
     w_raw = pre.A_.astype(np.float64) @ w
     b_raw = b + pre.c_.astype(np.float64) @ w
     f = w.shape[1]
-    return w_raw.T.reshape(f, channels, size, size), b_raw
+    return w_raw.T.reshape((f, channels) + (size,) * getattr(pre, "ndim", 2)), b_raw

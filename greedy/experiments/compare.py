@@ -80,7 +80,7 @@ def compare(run_training, data, dataset, methods, out_dir, seed, threads, arch=N
     if "binary" in methods:
         raise ConfigError("compare trains conv blocks under one budget; binary layers have neither, "
                           "train them with `train --method binary`")
-    arch = arch or shared_blocks(methods, configs.family_of(data.x_train.shape[1:]))
+    arch = arch or shared_blocks(methods, configs.family_of(data.x_train.shape[1:], data.x_train.dtype))
     n_layers = len(split_blocks(arch)) if arch else 1
     if time_budget is None and epochs is None:
         epochs = float(n_layers)  # one epoch per block; e2e trains the whole stack as many epochs

@@ -20,3 +20,16 @@ def count_codes(labels, n_images, h, w, side, k, counts):
             for c in range(w):
                 region = rr * side + min(c * side // w, side - 1)
                 counts[i, region, labels[base + r * w + c]] += 1
+
+
+@numba.njit(cache=True)
+def count_codes_1d(labels, n_sequences, length, regions, k, counts):
+    """counts (n_sequences, regions, k) += segment-wise histograms of labels (n_sequences*length,) int64.
+
+    Position p of a sequence falls in segment p*regions // length, so the segments split the
+    length as evenly as integers allow. Serial, like ``count_codes``.
+    """
+    for i in range(n_sequences):
+        base = i * length
+        for p in range(length):
+            counts[i, p * regions // length, labels[base + p]] += 1

@@ -1,7 +1,9 @@
 """Blocks of a layer-wise network: parsing them, their shapes, budgets, propagation and training.
 
 A *block* is a conv and what follows it up to the next conv (``c128k3-bn-relu-max2``), built as a
-``Sequential``. Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above it, so
+``Sequential``; on byte sequences the first block starts with the byte embedding
+(``emb16-c128k5-bn-relu-max2``). Blocks are image or sequence layers as their input is (C, H, W)
+or (C, L). Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 above it, so
 the training-set cache of a block needs at most N x C x H x W x 4 bytes, or half of that for
 large blocks (about 3.3 GB for 50,000 images of 128 x 16 x 16).
 """
@@ -12,27 +14,36 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.nn.fit import fit, predict
 from greedy.nn.model import Sequential, parse_spec
+from greedy.nn.layers1d import MaxPool1d
+from greedy.nn.network import Normalizer
 from greedy.nn.optim import make_optimizer
 from greedy.nn.pooling import MaxPool2d
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
 
+EMBEDDING_TOKEN = r"emb\d+(?:v\d+)?"
+
+
 def split_blocks(spec):
-    """Split an architecture spec into block specs, one per conv: 'c8k3-relu-c16k3-max2' -> ['c8k3-relu', 'c16k3-max2']."""
+    """Split an architecture spec into block specs, one per conv: 'c8k3-relu-c16k3-max2' -> ['c8k3-relu', 'c16k3-max2'].
+
+    A leading byte embedding (``emb16``) belongs to the first block."""
     tokens = spec.strip().split("-")
-    if not tokens or not re.fullmatch(r"c\d+k\d+.*", tokens[0]):
-        raise ConfigError(f"a layer-wise architecture must start with a conv token, got {spec!r}")
-    if any(re.fullmatch(r"(fc|d)\d+|gap", t) for t in tokens):
+    first = 1 if tokens and re.fullmatch(EMBEDDING_TOKEN, tokens[0]) else 0
+    if len(tokens) <= first or not re.fullmatch(r"c\d+k\d+.*", tokens[first]):
+        raise ConfigError(f"a layer-wise architecture must start with a conv token (after emb<dim> on bytes), "
+                          f"got {spec!r}")
+    if any(re.fullmatch(r"(fc|d)\d+|gap|gmp", t) for t in tokens):
         raise ConfigError(f"a layer-wise architecture lists conv blocks only (no fc or gap; the classifier is "
                           f"added by the method), got {spec!r}")
     blocks, current = [], []
-    for t in tokens:
-        if re.fullmatch(r"c\d+k\d+.*", t) and current:
+    for i, t in enumerate(tokens):
+        if re.fullmatch(r"c\d+k\d+.*", t) and current and i > first:
             blocks.append("-".join(current))
             current = []
         current.append(t)
     blocks.append("-".join(current))
-    parse_spec("-".join(blocks))
+    Sequential.from_spec("-".join(blocks))
     return blocks
 
 
@@ -52,15 +63,32 @@ def blocks_from_widths(layers, width, pool_every=1, first_pool=True, activation=
 
 
 def pooling_token(shape, mode):
-    """Token pooling a (C, H, W) map to what the classifier sees: 'gap', 'quadrant' (2x2 regions) or 'none'."""
-    c, h, w = shape
+    """Token pooling a (C, H, W) map or a (C, L) sequence to what the classifier sees: 'gap' (global
+    average), 'gmp' (global max), 'quadrant' (average over 2x2 regions of a map, 2 halves of a
+    sequence) or 'none'."""
+    side = min(shape[1:])
     if mode == "gap":
         return "gap"
+    if mode == "gmp":
+        return "gmp" if len(shape) == 2 else f"max{side}"
     if mode == "quadrant":
-        return f"avg{max(min(h, w) // 2, 1)}"
+        return f"avg{max(side // 2, 1)}"
     if mode == "none":
         return None
-    raise ConfigError(f"unknown pooling {mode!r}; choose gap, quadrant or none")
+    raise ConfigError(f"unknown pooling {mode!r}; choose gap, gmp, quadrant or none")
+
+
+def spec_ndim(shape):
+    """``parse_spec``'s ndim for a per-sample shape: 1 for sequences (C, L), else 2."""
+    return 1 if len(shape) == 2 else 2
+
+
+def input_normalizer(x):
+    """The normaliser of a layer-wise network's input x (N, C, ...): per-channel standardisation, or the
+    identity for byte sequences (uint8 (N, 1, L)), whose codes the byte embedding looks up."""
+    if x.ndim == 3 and x.dtype == np.uint8:
+        return Normalizer(np.zeros(x.shape[1], np.float32), np.full(x.shape[1], 1 / 255, np.float32))
+    return Normalizer().fit(x)
 
 
 def block_shapes(blocks_spec, in_shape):
@@ -76,29 +104,32 @@ def tap_pool_sizes(shapes, pool):
     """Max-pool size of the tap after each block but the last, for ``final_features="all"``: each
     block's map (``shapes``, from ``block_shapes``) pooled to about the side of the map the
     classifier sees (the last block's, after the ``pool`` token)."""
-    last = Sequential(parse_spec(pool)).build(shapes[-1]).out_shape if pool else shapes[-1]
-    side = last[1] if len(last) == 3 else 1
+    last = Sequential.from_spec(pool).build(shapes[-1]).out_shape if pool else shapes[-1]
+    side = last[1] if len(last) >= 2 else 1
     return [max(1, shape[1] // side) for shape in shapes[:-1]]
 
 
 def pool_maps(x, size, batch_size=500):
-    """Maps x (N, C, H, W), float32 or float16, max-pooled ``size`` x ``size`` and flattened: (N, D) float32."""
+    """Maps x (N, C, H, W) or sequences (N, C, L), float32 or float16, max-pooled over windows of ``size``
+    (x ``size``) and flattened: (N, D) float32."""
     if size == 1:
         return _as32(x).reshape(len(x), -1)
-    pooler = Sequential([MaxPool2d(size)]).build(x.shape[1:])
+    pooler = Sequential([MaxPool2d(size) if x.ndim == 4 else MaxPool1d(size)]).build(x.shape[1:])
     return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
 
 
 def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
-    """An auxiliary/final head for a (C, H, W) input: optional convs, pooling, then a linear classifier."""
+    """An auxiliary/final head for a (C, H, W) or (C, L) input: optional convs, pooling, then a linear
+    classifier."""
     tokens = [f"c{width or shape[0]}k3-relu" for _ in range(hidden_convs)]
     token = pooling_token(shape, pool)
     tokens += [token] if token else []
-    return parse_spec("-".join(tokens + [f"fc{n_classes}"]))
+    return parse_spec("-".join(tokens + [f"fc{n_classes}"]), spec_ndim(shape))
 
 
 def propagate(block, x, batch_size=256):
-    """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) -> outputs, stored float16 if large.
+    """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) or (N, C, L) -> outputs, stored
+    float16 if large.
 
     Uses the fused inference pass (``greedy.inference``): no full-size conv map is written.
     """

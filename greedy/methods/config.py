@@ -6,12 +6,14 @@ that depend on the data live in one table, ``FAMILY_DEFAULTS``; ``resolve`` merg
 defaults, that table and the user's values, fills the derived fields (the block list, the
 per-block budget) and checks everything once, at the edge.
 
-Dataset families: ``mnist`` (one-channel images), ``cifar10`` (three-channel images).
+Dataset families: ``mnist`` (one-channel images), ``cifar10`` (three-channel images), ``series``
+(float sequences (C, L), e.g. ``ucr:<Name>``) and ``text`` (byte sequences (1, L), e.g. ``loghub:system``).
 """
 import dataclasses
 from dataclasses import dataclass, field
 
 import click
+import numpy as np
 
 from greedy import validate
 from greedy.errors import ConfigError
@@ -38,7 +40,7 @@ NON_NEGATIVE = click.FloatRange(min=0)
 UNIT = click.FloatRange(0, 1)
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
-POOLS = ("gap", "quadrant", "none")
+POOLS = ("gap", "gmp", "quadrant", "none")  # global average, global max, 2x2 regions (2 halves of a sequence)
 
 
 @dataclass
@@ -268,6 +270,10 @@ _MNIST_LAYERWISE = {"blocks": ["c32k5-bn-relu-max2", "c64k3-bn-relu-max2", "c128
                     "augment_pad": 2}
 _CIFAR_LAYERWISE = {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu-max2", "c256k3-bn-relu",
                                "c256k3-bn-relu-max2", "c512k3-bn-relu"], "layer_budget": "2e,2e,3e,2e,4e"}
+_SERIES_LAYERWISE = {"blocks": ["c64k7-bn-relu-max2", "c128k5-bn-relu-max2", "c128k3-bn-relu-max2"],
+                     "layer_budget": "2e", "final_pool": "gap"}
+_TEXT_LAYERWISE = {"blocks": ["emb16-c128k5-bn-relu-max2", "c128k5-bn-relu-max2", "c128k3-bn-relu-max2"],
+                   "layer_budget": "2e", "final_pool": "gmp", "aux_pool": "gmp"}
 FAMILY_DEFAULTS = {
     "mnist": {
         "aux": _MNIST_LAYERWISE, "cosine": _MNIST_LAYERWISE, "kl": _MNIST_LAYERWISE,
@@ -284,6 +290,18 @@ FAMILY_DEFAULTS = {
         "cosine": _CIFAR_LAYERWISE, "kl": _CIFAR_LAYERWISE,
         "patchbag": {"blocks": ["c128k3-{act}-max2", "c256k3-{act}-max2", "c256k3-{act}"]},
     },
+    "series": {
+        "e2e": {"arch": "c64k7-bn-relu-max2-c128k5-bn-relu-max2-c128k3-bn-relu-gap-fc{n_classes}"},
+        "aux": _SERIES_LAYERWISE, "cosine": _SERIES_LAYERWISE, "kl": _SERIES_LAYERWISE,
+        "patchbag": {"blocks": ["c128k5-{act}-max2", "c128k5-{act}-max2", "c128k3-{act}-max2"],
+                     "final_pool": "gap", "regions": 4},
+    },
+    "text": {
+        "e2e": {"arch": "c64k5-bn-relu-max2-c128k5-bn-relu-max2-c128k3-bn-relu-gap-fc{n_classes}"},
+        "aux": _TEXT_LAYERWISE, "cosine": _TEXT_LAYERWISE, "kl": _TEXT_LAYERWISE,
+        "patchbag": {"blocks": ["emb16-c128k5-{act}-max2", "c128k5-{act}-max2", "c128k3-{act}-max2"],
+                     "final_pool": "gmp", "regions": 1},
+    },
 }
 
 CONFIGS = {"e2e": E2EConfig, "aux": AuxConfig, "cosine": CosineConfig, "kl": KLConfig,
@@ -293,10 +311,17 @@ CONFIGS = {"e2e": E2EConfig, "aux": AuxConfig, "cosine": CosineConfig, "kl": KLC
 MIRROR_SYMMETRIC = ("cifar10",)
 
 
-def family_of(in_shape):
-    """Dataset family of per-sample input shape (C, H, W): one channel is mnist-like, more cifar10-like."""
+def family_of(in_shape, dtype=None):
+    """Dataset family of samples of per-sample shape ``in_shape`` and ``dtype``.
+
+    Images (C, H, W): one channel is mnist-like, more cifar10-like. Sequences (C, L): uint8 bytes
+    are ``text``, floats ``series``; a sequence needs its dtype to tell them apart.
+    """
+    if len(in_shape) == 2 and dtype is not None:
+        return "text" if np.dtype(dtype) == np.uint8 else "series"
     if len(in_shape) != 3:
-        raise ConfigError(f"no method defaults for inputs of shape {tuple(in_shape)}; images are (C, H, W)")
+        raise ConfigError(f"no method defaults for inputs of shape {tuple(in_shape)} and dtype {dtype}; "
+                          "images are (C, H, W), sequences (C, L) with their dtype")
     return "mnist" if in_shape[0] == 1 else "cifar10"
 
 

@@ -21,12 +21,13 @@ import time
 import numpy as np
 
 from greedy.errors import ConfigError
-from greedy.methods.blocks import (_as32, block_shapes, parse_budget, pool_maps, pooling_token, propagate,
-                                   tap_pool_sizes)
+from greedy.methods.blocks import (_as32, block_shapes, input_normalizer, parse_budget, pool_maps, pooling_token,
+                                   propagate, spec_ndim, tap_pool_sizes)
 from greedy.methods.classifier import train_classifier
 from greedy.nn.fit import accuracy, fit, predict
+from greedy.nn.layers1d import Tap1d
 from greedy.nn.model import Sequential, parse_spec
-from greedy.nn.network import Network, Normalizer
+from greedy.nn.network import Network
 from greedy.nn.optim import make_optimizer
 from greedy.nn.pooling import Concat, Tap
 
@@ -136,7 +137,10 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
 
 
 class ConvBlockTrainer(BlockTrainer):
-    """Conv blocks on normalised image maps; the base of aux, cosine, kl and patchbag.
+    """Conv blocks on normalised image maps or sequences; the base of aux, cosine, kl and patchbag.
+
+    Images (C, H, W) get 2-D blocks, sequences (C, L) 1-D ones. Byte sequences (uint8 (1, L)) are
+    not normalised: the first block starts with the byte embedding that reads their codes.
 
     Subclasses implement ``train``. The model is ``Sequential(blocks + pooling + classifier)``:
     with ``final_features="all"`` each block but the last ends in a ``tap<k>`` and the classifier
@@ -148,7 +152,9 @@ class ConvBlockTrainer(BlockTrainer):
         c = self.config
         if c.final_classifier == "last-head" and not self.trains_head:
             raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
-        self.normalizer = Normalizer().fit(x)
+        if x.ndim == 3 and x.dtype == np.uint8 and not self.block_specs()[0].startswith("emb"):
+            raise ConfigError(f"byte sequences need a byte embedding first, e.g. emb16-{self.block_specs()[0]}")
+        self.normalizer = input_normalizer(x)
         self.image_shape = tuple(x.shape[1:])
         self.shape = self.image_shape
         shapes = block_shapes(self.block_specs(), self.shape)
@@ -166,7 +172,7 @@ class ConvBlockTrainer(BlockTrainer):
     def after_block(self, layer, block, x, x_eval, rng):
         self.shape = x.shape[1:]
         if self.tap_sizes and layer < len(self.tap_sizes):
-            self.taps.append(Tap(self.tap_sizes[layer]))
+            self.taps.append((Tap if len(self.shape) == 3 else Tap1d)(self.tap_sizes[layer]))
             self.taps[-1].build(self.shape, rng)
             block.layers.append(self.taps[-1])
             self.tapped.append(pool_maps(x, self.tap_sizes[layer]))
@@ -175,7 +181,7 @@ class ConvBlockTrainer(BlockTrainer):
 
     def features(self, x, which, rng):
         if not hasattr(self, "pool_layers"):
-            self.pool_layers = parse_spec(self.pool) if self.pool else []
+            self.pool_layers = parse_spec(self.pool, spec_ndim(self.shape)) if self.pool else []
             self.pooler = Sequential(self.pool_layers).build(self.shape, rng) if self.pool_layers else None
             self.cat = []
             if self.taps:
@@ -215,7 +221,9 @@ class ConvBlockTrainer(BlockTrainer):
 def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
     """Train the whole stack end to end for ``config.finetune_epochs`` epochs at a small rate."""
     from greedy.nn.augment import random_crop_flip
+    from greedy.nn.augment1d import random_shift
     model, normalizer = network.model, network.normalizer
+    shift = (lambda xb, r: random_shift(xb, r, config.augment_pad)) if x.ndim == 3 else random_crop_flip
     lr = config.finetune_lr or config.lr * 0.1
     opt = make_optimizer(config.optimizer, lr, "cosine", config.weight_decay)
 
@@ -226,5 +234,5 @@ def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
         monitor.log("finetune", epoch=epoch, **fields)
 
     fit(model, x, y, opt, epochs=config.finetune_epochs, batch_size=config.batch_size, prepare=normalizer,
-        augment=random_crop_flip if config.augment else None, rng=rng, on_epoch=on_epoch,
+        augment=shift if config.augment else None, rng=rng, on_epoch=on_epoch,
         progress=monitor.verbose, label="finetune")

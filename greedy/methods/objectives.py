@@ -18,8 +18,9 @@ from greedy.methods.blocks import _as32, fit_block, head_layers, pooling_token
 from greedy.methods.layerwise import ConvBlockTrainer
 from greedy.nn import objectives
 from greedy.nn.augment import random_crop_flip
+from greedy.nn.augment1d import random_shift
 from greedy.nn.fit import accuracy, predict
-from greedy.nn.model import Sequential, Stack, parse_spec
+from greedy.nn.model import Sequential, Stack
 
 # features of at most this many training samples give the class centroids of a block's figures
 CENTROID_SAMPLES = 10_000
@@ -29,16 +30,20 @@ class ObjectiveTrainer(ConvBlockTrainer):
     """A conv block trained on its cached input with a per-block objective (a subclass's ``train``)."""
 
     def augment(self, in_shape):
-        """Random crops and flips of a block's input (N, C, H, W) when ``config.augment``, else None.
+        """Random crops and flips of a block's input (N, C, H, W), random shifts of a sequence block's
+        input (N, C, L), when ``config.augment``, else None.
 
-        The shift scales with the map: up to ``augment_pad`` pixels at image size, at least one
-        pixel on smaller maps. On later blocks the cached maps are shifted and mirrored, an
-        approximation of augmenting the image (a conv commutes with shifts, not with mirroring).
+        The shift scales with the map: up to ``augment_pad`` positions at input size, at least one
+        on smaller maps. On later blocks the cached maps are shifted and mirrored, an
+        approximation of augmenting the input (a conv commutes with shifts, not with mirroring).
+        Sequences are never mirrored.
         """
         c = self.config
         if not c.augment:
             return None
         pad = max(1, round(c.augment_pad * in_shape[1] / self.image_shape[1]))
+        if len(in_shape) == 2:
+            return functools.partial(random_shift, pad=pad)
         return functools.partial(random_crop_flip, pad=pad, flip=c.augment_flip)
 
     def epoch_logger(self, layer, budget, monitor, model=None, x_eval=None, y_eval=None):
@@ -83,7 +88,7 @@ class FeatureObjectiveTrainer(ObjectiveTrainer):
     def train(self, layer, block, x, y, x_eval, y_eval, budget, rng, monitor):
         c = self.config
         token = pooling_token(block.out_shape, c.aux_pool)
-        model = Stack(block, Sequential(parse_spec(token)).build(block.out_shape, rng)) if token else block
+        model = Stack(block, Sequential.from_spec(token).build(block.out_shape, rng)) if token else block
 
         def loss_fn(f, yb, w):
             value, grad = self.loss(f.reshape(len(f), -1), yb)

@@ -8,6 +8,13 @@ filters are folded back into an ordinary 3x3 conv, which is applied to the *real
 the next block's input: every block is trained on a proxy of real data, never on a proxy of a
 proxy. Optionally (``image_clusters=m``) each class's codes are clustered into m weighted
 prototypes and the block trains on those.
+
+Sequences (N, C, L) work the same way with windows of k consecutive positions (the block's
+``c<F>k<k>`` Conv1d) counted per segment of the sequence. On byte sequences the first block
+starts with a byte embedding (``emb16-c128k5-relu-max2``): its table stays as initialised (random
+Gaussian vectors, one per byte value, so that distinct bytes are about equally far apart, as in a
+one-hot code), the bytes are embedded, and the block's conv is trained on the embedded windows
+(``greedy.methods.bytecodes`` for how those windows are coded).
 """
 import time
 
@@ -18,30 +25,47 @@ from greedy.cluster.kmeans import KMeans
 from greedy.cluster.patches import PatchPreprocessor, fold_into_conv, sample_patches
 from greedy.errors import ConfigError
 from greedy.methods.base import LayerwiseMethod
-from greedy.methods.blocks import fit_block
+from greedy.methods.blocks import fit_block, propagate
 from greedy.methods.layerwise import ConvBlockTrainer
 from greedy.nn.activations import ReLU, Tanh
 from greedy.nn.codelayer import CodeLayer
 from greedy.nn.fit import label_accuracy
+from greedy.nn.model import Sequential
 from greedy.nn.layers import Conv2d
+from greedy.nn.layers1d import AvgPool1d, ByteEmbedding, Conv1d, MaxPool1d
 from greedy.nn.pooling import AvgPool2d, MaxPool2d
 
 
 def block_activation(block):
-    """(conv, 'tanh' | 'relu') of a patch-bag block: a 3x3 stride-1 conv, its activation, then only pooling.
+    """(conv, 'tanh' | 'relu') of a patch-bag block: a 3x3 stride-1 conv (on sequences a Conv1d of odd
+    width k, stride 1, "same" padding, no dilation), its activation, then only pooling. A leading byte
+    embedding is skipped (``block_embedding``).
 
     The codes train the conv through that activation, so a block with anything else
     (batch norm, a second conv) would not compute what was trained; it is refused.
     """
-    layers = block.layers
+    layers = block.layers[1:] if block_embedding(block) else block.layers
     conv = layers[0]
-    if not isinstance(conv, Conv2d) or conv.kernel_size != 3 or conv.stride != 1 or conv.padding != 1:
+    if isinstance(conv, Conv1d):
+        if conv.kernel_size % 2 != 1 or conv.stride != 1 or conv.dilation != 1 \
+                or conv.padding != conv.kernel_size // 2:
+            raise ConfigError(f"patch-bag sequence blocks start with a stride-1 conv of odd width, \"same\" "
+                              f"padding and no dilation (e.g. c128k5), got {conv.spec()}")
+        pools = (MaxPool1d, AvgPool1d)
+    elif not isinstance(conv, Conv2d) or conv.kernel_size != 3 or conv.stride != 1 or conv.padding != 1:
         raise ConfigError(f"patch-bag blocks start with a 3x3 stride-1 conv, got {conv.spec()}")
+    else:
+        pools = (MaxPool2d, AvgPool2d)
     if len(layers) < 2 or not isinstance(layers[1], (Tanh, ReLU)) \
-            or not all(isinstance(lay, (MaxPool2d, AvgPool2d)) for lay in layers[2:]):
-        raise ConfigError(f"a patch-bag block is a 3x3 conv, tanh or relu, then optional pooling "
+            or not all(isinstance(lay, pools) for lay in layers[2:]):
+        raise ConfigError(f"a patch-bag block is a conv, tanh or relu, then optional pooling "
                           f"(e.g. c128k3-tanh-max2), got {block.spec()}")
     return conv, "tanh" if isinstance(layers[1], Tanh) else "relu"
+
+
+def block_embedding(block):
+    """The block's leading ByteEmbedding, or None."""
+    return block.layers[0] if isinstance(block.layers[0], ByteEmbedding) else None
 
 
 class PatchbagTrainer(ConvBlockTrainer):
@@ -50,12 +74,16 @@ class PatchbagTrainer(ConvBlockTrainer):
     def train(self, layer, block, x, y, x_eval, y_eval, budget, rng, monitor):
         c, n_classes = self.config, self.n_classes
         conv, activation = block_activation(block)
-        channels = x.shape[1]
+        embedding = block_embedding(block)
+        if embedding is not None:
+            x, x_eval = (None if a is None else propagate(Sequential([embedding]), a) for a in (x, x_eval))
+        channels, size = x.shape[1], conv.kernel_size
+        ndim = x.ndim - 2
         t = time.perf_counter()
-        sample = sample_patches(x, c.patch_sample, rng)
-        pre = PatchPreprocessor(channels, remove_mean=c.colour_norm and layer == 0,
+        sample = sample_patches(x, c.patch_sample, rng, size)
+        pre = PatchPreprocessor(channels, size, remove_mean=c.colour_norm and layer == 0,
                                 whiten=None if c.whiten == "none" else c.whiten,
-                                n_components=c.n_components).fit(sample)
+                                n_components=c.n_components, ndim=ndim).fit(sample)
         km = KMeans(c.clusters, max_iter=c.kmeans_iter, random_state=int(rng.integers(2**31)))
         km.fit(pre.transform(sample))
         monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - t,
@@ -67,7 +95,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         codes_eval = None if x_eval is None else encode(x_eval, pre, km.cluster_centers_, side)[0]
         monitor.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - t, **stats)
         t = time.perf_counter()
-        model = CodeLayer(km.cluster_centers_, conv.filters, n_classes, side * side, activation, rng)
+        model = CodeLayer(km.cluster_centers_, conv.filters, n_classes, side ** ndim, activation, rng)
         train_codes, train_y, weights = codes, y, None
         if c.image_clusters:
             train_codes, train_y, weights = cluster_images(codes, y, n_classes, c.image_clusters,
@@ -84,7 +112,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         fit_block(model, train_codes, train_y, c, budget, rng, label=f"patchbag layer {layer}",
                   progress=monitor.verbose, on_epoch=on_epoch, sample_weight=weights)
         acc = head_accuracy()
-        w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], channels)
+        w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], channels, size)
         conv.params["w"][...] = w
         conv.params["b"][...] = b
         monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - t, head_accuracy=acc)
