@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
+from greedy.cluster.bytecodes import bucket_centroids, hashed_codes, window_hashes
 from greedy.cluster.codes import encode, region_sizes
 from greedy.cluster.patches import PatchPreprocessor, extract_patches, fold_into_conv, sample_patches
 from greedy.nn.activations import Tanh
 from greedy.nn.codelayer import CodeLayer
 from greedy.nn.layers import Dense
-from greedy.nn.layers1d import AvgPool1d, Conv1d, GlobalAvgPool1d
+from greedy.nn.layers1d import AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
 
@@ -101,3 +102,48 @@ def test_folding_whitened_windows_gives_the_conv1d_of_the_code_layer():
     z = pre.transform(extract_patches(x, 5)).astype(np.float64)
     expected = (z @ w + b).reshape(3, 16, 4).transpose(0, 2, 1)
     assert np.allclose(conv.forward(x), expected, atol=1e-4)
+
+
+def test_hashed_byte_windows_equal_when_the_bytes_do_and_read_outside_apart_from_zero_bytes():
+    x = np.array([[[7, 1, 2, 3, 0]], [[9, 1, 2, 3, 4]]], np.uint8)
+    h = window_hashes(x, 3)
+    assert h.shape == (2, 5) and h.dtype == np.uint64
+    assert h[0, 2] == h[1, 2]  # (1, 2, 3) in both
+    assert h[0, 1] != h[1, 1] and h[0, 3] != h[1, 3]  # (7|9, 1, 2) and (2, 3, 0|4)
+    assert window_hashes(np.array([[[0, 0, 0]]], np.uint8), 3)[0, 0] != window_hashes(
+        np.array([[[0, 0, 0, 0]]], np.uint8), 3)[0, 1]  # (outside, 0, 0) against (0, 0, 0)
+    assert np.array_equal(window_hashes(x.astype(np.float32), 3), h)
+
+
+@pytest.mark.parametrize("segments", [1, 2])
+def test_hashed_codes_count_each_window_code_per_segment(segments):
+    x = np.random.default_rng(0).integers(0, 4, (6, 1, 9)).astype(np.uint8)
+    codes = hashed_codes(x, 3, 64, segments)
+    ids = (window_hashes(x, 3) % np.uint64(64)).astype(np.int64)
+    segment = np.arange(9) * segments // 9
+    for r in range(segments):
+        expected = np.stack([np.bincount(ids[i, segment == r], minlength=64) for i in range(6)])
+        assert np.allclose(codes.parts[r].toarray(), expected / (segment == r).sum())
+
+
+def test_code_layer_on_hashed_byte_codes_equals_embedding_and_folded_conv():
+    """Without collisions every code's centroid is its window: the code layer is the real network."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 4, (5, 1, 12)).astype(np.uint8)
+    y = np.array([0, 1, 2, 0, 1])
+    embedding = Sequential([ByteEmbedding(3)]).build((1, 12), rng, np.float64)
+    xe = embedding.forward(x)
+    pre = PatchPreprocessor(3, 3, remove_mean=False, whiten=None, ndim=1).fit(extract_patches(xe))
+    centers, counts = bucket_centroids(x, xe, pre, 3, 4096)
+    windows = np.unique(window_hashes(x, 3))
+    assert (counts > 0).sum() == len(np.unique(windows % np.uint64(4096))) == len(windows) and counts.sum() == 60
+    codes = hashed_codes(x, 3, 4096, 1, np.float64)
+    layer = CodeLayer(centers.astype(np.float64), 4, 3, 1, "tanh", rng, np.float64)
+    layer.params["b"][:] = rng.standard_normal(4)
+    conv = Conv1d(4, 3)
+    model = Sequential([ByteEmbedding(3), conv, Tanh(), GlobalAvgPool1d(), Dense(3)]).build((1, 12), 0, np.float64)
+    model.layers[0].params["w"][...] = embedding.layers[0].params["w"]
+    conv.params["w"][...], conv.params["b"][...] = fold_into_conv(pre, layer.params["w"], layer.params["b"], 3, 3)
+    model.layers[4].params["w"][...] = layer.params["v"]
+    model.layers[4].params["b"][...] = layer.params["a"]
+    assert np.allclose(layer.forward(codes), model.forward(x), atol=1e-5)

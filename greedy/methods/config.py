@@ -183,8 +183,12 @@ class KLConfig(LayerwiseConfig):
 class PatchbagConfig(LayerwiseConfig):
     clusters: int = option(512, "k-means centroids per layer.", "patch bags", POSITIVE_INT)
     patch_sample: int = option(200_000, "Patches sampled to fit each dictionary.", "patch bags", POSITIVE_INT)
-    regions: int = option(2, "Count codes in an RxR grid of regions (1: the whole image).", "patch bags",
-                          POSITIVE_INT)
+    regions: int = option(2, "Count codes in an RxR grid of regions (1: the whole image), or in R segments of "
+                             "a sequence.", "patch bags", POSITIVE_INT)
+    byte_codes: str = option("hash", "Codes of the windows of a byte sequence's first block: the byte k-gram "
+                                     "hashed into --byte-buckets codes (hash) or the nearest k-means centroid "
+                                     "(kmeans).", "patch bags", click.Choice(["hash", "kmeans"]))
+    byte_buckets: int = option(8192, "Codes of --byte-codes hash.", "patch bags", POSITIVE_INT)
     image_clusters: int = option(0, "Train on this many prototypes per class (0: every image).", "patch bags",
                                  NON_NEGATIVE_INT)
     activation: str = option("relu", "Activation of the default blocks.", "patch bags",
@@ -258,8 +262,8 @@ class BinaryConfig(Config):
 
     def check(self):
         super().check()
-        from greedy.methods.binary import parse_arch
-        parse_arch(self.arch)
+        from greedy.methods.binary.trainer import check_config
+        check_config(self)
         if self.tta != "none":
             raise ConfigError(f"--tta {self.tta}: binary models do not support test-time augmentation")
 

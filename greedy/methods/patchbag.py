@@ -13,13 +13,15 @@ Sequences (N, C, L) work the same way with windows of k consecutive positions (t
 ``c<F>k<k>`` Conv1d) counted per segment of the sequence. On byte sequences the first block
 starts with a byte embedding (``emb16-c128k5-relu-max2``): its table stays as initialised (random
 Gaussian vectors, one per byte value, so that distinct bytes are about equally far apart, as in a
-one-hot code), the bytes are embedded, and the block's conv is trained on the embedded windows
-(``greedy.methods.bytecodes`` for how those windows are coded).
+one-hot code), the bytes are embedded, and the block's conv is trained on the embedded windows,
+each coded by its hashed byte k-gram (``greedy.cluster.bytecodes`` says why) or, with
+``byte_codes="kmeans"``, by its nearest centroid like any other window.
 """
 import time
 
 import numpy as np
 
+from greedy.cluster.bytecodes import bucket_centroids, hashed_codes
 from greedy.cluster.codes import cluster_images, encode
 from greedy.cluster.kmeans import KMeans
 from greedy.cluster.patches import PatchPreprocessor, fold_into_conv, sample_patches
@@ -75,6 +77,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         c, n_classes = self.config, self.n_classes
         conv, activation = block_activation(block)
         embedding = block_embedding(block)
+        raw, raw_eval = x, x_eval
         if embedding is not None:
             x, x_eval = (None if a is None else propagate(Sequential([embedding]), a) for a in (x, x_eval))
         channels, size = x.shape[1], conv.kernel_size
@@ -84,18 +87,31 @@ class PatchbagTrainer(ConvBlockTrainer):
         pre = PatchPreprocessor(channels, size, remove_mean=c.colour_norm and layer == 0,
                                 whiten=None if c.whiten == "none" else c.whiten,
                                 n_components=c.n_components, ndim=ndim).fit(sample)
-        km = KMeans(c.clusters, max_iter=c.kmeans_iter, random_state=int(rng.integers(2**31)))
-        km.fit(pre.transform(sample))
-        monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - t,
-                    kmeans_inertia=float(km.inertia_) / len(sample), kmeans_iterations=int(km.n_iter_),
-                    patch_dim=int(pre.A_.shape[1]), explained_variance=pre.explained_variance_ratio_)
-        t = time.perf_counter()
         side = c.regions
-        codes, stats = encode(x, pre, km.cluster_centers_, side)
-        codes_eval = None if x_eval is None else encode(x_eval, pre, km.cluster_centers_, side)[0]
+        if embedding is not None and c.byte_codes == "hash":
+            centers, counts = bucket_centroids(raw, x, pre, size, c.byte_buckets)
+            monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - t,
+                        codes_used=int((counts > 0).sum()), patch_dim=int(pre.A_.shape[1]),
+                        explained_variance=pre.explained_variance_ratio_)
+            t = time.perf_counter()
+            codes = hashed_codes(raw, size, c.byte_buckets, side)
+            codes_eval = None if raw_eval is None else hashed_codes(raw_eval, size, c.byte_buckets, side)
+            stats = {"codes_per_sequence": codes.nnz / len(codes),
+                     "code_density": codes.nnz / (len(codes) * side * c.byte_buckets)}
+        else:
+            km = KMeans(c.clusters, max_iter=c.kmeans_iter, random_state=int(rng.integers(2**31)))
+            km.fit(pre.transform(sample))
+            centers = km.cluster_centers_
+            monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - t,
+                        kmeans_inertia=float(km.inertia_) / len(sample), kmeans_iterations=int(km.n_iter_),
+                        patch_dim=int(pre.A_.shape[1]), explained_variance=pre.explained_variance_ratio_)
+            t = time.perf_counter()
+            codes, stats = encode(x, pre, centers, side)
+            codes_eval = None if x_eval is None else encode(x_eval, pre, centers, side)[0]
+            stats["kmeans_inertia"] = float(km.inertia_) / len(sample)
         monitor.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - t, **stats)
         t = time.perf_counter()
-        model = CodeLayer(km.cluster_centers_, conv.filters, n_classes, side ** ndim, activation, rng)
+        model = CodeLayer(centers, conv.filters, n_classes, side ** ndim, activation, rng)
         train_codes, train_y, weights = codes, y, None
         if c.image_clusters:
             train_codes, train_y, weights = cluster_images(codes, y, n_classes, c.image_clusters,
@@ -116,7 +132,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         conv.params["w"][...] = w
         conv.params["b"][...] = b
         monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - t, head_accuracy=acc)
-        return dict(stats, head_accuracy=acc, kmeans_inertia=float(km.inertia_) / len(sample))
+        return dict(stats, head_accuracy=acc)
 
 
 class Patchbag(LayerwiseMethod):
