@@ -1,8 +1,9 @@
 """Where a training run reports its progress: a log of events, and the run's clock.
 
 ``Monitor`` keeps events in memory and prints them when ``verbose``; ``greedy.runs.Run`` also
-writes them to the run folder. Methods only call ``log``; the library estimator passes a
-``Monitor`` with a ``callback``.
+writes them to the run folder, and writes and reads its checkpoints. Methods call ``log``, and
+``checkpoint`` and ``resumed`` at their safe points (a finished block or epoch), which a plain
+Monitor ignores; the library estimator passes a ``Monitor`` with a ``callback``.
 """
 import sys
 import time
@@ -12,8 +13,10 @@ class Monitor:
     """``log(phase, layer=None, epoch=None, **fields)`` records one event (a dict) and returns it.
 
     ``verbose``: print one line per event to stderr. ``callback(event)``: called with each event.
-    ``seconds()``: time since ``start()`` (or since the monitor was made).
+    ``seconds()``: time since ``start()`` (or since the monitor was made). ``folder``: where the
+    run may keep files (None: nowhere; feature caches that spill go to the temporary folder).
     """
+    folder = None
 
     def __init__(self, verbose=False, callback=None, method=None):
         self.verbose, self.callback, self.method = verbose, callback, method
@@ -43,6 +46,15 @@ class Monitor:
 
     def record(self, event):
         self.events.append(event)
+
+    def checkpoint(self, make_state):
+        """A safe point: ``make_state()`` would give the run's state (``greedy.checkpoint``); a plain
+        Monitor keeps nothing and never calls it."""
+
+    def resumed(self, kind):
+        """The saved state (``greedy.checkpoint.LayerwiseState`` for kind "layerwise", ``EpochState``
+        for "e2e") a run continues from, or None for a fresh start."""
+        return None
 
 
 def plain(v):
