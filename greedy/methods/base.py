@@ -38,5 +38,6 @@ class LayerwiseMethod(Method):
     def fit(self, x, y, n_classes, config, monitor, eval_set=None):
         rng = np.random.default_rng(np.random.SeedSequence(config.seed))
         trainer = self.trainer_class(config, n_classes)
+        trainer.store.folder = monitor.folder
         monitor.log("options", blocks=trainer.block_specs(), layer_budget=getattr(config, "layer_budget", None))
         return train_layerwise(trainer, x, y, eval_set, monitor, rng)

@@ -127,18 +127,30 @@ def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
     return parse_spec("-".join(tokens + [f"fc{n_classes}"]), spec_ndim(shape))
 
 
-def propagate(block, x, batch_size=256):
+def propagate(block, x, batch_size=256, store=None):
     """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) or (N, C, L) -> outputs, stored
     float16 if large.
 
-    Uses the fused inference pass (``greedy.inference``): no full-size conv map is written.
+    Uses the fused inference pass (``greedy.inference``): no full-size conv map is written. The
+    output comes from ``store`` (a ``greedy.memory.CacheStore``: in memory, or a memory-mapped file
+    when it would not fit), or is an ordinary array without one.
     """
     first = block.predict_batch(_as32(x[:1]))
     n = len(x)
     dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
-    out = np.empty((n,) + first.shape[1:], dtype)
+    shape = (n,) + first.shape[1:]
+    out = np.empty(shape, dtype) if store is None else store.empty(shape, dtype)
     for i in range(0, n, batch_size):
         out[i:i + batch_size] = block.predict_batch(_as32(x[i:i + batch_size]))
+    return out
+
+
+def normalize_cache(normalizer, x, store=None, batch_size=4096):
+    """The first block's input cache: ``normalizer(x)`` (float32, the shape of x), computed in batches
+    into an array from ``store`` (see ``propagate``), so no full-size temporary is made."""
+    out = np.empty(x.shape, np.float32) if store is None else store.empty(x.shape, np.float32)
+    for i in range(0, len(x), batch_size):
+        out[i:i + batch_size] = normalizer(x[i:i + batch_size])
     return out
 
 

@@ -123,6 +123,9 @@ class LayerwiseConfig(OptimConfig):
     finetune_lr: float = option(None, "Learning rate of the fine-tune (default: a tenth of --lr).", "layer-wise",
                                 POSITIVE)
     blocks: list = option([], "Resolved block list (from --arch, --layers/--width or the defaults).", None)
+    cache: str = option("auto", "Where each block's training-set input lives: in memory, on disk (a memory-mapped "
+                                "file in the run folder), or auto: on disk when it needs more than 60 % of the "
+                                "available memory.", "layer-wise", click.Choice(["auto", "memory", "disk"]))
     method_name = None
     default_width = 128
 

@@ -20,10 +20,14 @@ import time
 
 import numpy as np
 
-from greedy.errors import ConfigError
-from greedy.methods.blocks import (_as32, block_shapes, input_normalizer, parse_budget, pool_maps, pooling_token,
-                                   propagate, spec_ndim, tap_pool_sizes)
+from greedy.checkpoint import build_within, float_values
+from greedy.errors import CheckpointError, ConfigError
+from greedy.memory import CacheStore, cache_fields
+from greedy.methods.blocks import (_as32, block_shapes, input_normalizer, normalize_cache, parse_budget, pool_maps,
+                                   pooling_token, propagate, spec_ndim, tap_pool_sizes)
 from greedy.methods.classifier import train_classifier
+from greedy.methods.resume import (layerwise_state, restore_blocks, restore_classifier, restore_sequential,
+                                   sequential_state)
 from greedy.nn.fit import accuracy, fit, predict
 from greedy.nn.layers1d import Tap1d
 from greedy.nn.model import Sequential, parse_spec
@@ -37,12 +41,15 @@ class BlockTrainer:
 
     ``config`` is the method's resolved config; ``n_classes`` the number of classes. The loop calls
     ``start``, then for each block ``build``, ``train``, ``propagate`` and ``after_block``, then
-    ``features``, trains the classifier on them, and ends with ``assemble``.
+    ``features``, trains the classifier on them, and ends with ``assemble``. A run folder's
+    checkpoints (``greedy.methods.resume``) save each finished block with ``block_state`` and
+    rebuild it with ``restore_block``. ``store`` (``greedy.memory.CacheStore``) allocates caches.
     """
     trains_head = False  # True when train() returns the block's trained head under "head"
 
     def __init__(self, config, n_classes):
         self.config, self.n_classes = config, n_classes
+        self.store = CacheStore(getattr(config, "cache", "auto"))
 
     def block_specs(self):
         return list(self.config.blocks)
@@ -69,6 +76,17 @@ class BlockTrainer:
 
     def after_block(self, layer, block, x, x_eval, rng):
         """Called with the new caches after each block (e.g. to keep pooled maps for the classifier)."""
+
+    def block_state(self, layer, block, head):
+        """(dict of arrays, JSON-ready dict) that ``restore_block`` rebuilds the finished block
+        ``layer`` and its head (or None) from."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its blocks in a checkpoint")
+
+    def restore_block(self, layer, spec, arrays, info, y, rng, where):
+        """(block, head) from ``block_state`` output read from a file, called where ``build`` would be;
+        y (N,) the training labels. Every array is checked against the block ``spec`` builds before
+        use; CheckpointError naming ``where`` if one does not fit."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore its blocks from a checkpoint")
 
     def features(self, x, which, rng):
         """(N, D) float features for the classifier of the final cache x of the ``which`` set
@@ -99,8 +117,14 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
     x_eval, y_eval = eval_set if eval_set is not None else (None, None)
     cache, cache_eval = trainer.start(x, x_eval, rng)
     specs = trainer.block_specs()
+    budgets = trainer.budgets(len(specs))
     blocks, per_layer, heads = [], [], []
-    for layer, (spec, budget) in enumerate(zip(specs, trainer.budgets(len(specs)))):
+    saved = monitor.resumed("layerwise")
+    if saved is not None:
+        cache, cache_eval, blocks, heads, per_layer = restore_blocks(trainer, saved, specs, (cache, cache_eval), y,
+                                                                     rng, monitor)
+    for layer in range(len(blocks), len(specs)):
+        spec, budget = specs[layer], budgets[layer]
         block = trainer.build(layer, spec, rng)
         t = time.perf_counter()
         info = trainer.train(layer, block, cache, y, cache_eval, y_eval, budget, rng, monitor)
@@ -110,12 +134,14 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
         cache = trainer.propagate(layer, block, cache)
         cache_eval = None if cache_eval is None else trainer.propagate(layer, block, cache_eval)
         monitor.log("propagate", layer=layer, seconds_in_phase=time.perf_counter() - t,
-                    out_shape=list(np.shape(cache)[1:]) if isinstance(cache, np.ndarray) else None)
+                    out_shape=list(np.shape(cache)[1:]) if isinstance(cache, np.ndarray) else None,
+                    **cache_fields(cache))
         budget_text = None if budget is None else f"{budget[0]:g}{budget[1]}"
         per_layer.append(dict(info, layer=layer, spec=spec, budget=budget_text, train_seconds=round(train_s, 3)))
         monitor.log("layer_done", layer=layer, **{k: v for k, v in per_layer[-1].items() if k != "layer"})
         blocks.append(block)
         trainer.after_block(layer, block, cache, cache_eval, rng)
+        monitor.checkpoint(lambda: layerwise_state(trainer, specs, blocks, heads, per_layer, rng))
 
     feats = trainer.features(cache, "train", rng)
     feats_eval = None if cache_eval is None else trainer.features(cache_eval, "eval", rng)
@@ -124,12 +150,16 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
     def on_epoch(epoch, n_epochs, loss, train_acc):
         monitor.log("classifier_epoch", layer=len(blocks), epoch=epoch, n_epochs=n_epochs, train_loss=loss)
 
-    classifier, acc = train_classifier(feats.reshape(len(feats), -1), y,
-                                       None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
-                                       y_eval, trainer.n_classes, rng, on_epoch=on_epoch,
-                                       progress=monitor.verbose, **trainer.classifier_options())
-    monitor.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t,
-                classifier_accuracy=acc)
+    if saved is not None and saved.classifier is not None:
+        classifier, acc = restore_classifier(trainer, saved, feats.reshape(len(feats), -1).shape[1], rng)
+    else:
+        classifier, acc = train_classifier(feats.reshape(len(feats), -1), y,
+                                           None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
+                                           y_eval, trainer.n_classes, rng, on_epoch=on_epoch,
+                                           progress=monitor.verbose, **trainer.classifier_options())
+        monitor.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t,
+                    classifier_accuracy=acc)
+        monitor.checkpoint(lambda: layerwise_state(trainer, specs, blocks, heads, per_layer, rng, (classifier, acc)))
     state = {"cache_eval": cache_eval, "y_eval": y_eval, "heads": heads, "classifier_accuracy": acc,
              "monitor": monitor, "rng": rng, "x": x, "y": y, "x_eval": x_eval}
     model, extra = trainer.assemble(blocks, classifier, state)
@@ -161,13 +191,41 @@ class ConvBlockTrainer(BlockTrainer):
         self.pool = pooling_token(shapes[-1], c.final_pool)
         self.tap_sizes = tap_pool_sizes(shapes, self.pool) if c.final_features == "all" else None
         self.taps, self.tapped, self.tapped_eval = [], [], []
-        return self.normalizer(x), None if x_eval is None else self.normalizer(x_eval)
+        return (normalize_cache(self.normalizer, x, self.store),
+                None if x_eval is None else normalize_cache(self.normalizer, x_eval, self.store))
 
     def build(self, layer, spec, rng):
         return Sequential.from_spec(spec).build(self.shape, rng)
 
     def propagate(self, layer, block, x):
-        return propagate(block, x)
+        return propagate(block, x, store=self.store)
+
+    def block_state(self, layer, block, head):
+        arrays, info = sequential_state(block, "block/")
+        if head is not None:
+            head_arrays, head_info = sequential_state(head, "head/")
+            arrays.update(head_arrays)
+            info["rngs"].update(head_info["rngs"])
+        info["head"] = None if head is None else head.spec()
+        return arrays, info
+
+    def restore_block(self, layer, spec, arrays, info, y, rng, where):
+        block = self.build(layer, spec, rng)
+        restore_sequential(block, arrays, info, where, "block/")
+        head, head_spec = None, info.get("head")
+        if head_spec is not None:
+            if not isinstance(head_spec, str):
+                raise CheckpointError(f"{where}: the head's spec is not a string")
+            try:
+                head = Sequential.from_spec(head_spec)
+            except ConfigError as e:
+                raise CheckpointError(f"{where}: bad head spec ({e})") from None
+            head = build_within(head, block.out_shape, rng, float_values(arrays), where)
+            if tuple(head.out_shape) != (self.n_classes,):
+                raise CheckpointError(f"{where}: the head {head_spec} has {head.out_shape} outputs, not "
+                                      f"{self.n_classes} classes")
+            restore_sequential(head, arrays, info, where, "head/")
+        return block, head
 
     def after_block(self, layer, block, x, x_eval, rng):
         self.shape = x.shape[1:]
