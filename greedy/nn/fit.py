@@ -57,7 +57,8 @@ def accuracy(model, x, y, prepare=None, batch_size=500):
 
 def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss_fn=softmax_cross_entropy,
         prepare=None, augment=None, sample_weight=None, rng=None, time_budget=None, drop_last=False,
-        backward=None, after_backward=None, on_step=None, on_epoch=None, progress=False, label="train"):
+        backward=None, after_backward=None, on_step=None, on_epoch=None, progress=False, label="train",
+        start_epoch=0, elapsed=0.0):
     """Train ``model`` in place with mini-batch gradient descent.
 
     x (N, ...) raw inputs (uint8 images or float features); y (N,) int labels.
@@ -77,6 +78,9 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
     ``on_epoch(epoch, train_loss, train_acc)`` is called after each epoch.
     ``progress``: a line on stderr (``greedy.progress``) with the epoch against its total,
     or against the seconds of ``time_budget`` when one is given, the batch and the running loss.
+    ``start_epoch``, ``elapsed``: continue a training that stopped after ``start_epoch`` whole
+    epochs and ``elapsed`` seconds (its model, optimiser and ``rng`` restored to their state at that
+    point): the schedule, the time budget and the epoch numbers go on from there.
     Returns a list of per-epoch dicts (epoch, train_loss, train_accuracy, seconds).
     """
     if (epochs is None) == (steps is None):
@@ -91,8 +95,9 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
     n_epochs = int(np.ceil(total_steps / steps_per_epoch)) if steps_per_epoch else 0
     bar = Progress(enabled=progress)
     params, grads = model.parameters(), model.gradients()
-    history, step, t0 = [], 0, time.perf_counter()
-    epoch = 0
+    history, t0 = [], time.perf_counter() - elapsed
+    epoch = validate.integer(start_epoch, "start epoch", 0)
+    step = min(epoch * steps_per_epoch, total_steps)
     while step < total_steps:
         epoch += 1
         loss_sum, correct, seen = 0.0, 0, 0
