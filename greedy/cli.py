@@ -12,10 +12,11 @@ import sys
 
 import click
 
-from greedy.errors import ConfigError, GreedyError
+from greedy.errors import CheckpointError, ConfigError, GreedyError
 from greedy.methods import METHODS
 from greedy.methods import config as configs
-from greedy.runs import default_out_dir
+from greedy.runs import RunInterrupted, default_out_dir, read_run_config, resume_hint
+from greedy.training import run_training
 
 DATASET_HELP = ("cifar10, mnist, fashion-mnist, synthetic (32x32 RGB) or synthetic-grey (28x28), "
                 "the last two generated from the seed; sequences: ucr:<Name> (a set of the UCR archive), "
@@ -23,7 +24,8 @@ DATASET_HELP = ("cifar10, mnist, fashion-mnist, synthetic (32x32 RGB) or synthet
 
 # the options of train that are not method options; each goes into a help group
 RUN_GROUPS = {"method": "data", "dataset": "data", "data_dir": "data", "n_train": "data", "n_test": "data",
-              "seed": "output", "threads": "output", "out": "output", "quiet": "output", "config_file": "output"}
+              "seed": "output", "threads": "output", "out": "output", "quiet": "output", "config_file": "output",
+              "overwrite": "output", "resume": "output"}
 
 
 def set_threads(n):
@@ -43,13 +45,18 @@ def fail(message):
 
 
 class GreedyGroup(click.Group):
-    """Turns library errors about user input into one-line errors with exit code 2."""
+    """Turns library errors into one-line errors: exit code 2 for bad input, 1 for a file that cannot be
+    written (``WriteError``), 130 or 143 for a run stopped by SIGINT or SIGTERM."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except GreedyError as e:
-            fail(str(e))
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        except RunInterrupted as e:
+            click.echo(str(e), err=True)
+            sys.exit(e.exit_code)
 
 
 class GroupedCommand(click.Command):
@@ -167,11 +174,10 @@ def load_data(dataset, data_dir, seed, n_train=None, n_test=None, quiet=False):
 def read_config_file(path):
     """The options of a run's config.json: {name: value} for train."""
     try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--config {path}: cannot read a run config ({type(e).__name__}: {e})") from None
-    if not isinstance(saved, dict) or saved.get("method") not in METHODS:
+        saved = read_run_config(path)
+    except GreedyError as e:
+        raise ConfigError(f"--config {e}") from None
+    if saved["method"] not in METHODS:
         raise ConfigError(f"--config {path}: not a greedy run config (no known method)")
     return saved
 
@@ -192,9 +198,22 @@ def main():
                    "(options given here override them).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @config_options
-def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config_file, quiet, **values):
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run that --out holds (its summary, model and checkpoint are deleted first); "
+                   "without it such a folder is refused.")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the unfinished run in this folder from its last checkpoint, with the options in "
+                   "its config.json (only --threads may be given too).")
+def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config_file, quiet, overwrite, resume,
+          **values):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
     given = {k: v for k, v in values.items() if v is not None}
+    if resume:
+        out = resume
+        summary = resume_training(click.get_current_context(), resume, threads)
+        click.echo(f"{summary['method']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
+                   f"in {summary['train_seconds']:.1f} s -> {out}")
+        return
     if config_file:
         saved = read_config_file(config_file)
         method = method or saved["method"]
@@ -211,58 +230,52 @@ def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config
     data = load_data(dataset, data_dir, seed, n_train, n_test, quiet)
     out = out or default_out_dir(method, dataset)
     summary = run_training(method, data, dataset, dict(given, seed=seed), out, threads, data_dir,
-                           verbose=not quiet)
+                           verbose=not quiet, exist="replace" if overwrite else "refuse",
+                           record={"quiet": quiet, "data_options": data_options()})
     click.echo(f"{method} on {dataset}: test accuracy {summary['test_accuracy']:.4f} "
                f"in {summary['train_seconds']:.1f} s -> {out}")
 
 
-def run_training(method_name, data, dataset, values, out, threads, data_dir=None, verbose=True):
-    """Train ``method_name`` on loaded ``data`` with option ``values`` (a dict; None = unset) into run
-    folder ``out``; returns the summary dict."""
-    from greedy.kernels.compile_time import CompileTimer
-    from greedy.nn.fit import label_accuracy
-    from greedy.runs import Run
+def data_options():
+    """The data options of this command line that ``load_data`` passes on (--max-bytes, --keep), to record."""
+    ctx = click.get_current_context(silent=True)
+    return {k: ctx.meta[f"greedy.data.{k}"] for k in TEXT_OPTIONS if ctx and f"greedy.data.{k}" in ctx.meta}
 
-    method = METHODS[method_name]
-    n_classes = len(data.class_names)
-    tta_default = "flip" if dataset in configs.MIRROR_SYMMETRIC else "none"
-    family = configs.family_of(data.x_train.shape[1:], data.x_train.dtype)
-    config = method.resolve(family, n_classes, values, tta_default)
-    run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": data_dir,
-                                          "n_train": len(data.x_train), "n_test": len(data.x_test),
-                                          "options": configs.to_dict(config)}, verbose=verbose)
-    run.start()
-    with CompileTimer() as compiled:
-        model, extra = method.fit(data.x_train, data.y_train, n_classes, config, run, (data.x_test, data.y_test))
-    train_seconds = run.seconds()
-    model.class_names = list(data.class_names)
-    plain_logits = model.predict_logits(data.x_test, tta="none")
-    test_acc = label_accuracy(plain_logits, data.y_test)
-    extra = dict(extra, test_accuracy_without_tta=test_acc)
-    if model.tta == "flip":  # one more pass, over the mirror images; the model then predicts as evaluate will
-        from greedy.nn.network import flip_average, mirror
-        test_acc = label_accuracy(flip_average(plain_logits, model.predict_logits(mirror(data.x_test), tta="none")),
-                                  data.y_test)
-    run.log("test", test_accuracy=test_acc, test_accuracy_without_tta=extra["test_accuracy_without_tta"])
-    model.save(run.path("model.npz"), {"method": method_name, "dataset": dataset})
-    return run.finish(dict({"test_accuracy": test_acc, "train_seconds": round(train_seconds, 3),
-                            "compile_seconds": round(compiled.seconds, 3), "n_parameters": model.n_parameters(),
-                            "seed": config.seed, "threads": threads, "tta": model.tta}, **extra))
+
+def resume_training(ctx, out, threads):
+    """``train --resume OUT``: the run continued with its recorded method, data and options; returns its summary."""
+    import numba
+    from click.core import ParameterSource
+    others = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", "threads")
+              and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+    if others:
+        fail(f"--resume continues a run with the options in its config.json; only --threads may be given with it, "
+             f"not {', '.join(others)}")
+    path = os.path.join(out, "config.json")
+    saved = read_run_config(path)
+    if saved["method"] not in METHODS:
+        raise CheckpointError(f"{path}: unknown method {saved['method']!r:.40}")
+    recorded = saved.get("threads") or numba.config.NUMBA_NUM_THREADS
+    threads = set_threads(threads or min(recorded, numba.config.NUMBA_NUM_THREADS))
+    quiet = saved.get("quiet") is True
+    if threads != recorded:
+        click.echo(f"warning: resuming with {threads} threads, the run began with {recorded}; figures can differ "
+                   f"in the last digits from an uninterrupted run", err=True)
+    text = saved.get("data_options") or {}
+    if not isinstance(text, dict) or set(text) - set(TEXT_OPTIONS):
+        raise CheckpointError(f"{path}: bad data_options {text!r:.60}")
+    ctx.meta.update({f"greedy.data.{k}": v for k, v in text.items()})
+    data = load_data(saved["dataset"], saved.get("data_dir"), saved["seed"], saved.get("n_train"),
+                     saved.get("n_test"), quiet)
+    return run_training(saved["method"], data, saved["dataset"], saved.get("options", {}), out, threads,
+                        saved.get("data_dir"), verbose=not quiet, exist="resume",
+                        record={"quiet": quiet, "data_options": text})
 
 
 def run_dataset(run_dir):
     """The run config (dataset, seed, n_train, n_test, ...) of the run folder holding a model file, or {}."""
     path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the run config ({type(e).__name__}: {e})") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{path}: not a greedy run config")
-    return saved
+    return read_run_config(path) if os.path.isfile(path) else {}
 
 
 @main.command()
@@ -274,8 +287,12 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     from greedy.nn.fit import label_accuracy
 
     set_threads(threads)
+    from greedy.runs import unfinished
     path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
     model = load(path)
+    progress = None if run_dir.endswith(".npz") else unfinished(run_dir)
+    if progress:
+        fail(f"run unfinished: {progress}; {resume_hint(run_dir)}")
     run = run_dataset(os.path.dirname(path))
     recorded = run.get("dataset")
     if dataset and recorded and dataset != recorded:

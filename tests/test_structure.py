@@ -39,7 +39,8 @@ def test_train_options_are_exactly_the_config_fields_plus_the_run_options():
     options = {p.name for p in train.get_params(ctx) if isinstance(p, click.Option) and not p.hidden and p.expose_value}
     fields = {f.name for cls in configs.CONFIGS.values() for f in dataclasses.fields(cls)
               if f.metadata.get("group")}
-    run_options = {"method", "dataset", "data_dir", "n_train", "n_test", "threads", "out", "config_file", "quiet"}
+    run_options = {"method", "dataset", "data_dir", "n_train", "n_test", "threads", "out", "config_file", "quiet",
+                   "overwrite", "resume"}
     assert options == fields | run_options
 
 
