@@ -197,23 +197,23 @@ def main():
               help="Repeat a run: read method, dataset and every option from its config.json "
                    "(options given here override them).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-@config_options
 @click.option("--overwrite", is_flag=True,
               help="Replace the run that --out holds (its summary, model and checkpoint are deleted first); "
                    "without it such a folder is refused.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the unfinished run in this folder from its last checkpoint, with the options in "
                    "its config.json (only --threads may be given too).")
+@config_options
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config_file, quiet, overwrite, resume,
           **values):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
-    given = {k: v for k, v in values.items() if v is not None}
     if resume:
         out = resume
         summary = resume_training(click.get_current_context(), resume, threads)
         click.echo(f"{summary['method']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
                    f"in {summary['train_seconds']:.1f} s -> {out}")
         return
+    given = {k: v for k, v in values.items() if v is not None}
     if config_file:
         saved = read_config_file(config_file)
         method = method or saved["method"]
@@ -286,13 +286,13 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
     from greedy.modelfile import load
     from greedy.nn.fit import label_accuracy
 
-    set_threads(threads)
     from greedy.runs import unfinished
+    set_threads(threads)
     path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, "model.npz")
-    model = load(path)
     progress = None if run_dir.endswith(".npz") else unfinished(run_dir)
     if progress:
         fail(f"run unfinished: {progress}; {resume_hint(run_dir)}")
+    model = load(path)
     run = run_dataset(os.path.dirname(path))
     recorded = run.get("dataset")
     if dataset and recorded and dataset != recorded:
