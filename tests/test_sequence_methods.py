@@ -100,10 +100,10 @@ def test_sequence_data_options_are_checked_in_one_line(args, message):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_binary_refuses_sequences_in_one_line(forda):
+def test_binary_refuses_sequences_in_one_line(forda, tmp_path):
     with pytest.raises(ConfigError, match="binary networks train on uint8 images") as e:
-        run_training("binary", forda, "ucr:FordA", {}, "/nonexistent/never-written", 2, verbose=False)
-    assert "\n" not in str(e.value)
+        run_training("binary", forda, "ucr:FordA", {}, str(tmp_path / "run"), 2, verbose=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()  # refused before the run folder
 
 
 def test_compare_gives_every_method_the_same_1d_blocks(tmp_path, forda):

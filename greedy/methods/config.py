@@ -351,6 +351,8 @@ def resolve(method, family, n_classes, values=None, tta_default="none"):
     ``values`` (a dict; None means unset). An option the method does not have is a ConfigError."""
     if method not in CONFIGS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(sorted(CONFIGS))}")
+    if method == "binary" and family not in ("mnist", "cifar10"):
+        raise ConfigError(f"binary networks train on uint8 images (N, C, H, W); {family} data are sequences")
     cls = CONFIGS[method]
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in (values or {}).items() if v is not None}
