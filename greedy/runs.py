@@ -120,13 +120,17 @@ class Run(Monitor):
 
     def _open(self, config, exist):
         config_path = self.path("config.json")
-        for name in os.listdir(self.out_dir):  # left by a writer that was killed; the lock says none is running
+        with writing(self.out_dir):
+            names = os.listdir(self.out_dir)
+        for name in names:  # temporary files left by a writer that was killed; the lock says none is running
             if name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RESULT_FILES + ("config.json",)):
                 with writing(self.path(name)), contextlib.suppress(FileNotFoundError):
                     os.remove(self.path(name))
         if exist == "refuse" and os.path.exists(config_path):
-            raise ConfigError(f"--out {self.out_dir} holds a run already (its config.json); choose another "
-                              f"folder, give --overwrite to replace it, or {resume_hint(self.out_dir)}")
+            finished = os.path.exists(self.path("summary.json"))
+            raise ConfigError(f"--out {self.out_dir} holds {'a finished' if finished else 'an unfinished'} run (its "
+                              f"config.json); choose another folder or give --overwrite to replace it"
+                              + ("" if finished else f", or {resume_hint(self.out_dir)}"))
         self.config = dict(config, method=self.method, dataset=self.dataset)
         if exist == "resume":
             if os.path.exists(self.path("summary.json")):

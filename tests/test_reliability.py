@@ -102,7 +102,8 @@ def test_out_on_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
     assert invoke("train", *SMALL, *E2E, "--out", tmp_path).exit_code == 0
     before = (tmp_path / "summary.json").read_text()
     result = invoke("train", *SMALL, *E2E, "--seed", "1", "--out", tmp_path)
-    one_line_error(result, 2, f"--out {tmp_path} holds a run already", "--overwrite", "--resume")
+    line = one_line_error(result, 2, f"--out {tmp_path} holds a finished run", "--overwrite")
+    assert "--resume" not in line
     assert (tmp_path / "summary.json").read_text() == before
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
     result = invoke("train", *SMALL, *E2E, "--seed", "1", "--overwrite", "--out", tmp_path)
@@ -119,6 +120,8 @@ def test_overwrite_deletes_the_old_runs_results_before_training(tmp_path, monkey
     assert invoke("train", *SMALL, *AUX, "--overwrite", "--out", tmp_path).exit_code == 130
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "model.npz").exists()
     one_line_error(invoke("evaluate", tmp_path), 2, "run unfinished: 0 of 2 blocks done")
+    one_line_error(invoke("train", *SMALL, *AUX, "--out", tmp_path), 2, "holds an unfinished run",
+                   f"--resume {tmp_path}`")
 
 
 HOLD_LOCK = """
