@@ -1,9 +1,10 @@
 """Fuzzing every file format greedy reads: seeded random mutations of valid files end in a valid load or in
 greedy's own error (a GreedyError subclass), never in another exception or a crash.
 
-Formats: gzipped IDX images and labels; the CIFAR-10 tar.gz and its pickled batches; model files of both
-kinds (greedy-sequential, greedy-binary); checkpoints of both kinds (layer-wise, end to end); a run's
-config.json. Mutations: truncation, flipped bytes, changed header integers, swapped arrays, and changed
+Formats: gzipped IDX images and labels; the CIFAR-10 tar.gz and its pickled batches; the sequence
+sets' text files (a UCR .tsv, a loghub structured CSV, a lines: train.tsv/test.tsv pair); model files of
+both kinds (greedy-sequential, greedy-binary); checkpoints of both kinds (layer-wise, end to end); a
+run's config.json. Mutations: truncation, flipped bytes, changed header integers, swapped arrays, and changed
 values in the JSON meta. A file that loads is used as the next step would use it (a model predicts, a
 checkpoint is restored into its trainer and the run goes on), so no damaged value reaches a kernel unseen.
 """
@@ -11,9 +12,11 @@ import collections
 import gzip
 import io
 import json
+import os
 import pickle
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,9 @@ from greedy import checkpoint
 from greedy.cli import main
 from greedy.data import load_dataset
 from greedy.data.images import load_cifar10, load_idx_pair, read_cifar_batch
+from greedy.data.loghub import read_loghub
+from greedy.data.text import load_lines
+from greedy.data.ucr import read_ucr_file
 from greedy.errors import CheckpointError, ConfigError, GreedyError
 from greedy.methods import METHODS
 from greedy.methods import config as configs
@@ -185,6 +191,25 @@ def mutate_pickle(data, rng):
     return pickle.dumps(batch, protocol=2)
 
 
+def mutate_text(data, rng):
+    """A damaged text table: cut short, flipped bytes, a line dropped or doubled, a field or separator changed."""
+    kind = int(rng.integers(5))
+    if kind == 0:
+        return truncate(data, rng)
+    if kind == 1:
+        return flip(data, rng)
+    lines = data.split(b"\n")
+    i = int(rng.integers(len(lines)))
+    if kind == 2:
+        return b"\n".join(lines[:i] + lines[i + 1:] if rng.random() < 0.5 else lines[:i + 1] + lines[i:])
+    sep = b"\t" if b"\t" in lines[i] else b","
+    fields = lines[i].split(sep)
+    j = int(rng.integers(len(fields)))
+    fields[j] = [b"", b"nan", b"1e999", b"-", b"x\ty", b'"', b"\xff\xfe", fields[j] * 50][int(rng.integers(8))]
+    lines[i] = (b";" if kind == 4 else sep).join(fields)
+    return b"\n".join(lines)
+
+
 # ---------------------------------------------------------------- the valid files
 
 class Resuming(Monitor):
@@ -229,8 +254,28 @@ def files(tmp_path_factory):
     rng = np.random.default_rng(0)
     out["cifar"] = {n: cifar_pickle(rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 8))
                     for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    data_root = Path(os.environ.get("GREEDY_DATA") or Path(__file__).parents[2] / "shared" / "data")
+    with open(data_root / "ucr" / "UCRArchive_2018" / "FordA" / "FordA_TRAIN.tsv", "rb") as f:
+        out["ucr"] = b"".join(f.readline() for _ in range(12))
+    with open(data_root / "loghub" / "Apache" / "Apache_2k.log_structured.csv", "rb") as f:
+        out["loghub"] = b"".join(f.readline() for _ in range(60))
+    out["lines"] = b"".join(b"%d\tline %d says %s\n" % (i % 3, i, b"ab" * (i % 7)) for i in range(40))
     out["data"] = load_dataset("synthetic-grey", synthetic_size=(120, 40), seed=0)
     return root, out
+
+
+def read_text_table(fmt, blob, folder):
+    """Write a mutated text table where its reader looks and read it."""
+    if fmt == "ucr":
+        (folder / "x.tsv").write_bytes(blob)
+        return read_ucr_file(folder / "x.tsv")
+    if fmt == "loghub":
+        (folder / "Apache").mkdir(exist_ok=True)
+        (folder / "Apache" / "Apache_2k.log_structured.csv").write_bytes(blob)
+        return read_loghub(folder)
+    (folder / "train.tsv").write_bytes(blob)
+    (folder / "test.tsv").write_bytes(blob[:len(blob) // 2])
+    return load_lines(folder, max_bytes=64)
 
 
 # ---------------------------------------------------------------- what a reader does with each file
@@ -267,7 +312,7 @@ def test_random_mutations_of_every_format_load_or_fail_with_a_greedy_error(files
     data = valid["data"]
     rng = np.random.default_rng(SEED)
     counts = collections.defaultdict(collections.Counter)
-    plan = ([("idx", 110), ("cifar", 90)] + [(f"model-{m}", 45) for m in ("aux", "binary", "e2e")]
+    plan = ([("idx", 110), ("cifar", 90), ("ucr", 40), ("loghub", 40), ("lines", 40)] + [(f"model-{m}", 45) for m in ("aux", "binary", "e2e")]
             + [(f"checkpoint-{m}", 40) for m in ("aux", "binary", "e2e")] + [("config", 60)])
     t0 = time.perf_counter()
     for fmt, n in plan:
@@ -286,6 +331,11 @@ def test_random_mutations_of_every_format_load_or_fail_with_a_greedy_error(files
                 else:
                     path.write_bytes(mutate_cifar(valid["cifar"], rng))
                     read = lambda path=path: load_cifar10(path)  # noqa: E731
+            elif fmt in ("ucr", "loghub", "lines"):
+                folder = tmp_path / f"{fmt}-{i}"
+                folder.mkdir()
+                blob = mutate_text(valid[fmt], rng)
+                read = lambda fmt=fmt, blob=blob, folder=folder: read_text_table(fmt, blob, folder)  # noqa: E731
             elif fmt == "config":
                 name = ("aux", "binary", "e2e")[i % 3]
                 text = json.dumps(valid[f"config-{name}"], indent=2)
