@@ -21,7 +21,11 @@ def integer(value, name, minimum=None, allow_none=False):
 
 def positive_int(value, name, allow_none=False):
     """``value`` as an int >= 1."""
-    return integer(value, name, 1, allow_none)
+    if allow_none and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def number(value, name, low=None, high=None, low_open=False, high_open=False, allow_none=False):

@@ -519,7 +519,7 @@ def test_download_writes_temp_then_renames(env, capsys):
         name = url.rsplit("/", 1)[1]
 
         def on_read():
-            parts = list((target / "mnist").glob(f".{name}.*.part"))
+            parts = list((target / "mnist").glob(f".{name}.*.tmp"))
             during.append(((target / "mnist" / name).exists(), len(parts)))
 
         return FakeResponse(files[name], on_read=on_read)

@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 from threadpoolctl import ThreadpoolController
 
+from greedy import validate
 from greedy.errors import ConfigError
 from greedy.kernels.knn import knn_positive_block
 
@@ -115,12 +116,6 @@ def _choose_method(method, d):
     return method
 
 
-def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
-    return int(k)
-
-
 def _as_samples(a, name):
     """Validated float64 (n, d) copy of a sample; 1-D input becomes (n, 1)."""
     try:
@@ -155,7 +150,7 @@ def kl_divergence(x, y, k=1, method="auto"):
     (kd-tree up to ``KDTREE_MAX_DIM`` dimensions, brute force above), "kdtree"
     or "brute". Returns a float; it can be negative (estimation noise around 0).
     """
-    k = _check_k(k)
+    k = validate.positive_int(k, "k")
     x = _as_samples(x, "x")
     y = _as_samples(y, "y")
     (n, d), m = x.shape, len(y)
@@ -228,7 +223,7 @@ def class_kl_matrix(features, labels, k=1, max_per_class=1000, n_classes=None, s
     diagonal, NaN for pairs involving a class with fewer than k + 1 samples;
     the summary is the mean of the finite off-diagonal entries (NaN if none).
     """
-    k = _check_k(k)
+    k = validate.positive_int(k, "k")
     f = _as_samples(features, "features")
     lab = np.asarray(labels)
     if lab.ndim != 1 or len(lab) != len(f):

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from greedy import validate
 from greedy.kernels import kmeans as kk
 from greedy.errors import ConfigError
 
@@ -44,24 +45,6 @@ def _single_threaded_blas():
     if _blas_controller is None:
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")
-
-
-def _as_points(X, name="X"):
-    """X as a C-contiguous (n, d) float64 array if it is float64, else float32; ConfigError if unusable."""
-    try:
-        arr = np.asarray(X)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{name} must be a numeric array: {e}") from None
-    if arr.dtype.kind not in "biuf":
-        raise ConfigError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ConfigError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ConfigError(f"{name} is empty: shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, np.float64 if arr.dtype == np.float64 else np.float32)
-    if not np.isfinite(arr).all():
-        raise ConfigError(f"{name} contains NaN or infinite values")
-    return arr
 
 
 def _as_weights(sample_weight, n):
@@ -83,14 +66,6 @@ def _as_weights(sample_weight, n):
     return np.ascontiguousarray(w)
 
 
-def _positive_int(value, name, allow_none=False):
-    if allow_none and value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def default_chunk(k, itemsize):
     """Rows per ``assign`` chunk: ASSIGN_CHUNK, fewer (at least 16) if the (k, chunk) block is too big."""
     return max(16, min(ASSIGN_CHUNK, ASSIGN_MAX_BLOCK_BYTES // (k * itemsize)))
@@ -109,8 +84,8 @@ def assign(X, centers, centers_sq_norms=None, chunk=None, n_threads=None):
     n_threads * k * chunk * itemsize bytes: 2 MiB per thread for k = 1024 in float32
     with the default chunk of 512 rows (fewer rows when a block would pass 8 MiB).
     """
-    X = _as_points(X)
-    centers = _as_points(centers, "centers").astype(X.dtype, copy=False)
+    X = validate.finite_matrix(X, "X")
+    centers = validate.finite_matrix(centers, "centers").astype(X.dtype, copy=False)
     if centers.shape[1] != X.shape[1]:
         raise ConfigError(f"centers have {centers.shape[1]} features but X has {X.shape[1]}")
     k = len(centers)
@@ -120,8 +95,8 @@ def assign(X, centers, centers_sq_norms=None, chunk=None, n_threads=None):
         sq = np.ascontiguousarray(centers_sq_norms, X.dtype)
         if sq.shape != (k,):
             raise ConfigError(f"centers_sq_norms must have shape ({k},), got {sq.shape}")
-    chunk = default_chunk(k, X.itemsize) if chunk is None else _positive_int(chunk, "chunk")
-    n_threads = _positive_int(n_threads, "n_threads", allow_none=True)
+    chunk = default_chunk(k, X.itemsize) if chunk is None else validate.positive_int(chunk, "chunk")
+    n_threads = validate.positive_int(n_threads, "n_threads", allow_none=True)
     return _assign(X, centers, sq, chunk, n_threads)
 
 
@@ -238,11 +213,11 @@ class KMeans:
         self.verbose = verbose
 
     def _check_params(self, X, w):
-        k = _positive_int(self.n_clusters, "n_clusters")
-        _positive_int(self.n_init, "n_init")
-        _positive_int(self.max_iter, "max_iter")
-        _positive_int(self.batch_size, "batch_size", allow_none=True)
-        _positive_int(self.n_threads, "n_threads", allow_none=True)
+        k = validate.positive_int(self.n_clusters, "n_clusters")
+        validate.positive_int(self.n_init, "n_init")
+        validate.positive_int(self.max_iter, "max_iter")
+        validate.positive_int(self.batch_size, "batch_size", allow_none=True)
+        validate.positive_int(self.n_threads, "n_threads", allow_none=True)
         if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float, np.floating)) \
                 or not np.isfinite(self.tol) or self.tol < 0:
             raise ConfigError(f"tol must be a finite number >= 0, got {self.tol!r}")
@@ -256,7 +231,7 @@ class KMeans:
             if self.init not in ("k-means++", "random"):
                 raise ConfigError(f"init must be 'k-means++', 'random' or a (k, d) array, got {self.init!r}")
         else:
-            init = _as_points(self.init, "init")
+            init = validate.finite_matrix(self.init, "init")
             if init.shape != (k, X.shape[1]):
                 raise ConfigError(f"init array must have shape ({k}, {X.shape[1]}), got {init.shape}")
         rs = self.random_state
@@ -275,7 +250,7 @@ class KMeans:
 
     def fit(self, X, sample_weight=None):
         """Cluster X (n, d); sample_weight (n,) non-negative, default ones. Returns self."""
-        X = _as_points(X)
+        X = validate.finite_matrix(X, "X")
         w = _as_weights(sample_weight, len(X))
         k, rng = self._check_params(X, w)
         n_init = 1 if not isinstance(self.init, str) else self.n_init
@@ -349,7 +324,7 @@ class KMeans:
     def _check_fitted(self, X):
         if not hasattr(self, "cluster_centers_"):
             raise ConfigError("this KMeans is not fitted yet; call fit first")
-        X = _as_points(X)
+        X = validate.finite_matrix(X, "X")
         d = self.cluster_centers_.shape[1]
         if X.shape[1] != d:
             raise ConfigError(f"X has {X.shape[1]} features but the model was fitted on {d}")

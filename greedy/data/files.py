@@ -26,7 +26,6 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -258,31 +257,23 @@ def download_line(label: str, done: int, total: int) -> str:
 
 
 def fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
-    """Stream ``url`` into a temp file beside ``dest``, check md5, rename into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total, done = int(resp.headers.get("Content-Length") or 0), 0
-            bar = Progress(enabled=progress)
-            try:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    h.update(chunk)
-                    done += len(chunk)
-                    if bar.due():
-                        bar.show(download_line(dest.name, done, total))
-            finally:
-                bar.end(download_line(dest.name, done, total))
-        if h.hexdigest() != md5:
-            raise DatasetError(f"md5 {h.hexdigest()} does not match the published {md5}")
-        os.replace(tmp, dest)
-    except BaseException:
+    """Stream ``url`` into a temp file beside ``dest``, check md5, rename into place (``greedy.atomic``)."""
+    from greedy.atomic import atomic_file
+    h = hashlib.md5()
+    with atomic_file(dest, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        total, done = int(resp.headers.get("Content-Length") or 0), 0
+        bar = Progress(enabled=progress)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                out.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                if bar.due():
+                    bar.show(download_line(dest.name, done, total))
+        finally:
+            bar.end(download_line(dest.name, done, total))
+        if h.hexdigest() != md5:  # raised inside: the temporary file is removed, dest is left alone
+            raise DatasetError(f"md5 {h.hexdigest()} does not match the published {md5}")
 
 
 def download(name: str, fname: str, target: Path, progress: bool) -> Path:

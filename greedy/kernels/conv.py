@@ -36,6 +36,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from greedy import validate
 from greedy.errors import ConfigError
 
 CHUNK_BYTES = 4 * 2**20
@@ -194,27 +195,11 @@ def _nfp_to_fnp(dy, dyt, dbpart):
 # ---------------------------------------------------------------- checks
 
 
-def _float_array(name, a, ndim):
-    if not isinstance(a, np.ndarray):
-        raise ConfigError(f"{name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype not in (np.float32, np.float64):
-        raise ConfigError(f"{name} must be float32 or float64, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ConfigError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
 def _same_dtype(**arrays):
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{k}={v}" for k, v in dtypes.items())
         raise ConfigError(f"arrays must share one dtype, got {listed}")
-
-
-def _int_at_least(name, v, low):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
 
 
 def _out_size(h, w, kh, kw, stride, pad, what):
@@ -226,13 +211,13 @@ def _out_size(h, w, kh, kw, stride, pad, what):
 
 
 def _conv_args(x, w, stride, pad):
-    x = _float_array("x", x, 4)
-    w = _float_array("w", w, 4)
+    x = validate.float_array(x, "x", 4)
+    w = validate.float_array(w, "w", 4)
     _same_dtype(x=x, w=w)
     if w.shape[1] != x.shape[1]:
         raise ConfigError(f"w has {w.shape[1]} input channels but x has {x.shape[1]}")
-    stride = _int_at_least("stride", stride, 1)
-    pad = _int_at_least("pad", pad, 0)
+    stride = validate.integer(stride, "stride", 1)
+    pad = validate.integer(pad, "pad", 0)
     ho, wo = _out_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, pad, "conv")
     return x, w, stride, pad, ho, wo
 
@@ -320,12 +305,12 @@ def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1):
     without writing the full-size y (an inference pass; nothing is kept for backward).
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
-    b = _float_array("b", b, 1)
+    b = validate.float_array(b, "b", 1)
     _same_dtype(x=x, w=w, b=b)
     f, c, kh, kw = w.shape
     if b.shape[0] != f:
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
-    pool = _int_at_least("pool", pool, 1)
+    pool = validate.integer(pool, "pool", 1)
     if pool > min(ho, wo):
         raise ConfigError(f"pool {pool} does not fit a {ho}x{wo} conv output")
     n, dt = x.shape[0], x.dtype
@@ -355,7 +340,7 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
     Returns (dx (N, C, H, W) or None when ``input_grad`` is false, dw (F, C, KH, KW), db (F,)).
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
-    dy = _float_array("dy", dy, 4)
+    dy = validate.float_array(dy, "dy", 4)
     _same_dtype(x=x, w=w, dy=dy)
     f, c, kh, kw = w.shape
     n, dt = x.shape[0], x.dtype

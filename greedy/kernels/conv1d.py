@@ -30,6 +30,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from greedy import validate
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
 from greedy.kernels.conv import _valid_range
@@ -173,22 +174,22 @@ def out_length(length, k, stride, pad, dilation, what):
 
 
 def _conv_args(x, w, stride, pad, dilation):
-    x = ck._float_array("x", x, 3)
-    w = ck._float_array("w", w, 3)
+    x = validate.float_array(x, "x", 3)
+    w = validate.float_array(w, "w", 3)
     ck._same_dtype(x=x, w=w)
     if w.shape[1] != x.shape[1]:
         raise ConfigError(f"w has {w.shape[1]} input channels but x has {x.shape[1]}")
-    stride = ck._int_at_least("stride", stride, 1)
-    pad = ck._int_at_least("pad", pad, 0)
-    dilation = ck._int_at_least("dilation", dilation, 1)
+    stride = validate.integer(stride, "stride", 1)
+    pad = validate.integer(pad, "pad", 0)
+    dilation = validate.integer(dilation, "dilation", 1)
     lo = out_length(x.shape[2], w.shape[2], stride, pad, dilation, "conv")
     return x, w, stride, pad, dilation, lo
 
 
 def _pool_args(x, size, stride, what):
-    x = ck._float_array("x", x, 3)
-    size = ck._int_at_least("size", size, 1)
-    stride = size if stride is None else ck._int_at_least("stride", stride, 1)
+    x = validate.float_array(x, "x", 3)
+    size = validate.integer(size, "size", 1)
+    stride = size if stride is None else validate.integer(stride, "stride", 1)
     return x, size, stride, out_length(x.shape[2], size, stride, 0, 1, what)
 
 
@@ -223,12 +224,12 @@ def conv1d_forward(x, w, b, stride=1, pad=0, dilation=1, relu=False, pool=1):
     full-size y (an inference pass; nothing is kept for backward).
     """
     x, w, stride, pad, dilation, lo = _conv_args(x, w, stride, pad, dilation)
-    b = ck._float_array("b", b, 1)
+    b = validate.float_array(b, "b", 1)
     ck._same_dtype(x=x, w=w, b=b)
     f, c, kk = w.shape
     if b.shape[0] != f:
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
-    pool = ck._int_at_least("pool", pool, 1)
+    pool = validate.integer(pool, "pool", 1)
     if pool > lo:
         raise ConfigError(f"pool {pool} does not fit a conv output of length {lo}")
     n, dt = x.shape[0], x.dtype
@@ -265,7 +266,7 @@ def conv1d_backward(x, w, dy, stride=1, pad=0, dilation=1, input_grad=True):
     Returns (dx (N, C, L) or None when ``input_grad`` is false, dw (F, C, K), db (F,)).
     """
     x, w, stride, pad, dilation, lo = _conv_args(x, w, stride, pad, dilation)
-    dy = ck._float_array("dy", dy, 3)
+    dy = validate.float_array(dy, "dy", 3)
     ck._same_dtype(x=x, w=w, dy=dy)
     f, c, kk = w.shape
     n, dt = x.shape[0], x.dtype
@@ -329,7 +330,7 @@ def maxpool1d_forward(x, size=2, stride=None, with_argmax=True):
 
 def maxpool1d_backward(dy, argmax, x_shape):
     """Gradient of ``maxpool1d_forward``: dy (N, C, Lo) -> dx of shape x_shape (N, C, L)."""
-    dy = ck._float_array("dy", dy, 3)
+    dy = validate.float_array(dy, "dy", 3)
     if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu" or argmax.shape != dy.shape:
         raise ConfigError(f"argmax must be an integer array of dy's shape {dy.shape}")
     if len(x_shape) != 3 or tuple(x_shape[:2]) != dy.shape[:2]:
@@ -352,9 +353,9 @@ def avgpool1d_forward(x, size=2, stride=None):
 
 def avgpool1d_backward(dy, x_shape, size=2, stride=None):
     """Gradient of ``avgpool1d_forward``: dy (N, C, Lo) -> dx of shape x_shape (N, C, L)."""
-    dy = ck._float_array("dy", dy, 3)
-    size = ck._int_at_least("size", size, 1)
-    stride = size if stride is None else ck._int_at_least("stride", stride, 1)
+    dy = validate.float_array(dy, "dy", 3)
+    size = validate.integer(size, "size", 1)
+    stride = size if stride is None else validate.integer(stride, "stride", 1)
     shape = _check_x_shape(x_shape, dy, size, stride, "average pool")
     dx = np.zeros(shape, dy.dtype)
     _avgpool_bwd_kernel(dy, size, stride, dx)

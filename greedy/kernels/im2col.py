@@ -11,7 +11,8 @@ import numpy as np
 from numba import prange
 
 from greedy.errors import ConfigError
-from greedy.kernels.conv import _float_array, _int_at_least, _out_size
+from greedy import validate
+from greedy.kernels.conv import _out_size
 
 # ---------------------------------------------------------------- kernels
 
@@ -93,11 +94,11 @@ def im2col(x, kh, kw, stride=1, pad=0):
     Rows are output positions in (n, oh, ow) order, columns are (c, kh, kw)
     order; padded pixels are zero.
     """
-    x = _float_array("x", x, 4)
-    kh = _int_at_least("kh", kh, 1)
-    kw = _int_at_least("kw", kw, 1)
-    stride = _int_at_least("stride", stride, 1)
-    pad = _int_at_least("pad", pad, 0)
+    x = validate.float_array(x, "x", 4)
+    kh = validate.integer(kh, "kh", 1)
+    kw = validate.integer(kw, "kw", 1)
+    stride = validate.integer(stride, "stride", 1)
+    pad = validate.integer(pad, "pad", 0)
     n, c, h, w = x.shape
     ho, wo = _out_size(h, w, kh, kw, stride, pad, "im2col")
     cols = np.empty((n * ho * wo, c * kh * kw), x.dtype)
@@ -110,7 +111,7 @@ def gather_patches(x, img, row, col, kh, kw, pad):
 
     x (N, C, H, W) float; img, row, col (M,) int. Returns (M, C*kh*kw) in x's dtype.
     """
-    x = _float_array("x", x, 4)
+    x = validate.float_array(x, "x", 4)
     img, row, col = (np.ascontiguousarray(a, dtype=np.int64) for a in (img, row, col))
     out = np.empty((len(img), x.shape[1] * kh * kw), x.dtype)
     _gather_patches_kernel(x, img, row, col, kh, kw, pad, out)
@@ -119,14 +120,14 @@ def gather_patches(x, img, row, col, kh, kw, pad):
 
 def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     """Adjoint of ``im2col``: sums cols (N*Ho*Wo, C*kh*kw) back into an (N, C, H, W) array."""
-    cols = _float_array("cols", cols, 2)
+    cols = validate.float_array(cols, "cols", 2)
     if len(x_shape) != 4:
         raise ConfigError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
     n, c, h, w = (int(v) for v in x_shape)
-    kh = _int_at_least("kh", kh, 1)
-    kw = _int_at_least("kw", kw, 1)
-    stride = _int_at_least("stride", stride, 1)
-    pad = _int_at_least("pad", pad, 0)
+    kh = validate.integer(kh, "kh", 1)
+    kw = validate.integer(kw, "kw", 1)
+    stride = validate.integer(stride, "stride", 1)
+    pad = validate.integer(pad, "pad", 0)
     ho, wo = _out_size(h, w, kh, kw, stride, pad, "col2im")
     if cols.shape != (n * ho * wo, c * kh * kw):
         raise ConfigError(f"cols has shape {cols.shape}, expected {(n * ho * wo, c * kh * kw)}")

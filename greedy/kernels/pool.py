@@ -9,7 +9,8 @@ import numpy as np
 from numba import prange
 
 from greedy.errors import ConfigError
-from greedy.kernels.conv import _float_array, _int_at_least, _out_size
+from greedy import validate
+from greedy.kernels.conv import _out_size
 
 # ---------------------------------------------------------------- kernels
 
@@ -91,9 +92,9 @@ def maxpool2d_forward(x, size=2, stride=2, with_argmax=True):
     (N, C, Ho, Wo) int32: flat index h*W + w of each maximum inside its (H, W) plane
     (None when not ``with_argmax``: inference needs no backward).
     """
-    x = _float_array("x", x, 4)
-    size = _int_at_least("size", size, 1)
-    stride = _int_at_least("stride", stride, 1)
+    x = validate.float_array(x, "x", 4)
+    size = validate.integer(size, "size", 1)
+    stride = validate.integer(stride, "stride", 1)
     n, c, h, w = x.shape
     ho, wo = _out_size(h, w, size, size, stride, 0, "max pool")
     y = np.empty((n, c, ho, wo), x.dtype)
@@ -104,7 +105,7 @@ def maxpool2d_forward(x, size=2, stride=2, with_argmax=True):
 
 def maxpool2d_backward(dy, argmax, x_shape):
     """Gradient of ``maxpool2d_forward``: dy (N, C, Ho, Wo) -> dx of shape x_shape (N, C, H, W)."""
-    dy = _float_array("dy", dy, 4)
+    dy = validate.float_array(dy, "dy", 4)
     if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu" or argmax.shape != dy.shape:
         raise ConfigError(f"argmax must be an integer array of dy's shape {dy.shape}")
     if len(x_shape) != 4 or tuple(x_shape[:2]) != dy.shape[:2]:
@@ -119,9 +120,9 @@ def maxpool2d_backward(dy, argmax, x_shape):
 
 def avgpool2d_forward(x, size=2, stride=2):
     """Average pooling without padding: x (N, C, H, W) -> y (N, C, Ho, Wo), Ho = (H - size) // stride + 1."""
-    x = _float_array("x", x, 4)
-    size = _int_at_least("size", size, 1)
-    stride = _int_at_least("stride", stride, 1)
+    x = validate.float_array(x, "x", 4)
+    size = validate.integer(size, "size", 1)
+    stride = validate.integer(stride, "stride", 1)
     n, c, h, w = x.shape
     ho, wo = _out_size(h, w, size, size, stride, 0, "average pool")
     y = np.empty((n, c, ho, wo), x.dtype)
@@ -131,9 +132,9 @@ def avgpool2d_forward(x, size=2, stride=2):
 
 def avgpool2d_backward(dy, x_shape, size=2, stride=2):
     """Gradient of ``avgpool2d_forward``: dy (N, C, Ho, Wo) -> dx of shape x_shape (N, C, H, W)."""
-    dy = _float_array("dy", dy, 4)
-    size = _int_at_least("size", size, 1)
-    stride = _int_at_least("stride", stride, 1)
+    dy = validate.float_array(dy, "dy", 4)
+    size = validate.integer(size, "size", 1)
+    stride = validate.integer(stride, "stride", 1)
     if len(x_shape) != 4 or tuple(x_shape[:2]) != dy.shape[:2]:
         raise ConfigError(f"x_shape {tuple(x_shape)} does not match dy of shape {dy.shape}")
     n, c, h, w = (int(v) for v in x_shape)
