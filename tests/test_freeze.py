@@ -374,7 +374,7 @@ def test_coupling_gradients_match_finite_differences_of_their_penalties():
 
 
 def _halves_setup(tmp_path, **opts):
-    from greedy.data.datasets import load_dataset
+    from greedy.data import load_dataset
     from greedy.experiments.freeze import resolve_options
     from greedy.nn.model import build_model
     from greedy.nn.network import Normalizer
