@@ -1,5 +1,4 @@
-"""Numba kernels for the per-element layers: ReLU, the tanh gradient, batch normalisation, and the
-column statistics that standardise features for a linear classifier.
+"""Numba kernels for the per-element layers: ReLU, the tanh gradient and batch normalisation.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
 is one or two passes over the data, threaded where the arrays are large enough to
@@ -10,35 +9,34 @@ import numba
 import numpy as np
 from numba import prange
 
-# Elementwise layers on fewer elements (a dense layer's batch) run serially: threads do not
-# pay there, and a run that never reaches this size does not compile the threaded kernels.
+# Elementwise layers on fewer elements (a dense layer's batch) run in NumPy: threads do not pay
+# there, and a run that never reaches this size compiles no kernel for them (each compiled kernel
+# costs a fresh clone's first run a few tenths of a second).
 THREADED_MIN_SIZE = 1 << 18
 
 
 def relu_forward(x, y):
-    """y = max(x, 0) over flat arrays x, y of equal size and dtype."""
-    (_relu_forward_threaded if x.size >= THREADED_MIN_SIZE else _relu_forward_serial)(x, y)
+    """y = max(x, 0) over flat arrays x, y of equal size and dtype (0 where x is NaN)."""
+    if x.size >= THREADED_MIN_SIZE:
+        _relu_forward_threaded(x, y)
+    else:
+        np.copyto(y, np.where(x > 0, x, y.dtype.type(0)))
 
 
 def relu_backward(y, dy, dx):
     """dx = dy where the forward output y > 0, else 0 (flat arrays of one dtype)."""
-    (_relu_backward_threaded if y.size >= THREADED_MIN_SIZE else _relu_backward_serial)(y, dy, dx)
+    if y.size >= THREADED_MIN_SIZE:
+        _relu_backward_threaded(y, dy, dx)
+    else:
+        np.copyto(dx, np.where(y > 0, dy, dx.dtype.type(0)))
 
 
 def tanh_backward(y, dy, dx):
     """dx = dy * (1 - y^2) over flat arrays of one dtype, y the forward output."""
-    (_tanh_backward_threaded if y.size >= THREADED_MIN_SIZE else _tanh_backward_serial)(y, dy, dx)
-
-
-# Serial and threaded twins have separate source: Numba's cache keys a kernel by its
-# source, not by its flags, so one function compiled both ways would share cache entries.
-
-@numba.njit(cache=True)
-def _relu_forward_serial(x, y):
-    zero = x.dtype.type(0)
-    for i in range(x.size):
-        v = x[i]
-        y[i] = v if v > zero else zero
+    if y.size >= THREADED_MIN_SIZE:
+        _tanh_backward_threaded(y, dy, dx)
+    else:
+        np.multiply(dy, y.dtype.type(1) - y * y, out=dx)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -49,25 +47,11 @@ def _relu_forward_threaded(x, y):
         y[i] = v if v > zero else zero
 
 
-@numba.njit(cache=True)
-def _relu_backward_serial(y, dy, dx):
-    zero = dy.dtype.type(0)
-    for i in range(y.size):
-        dx[i] = dy[i] if y[i] > zero else zero
-
-
 @numba.njit(parallel=True, cache=True)
 def _relu_backward_threaded(y, dy, dx):
     zero = dy.dtype.type(0)
     for i in prange(y.size):
         dx[i] = dy[i] if y[i] > zero else zero
-
-
-@numba.njit(cache=True)
-def _tanh_backward_serial(y, dy, dx):
-    one = y.dtype.type(1)
-    for i in range(y.size):
-        dx[i] = dy[i] * (one - y[i] * y[i])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -96,34 +80,6 @@ def channel_mean_var(x):
         mean[j] = shift + m
         var[j] = max(s2 / (n * p) - m * m, 0.0)
     return mean, var
-
-
-@numba.njit(cache=True)
-def column_sums(x, shift, parts):
-    """Sums of (x - shift) and of its squares over the rows of x (N, D), float64 (D,) each.
-
-    Rows are summed in ``parts`` consecutive blocks whose partial sums are then added in
-    order (shorter float64 chains than one running sum). Serial: it is one memory-bound
-    pass, made once per classifier, where threads save less than they cost to compile.
-    """
-    n, d = x.shape
-    step = (n + parts - 1) // parts
-    tot = np.zeros(d, np.float64)
-    tot2 = np.zeros(d, np.float64)
-    s = np.empty(d, np.float64)
-    s2 = np.empty(d, np.float64)
-    for t in range(parts):
-        s[:] = 0.0
-        s2[:] = 0.0
-        for i in range(t * step, min(n, (t + 1) * step)):
-            for j in range(d):
-                v = np.float64(x[i, j]) - shift[j]
-                s[j] += v
-                s2[j] += v * v
-        for j in range(d):
-            tot[j] += s[j]
-            tot2[j] += s2[j]
-    return tot, tot2
 
 
 @numba.njit(parallel=True, cache=True)

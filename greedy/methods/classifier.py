@@ -3,11 +3,9 @@
 Features are standardised for training and the standardisation is folded into the first layer's
 weights, so the returned layers apply to raw features.
 """
-import numba
 import numpy as np
 
 from greedy.errors import ConfigError
-from greedy.kernels.pointwise import channel_normalise, column_sums
 from greedy.methods.blocks import _as32
 from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.fit import accuracy, fit
@@ -27,14 +25,15 @@ def _row_chunks(x):
 def column_mean_std(x):
     """Per-column mean and standard deviation (float64, (D,)) of x (N, D), float32 or float16.
 
-    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``; sums in float64 around the first row.
+    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES`` (and their float64 copies);
+    sums in float64 around the first row, pairwise within a chunk.
     """
     shift = _as32(x[:1]).reshape(-1).astype(np.float64)
     total, total2 = np.zeros_like(shift), np.zeros_like(shift)
     for _, chunk in _row_chunks(x):
-        s, s2 = column_sums(chunk, shift, numba.get_num_threads())
-        total += s
-        total2 += s2
+        d = chunk - shift
+        total += d.sum(axis=0)
+        total2 += np.einsum("ij,ij->j", d, d)
     m = total / len(x)
     return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
 
@@ -44,10 +43,9 @@ def standardize(x, mean, std):
     if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
         raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
     z = np.empty((len(x), len(mean)), np.float32)
-    inv, zero = 1.0 / std, np.zeros_like(mean)
+    inv = 1.0 / std
     for i, chunk in _row_chunks(x):
-        m = len(chunk)
-        channel_normalise(chunk.reshape(m, -1, 1), mean, inv, zero, z[i:i + m].reshape(m, -1, 1))
+        z[i:i + len(chunk)] = (chunk - mean) * inv
     return z
 
 
