@@ -17,7 +17,7 @@ from greedy.methods import config as configs
 from greedy.runs import default_out_dir, read_run_config, resume_hint
 from greedy.training import run_training
 from greedy.cli_options import (GreedyGroup, GroupedCommand, _short, common_options, config_options, fail,
-                                 load_data, read_config_file, set_threads, TEXT_OPTIONS)
+                                 load_data, read_config_file, set_threads, site_options, TEXT_OPTIONS)
 
 
 @click.group(cls=GreedyGroup)
@@ -41,10 +41,14 @@ def main():
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the unfinished run in this folder from its last checkpoint, with the options in "
                    "its config.json (only --threads may be given too).")
+@site_options
 @config_options
 def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config_file, quiet, overwrite, resume,
-          **values):
+          sites, scheduler, share, site_timeout, **values):
     """Train a model with METHOD and write the run folder (config, metrics, summary, model)."""
+    if sites or scheduler or share or site_timeout:
+        return train_on_sites(method, sites, scheduler, share, site_timeout, dataset, data_dir, n_train, n_test,
+                              config_file, resume, seed, threads, out, quiet, overwrite, values)
     if resume:
         out = resume
         summary = resume_training(click.get_current_context(), resume, threads)
@@ -72,6 +76,30 @@ def train(method, dataset, data_dir, seed, threads, n_train, n_test, out, config
                            record={"quiet": quiet, "data_options": data_options()})
     click.echo(f"{method} on {dataset}: test accuracy {summary['test_accuracy']:.4f} "
                f"in {summary['train_seconds']:.1f} s -> {out}")
+
+
+def train_on_sites(method, sites, scheduler, share, site_timeout, dataset, data_dir, n_train, n_test, config_file,
+                   resume, seed, threads, out, quiet, overwrite, values):
+    """``train --sites MANIFEST``: the run on the sites (``greedy.distributed``); the data come from the manifest."""
+    if not sites:
+        fail("--scheduler, --share and --site-timeout go with --sites MANIFEST")
+    given = [flag for flag, v in (("--dataset", dataset), ("--data-dir", data_dir), ("--n-train", n_train),
+                                  ("--n-test", n_test), ("--config", config_file), ("--resume", resume)) if v]
+    if given:
+        fail(f"with --sites the data are the manifest's; {', '.join(given)} cannot be given")
+    from greedy.distributed import require_dask
+    from greedy.distributed.manifest import read_manifest
+    from greedy.distributed.train import run_sites
+    require_dask()
+    method = method or "patchbag"
+    threads = set_threads(threads)
+    out = out or default_out_dir(f"{method}-sites", read_manifest(sites)["dataset"])
+    summary = run_sites(method, sites, dict({k: v for k, v in values.items() if v is not None},
+                                            seed=0 if seed is None else seed),
+                        out, threads=threads, scheduler=scheduler, share=share or "codes",
+                        timeout=site_timeout or 120.0, verbose=not quiet, exist="replace" if overwrite else "refuse")
+    click.echo(f"{method} on {summary['sites']} sites of {summary['dataset']}: test accuracy "
+               f"{summary['test_accuracy']:.4f} in {summary['train_seconds']:.1f} s -> {out}")
 
 
 def data_options():
@@ -144,6 +172,26 @@ def evaluate(run_dir, dataset, data_dir, seed, threads, n_train, n_test):
              f"dataset {dataset} has {tuple(data.x_test.shape[1:])}")
     acc = label_accuracy(model.predict_logits(data.x_test), data.y_test)
     click.echo(json.dumps({"model": path, "dataset": dataset, "test_accuracy": acc}))
+
+
+@main.command()
+@common_options
+@click.option("--sites", "n_sites", type=click.IntRange(min=1), required=True, help="Number of sites.")
+@click.option("--split", default="iid", show_default=True,
+              help="Which samples each site holds: iid, by-class (each class on one site) or dirichlet:ALPHA "
+                   "(class shares per site drawn from Dirichlet(ALPHA); small ALPHA: few classes per site).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for site-<i>/ (x.npy, y.npy), test.npz (the coordinator's) and manifest.json.")
+def shard(dataset, data_dir, seed, threads, n_train, n_test, n_sites, split, out):
+    """Split a dataset's training set into one folder per site and write their manifest (docs/distributed.md)."""
+    from greedy.distributed.shard import parse_split, write_shards
+    parse_split(split)
+    dataset, seed = dataset or "cifar10", seed or 0
+    data = load_data(dataset, data_dir, seed, n_train, n_test, quiet=True)
+    manifest = write_shards(data, dataset, out, n_sites, split, seed)
+    sizes = ", ".join(f"{s['name']}: {s['samples']}" for s in manifest["sites"])
+    click.echo(f"{dataset} in {n_sites} sites ({split}): {sizes}; test {len(data.x_test)} -> "
+               f"{os.path.join(out, 'manifest.json')}")
 
 
 @main.command()
