@@ -168,3 +168,27 @@ def test_patchbag_on_sites_is_within_one_point_of_one_process(mnist, tmp_path):
     from greedy.modelfile import load
     model = load(str(tmp_path / "dist" / "model.npz"))
     assert type(model) is type(load(str(tmp_path / "one" / "model.npz")))
+
+
+def test_without_dask_training_on_sites_is_a_one_line_error_with_the_install_command(monkeypatch):
+    import sys
+    from greedy.distributed import require_dask
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ConfigError, match=r'pip install "greedy\[distributed\]"'):
+        require_dask()
+
+
+def test_the_shard_command_writes_sites_a_test_split_and_a_manifest(tmp_path):
+    from click.testing import CliRunner
+    from greedy.cli import main
+    out = tmp_path / "s"
+    result = CliRunner().invoke(main, ["shard", "--dataset", "mnist", "--n-train", "300", "--n-test", "50",
+                                       "--sites", "3", "--split", "by-class", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = read_manifest(str(out / "manifest.json"))
+    assert [s["samples"] for s in m["sites"]] and sum(s["samples"] for s in m["sites"]) == 300
+    assert np.load(out / "test.npz")["x"].shape == (50, 1, 28, 28)
+    labels = [set(np.load(out / f"site-{i}" / "y.npy")) for i in range(3)]
+    assert not labels[0] & labels[1] and not labels[1] & labels[2]
+    result = CliRunner().invoke(main, ["train", "--scheduler", "tcp://127.0.0.1:1"])
+    assert result.exit_code == 2 and "go with --sites" in result.output

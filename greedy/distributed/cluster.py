@@ -12,6 +12,7 @@ restarted by its nanny and the task runs again; a site with no worker for ``time
 ends the run with a ``SiteLostError`` naming it (the scheduler's ``no-workers-timeout`` is set to
 the same value on the local cluster).
 """
+import functools
 import logging
 import os
 import time
@@ -60,6 +61,7 @@ class SiteState:
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+@functools.cache
 def _plugin_class():
     distributed = require_dask()
 

@@ -79,7 +79,7 @@ class SitesPatchbag:
 
     def fit(self, image_shape, eval_set, monitor):
         """Returns (Network, summary fields) like ``Method.fit``; ``eval_set`` (x_test, y_test) on the coordinator."""
-        c, t, ledger = self.config, self.trainer, self.sites.ledger
+        c, t = self.config, self.trainer
         rng = np.random.default_rng(np.random.SeedSequence(c.seed))
         if len(image_shape) != 3:
             raise ConfigError("patchbag on sites trains on images (N, C, H, W)")

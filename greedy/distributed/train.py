@@ -23,7 +23,7 @@ from greedy.methods import config as configs
 from greedy.nn.fit import label_accuracy
 from greedy.runs import Run
 
-SITE_METHODS = ("patchbag", "binary")
+SITE_METHODS = ("patchbag",)
 PROTOTYPES_PER_CLASS = 100
 
 
@@ -34,9 +34,6 @@ def fit_on_sites(method_name, sites, config, n_classes, image_shape, eval_set, m
     if method_name == "patchbag":
         from greedy.distributed.patchbag import SitesPatchbag
         return SitesPatchbag(sites, config, n_classes, share, per_class, run_key).fit(image_shape, eval_set, monitor)
-    if method_name == "binary":
-        from greedy.distributed.binary import fit_binary_on_sites
-        return fit_binary_on_sites(sites, config, n_classes, image_shape, eval_set, monitor)
     raise ConfigError(f"--sites trains {' or '.join(SITE_METHODS)}, not {method_name}")
 
 
