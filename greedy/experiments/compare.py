@@ -2,7 +2,8 @@
 
 Each experiment trains ordinary runs (one run folder each, through the same
 ``run_training`` as ``cli.py train``) and writes a table as JSON plus Markdown
-(``compare``) or CSV (``sweep``), and a PNG plot when matplotlib is installed.
+(``compare``) or CSV (``sweep``), and a PNG plot when matplotlib is installed (``compare.png``: test
+accuracy against seconds, ``greedy.plotting``).
 """
 import csv
 import json
@@ -97,10 +98,24 @@ def compare(run_training, data, dataset, methods, out_dir, seed, threads, arch=N
     atomic_write_text(os.path.join(out_dir, "compare.json"), json.dumps(rows, indent=2))
     header = (f"Dataset {dataset}, seed {seed}, threads {threads}, "
               f"blocks {arch}, budget {'%gs' % time_budget if time_budget else '%g epochs' % epochs}\n\n")
+    plotted = plot_compare(out_dir, methods, f"{dataset}: {', '.join(methods)}")
     atomic_write_text(os.path.join(out_dir, "compare.md"),
                       header + markdown_table(rows, ["method", "test_accuracy", "train_seconds", "head_accuracy",
-                                                     "finetuned", "tta"]))
+                                                     "finetuned", "tta"]) + "\n" + plotted + "\n")
     return rows
+
+
+def plot_compare(out_dir, methods, title):
+    """Draw compare.png (test accuracy against seconds, one line per method's run folder; the points in
+    compare-curves.json); the line for compare.md showing it, or saying how to get it."""
+    from greedy import plotting
+    try:
+        plotting.plot(plotting.read_runs([os.path.join(out_dir, m) for m in methods]),
+                      os.path.join(out_dir, "compare.png"), title=title,
+                      data_out=os.path.join(out_dir, "compare-curves.json"))
+    except plotting.MissingMatplotlib as e:
+        return f"No compare.png: {e}."
+    return "![test accuracy against seconds](compare.png)"
 
 
 def sweep(run_training, data, dataset, method, budgets, out_dir, seed, threads, finetune=(0,), base_opts=None,

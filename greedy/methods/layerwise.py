@@ -12,6 +12,14 @@ A network is a list of *blocks*. For each block in turn (``train_layerwise``):
 Then a softmax classifier is trained on features of the last cache (``greedy.methods.classifier``)
 and the trainer assembles the blocks and the classifier into a ``TrainedModel``.
 
+With evaluation data, the loop logs the run's time-to-accuracy curve (``greedy.plotting``): a
+``curve`` event, ``{"phase": "curve", "layer": i, "seconds": s, "accuracy": a, "source": ...}`` (a: on
+the evaluation data, the test set in a run folder),
+after each block (``source`` "block": the blocks so far with that block's head, from
+``BlockTrainer.block_accuracy``), after the classifier ("classifier") and after each fine-tuning
+epoch ("finetune"). Its evaluation is never part of a block's ``train_seconds`` and draws no
+random numbers.
+
 ``ConvBlockTrainer`` is the trainer of conv blocks (aux, cosine, kl, patchbag): its caches are
 normalised float maps, its classifier sees the last block's pooled map (or every block's, with
 ``final_features="all"``), and its model is a plain ``Sequential`` in a ``Network``.
@@ -77,6 +85,15 @@ class BlockTrainer:
     def after_block(self, layer, block, x, x_eval, rng):
         """Called with the new caches after each block (e.g. to keep pooled maps for the classifier)."""
 
+    def block_accuracy(self, layer, block, x, y, x_eval, y_eval, info):
+        """The test accuracy (a float in [0, 1], or None) of the blocks so far with block ``layer``'s head,
+        for the run's curve. Called after ``propagate`` with the block's output caches x (training) and
+        x_eval (evaluation, never None), labels y (N,) and y_eval, and ``info``, the figures ``train``
+        returned. The default is the head accuracy ``train`` measured on the evaluation data (no extra
+        work); a trainer whose ``train`` measures none overrides this with an evaluation of its own,
+        in chunks, that draws no random numbers."""
+        return info.get("head_accuracy")
+
     def block_state(self, layer, block, head):
         """(dict of arrays, JSON-ready dict) that ``restore_block`` rebuilds the finished block
         ``layer`` and its head (or None) from."""
@@ -136,6 +153,12 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
         monitor.log("propagate", layer=layer, seconds_in_phase=time.perf_counter() - t,
                     out_shape=list(np.shape(cache)[1:]) if isinstance(cache, np.ndarray) else None,
                     **cache_fields(cache))
+        if cache_eval is not None:
+            t = time.perf_counter()
+            acc = trainer.block_accuracy(layer, block, cache, y, cache_eval, y_eval, info)
+            if acc is not None:
+                monitor.log("curve", layer=layer, accuracy=float(acc), source="block",
+                            seconds_in_phase=round(time.perf_counter() - t, 3))
         budget_text = None if budget is None else f"{budget[0]:g}{budget[1]}"
         per_layer.append(dict(info, layer=layer, spec=spec, budget=budget_text, train_seconds=round(train_s, 3)))
         monitor.log("layer_done", layer=layer, **{k: v for k, v in per_layer[-1].items() if k != "layer"})
@@ -157,8 +180,10 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
                                            None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
                                            y_eval, trainer.n_classes, rng, on_epoch=on_epoch,
                                            progress=monitor.verbose, **trainer.classifier_options())
-        monitor.log("classifier", layer=len(blocks), seconds_in_phase=time.perf_counter() - t,
-                    classifier_accuracy=acc)
+        seconds = time.perf_counter() - t
+        if acc is not None:
+            monitor.log("curve", layer=len(blocks), accuracy=float(acc), source="classifier")
+        monitor.log("classifier", layer=len(blocks), seconds_in_phase=seconds, classifier_accuracy=acc)
         monitor.checkpoint(lambda: layerwise_state(trainer, specs, blocks, heads, per_layer, rng, (classifier, acc)))
     state = {"cache_eval": cache_eval, "y_eval": y_eval, "heads": heads, "classifier_accuracy": acc,
              "monitor": monitor, "rng": rng, "x": x, "y": y, "x_eval": x_eval}
@@ -290,6 +315,8 @@ def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
         if x_eval is not None:
             fields["accuracy"] = accuracy(model, x_eval, y_eval, normalizer)
         monitor.log("finetune", epoch=epoch, **fields)
+        if x_eval is not None:
+            monitor.log("curve", epoch=epoch, accuracy=fields["accuracy"], source="finetune")
 
     fit(model, x, y, opt, epochs=config.finetune_epochs, batch_size=config.batch_size, prepare=normalizer,
         augment=shift if config.augment else None, rng=rng, on_epoch=on_epoch,

@@ -1,0 +1,34 @@
+"""``python cli.py plot RUN [RUN ...] --out FILE.png``: test accuracy against wall-clock seconds.
+
+The curves and the PNG are ``greedy.plotting``'s; this is the command line over them."""
+import sys
+
+import click
+
+from greedy.errors import GreedyError
+from greedy.plotting import REFERENCES, plot as draw, read_runs, reference
+
+
+@click.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The PNG to write; the curves' points go to the same name with .json.")
+@click.option("--reference", "references", multiple=True,
+              help=f"A reference curve, repeatable: {', '.join(REFERENCES)} (seconds on the reference machine) or a "
+                   f"JSON file {{\"label\": ..., \"points\": [[seconds, accuracy], ...]}}.")
+@click.option("--tta", is_flag=True,
+              help="End each run at its final accuracy with test-time augmentation (default: without, like every "
+                   "other point and the references).")
+@click.option("--title", default=None, help="A title above the plot.")
+def plot(runs, out, references, tta, title):
+    """Test accuracy against seconds since the start of training, one line per run folder."""
+    try:
+        curves = read_runs(runs, tta)
+        data_path = draw(curves, out, [reference(r) for r in references], title)
+    except GreedyError as e:  # one line, also when the command runs outside the greedy group
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    for c in curves:
+        s, a = c.points[-1]
+        click.echo(f"{c.label}: {len(c.points)} points, {100 * a:.2f} % at {s:.1f} s")
+    click.echo(f"-> {out}, {data_path}")
