@@ -9,34 +9,35 @@ import numba
 import numpy as np
 from numba import prange
 
-# Elementwise layers on fewer elements (a dense layer's batch) run in NumPy: threads do not pay
-# there, and a run that never reaches this size compiles no kernel for them (each compiled kernel
-# costs a fresh clone's first run a few tenths of a second).
+# Elementwise layers on fewer elements (a dense layer's batch) run serially: threads do not
+# pay there, and a run that never reaches this size does not compile the threaded kernels.
 THREADED_MIN_SIZE = 1 << 18
 
 
 def relu_forward(x, y):
-    """y = max(x, 0) over flat arrays x, y of equal size and dtype (0 where x is NaN)."""
-    if x.size >= THREADED_MIN_SIZE:
-        _relu_forward_threaded(x, y)
-    else:
-        np.copyto(y, np.where(x > 0, x, y.dtype.type(0)))
+    """y = max(x, 0) over flat arrays x, y of equal size and dtype."""
+    (_relu_forward_threaded if x.size >= THREADED_MIN_SIZE else _relu_forward_serial)(x, y)
 
 
 def relu_backward(y, dy, dx):
     """dx = dy where the forward output y > 0, else 0 (flat arrays of one dtype)."""
-    if y.size >= THREADED_MIN_SIZE:
-        _relu_backward_threaded(y, dy, dx)
-    else:
-        np.copyto(dx, np.where(y > 0, dy, dx.dtype.type(0)))
+    (_relu_backward_threaded if y.size >= THREADED_MIN_SIZE else _relu_backward_serial)(y, dy, dx)
 
 
 def tanh_backward(y, dy, dx):
     """dx = dy * (1 - y^2) over flat arrays of one dtype, y the forward output."""
-    if y.size >= THREADED_MIN_SIZE:
-        _tanh_backward_threaded(y, dy, dx)
-    else:
-        np.multiply(dy, y.dtype.type(1) - y * y, out=dx)
+    (_tanh_backward_threaded if y.size >= THREADED_MIN_SIZE else _tanh_backward_serial)(y, dy, dx)
+
+
+# Serial and threaded twins have separate source: Numba's cache keys a kernel by its
+# source, not by its flags, so one function compiled both ways would share cache entries.
+
+@numba.njit(cache=True)
+def _relu_forward_serial(x, y):
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if v > zero else zero
 
 
 @numba.njit(parallel=True, cache=True)
@@ -47,11 +48,25 @@ def _relu_forward_threaded(x, y):
         y[i] = v if v > zero else zero
 
 
+@numba.njit(cache=True)
+def _relu_backward_serial(y, dy, dx):
+    zero = dy.dtype.type(0)
+    for i in range(y.size):
+        dx[i] = dy[i] if y[i] > zero else zero
+
+
 @numba.njit(parallel=True, cache=True)
 def _relu_backward_threaded(y, dy, dx):
     zero = dy.dtype.type(0)
     for i in prange(y.size):
         dx[i] = dy[i] if y[i] > zero else zero
+
+
+@numba.njit(cache=True)
+def _tanh_backward_serial(y, dy, dx):
+    one = y.dtype.type(1)
+    for i in range(y.size):
+        dx[i] = dy[i] * (one - y[i] * y[i])
 
 
 @numba.njit(parallel=True, cache=True)

@@ -14,6 +14,7 @@ from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.optim import make_optimizer
 
 STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
+STATS_BLOCK_BYTES = 4 * 1024**2
 
 
 def _row_chunks(x):
@@ -25,27 +26,32 @@ def _row_chunks(x):
 def column_mean_std(x):
     """Per-column mean and standard deviation (float64, (D,)) of x (N, D), float32 or float16.
 
-    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES`` (and their float64 copies);
-    sums in float64 around the first row, pairwise within a chunk.
+    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``, summed in float64 blocks of
+    ``STATS_BLOCK_BYTES`` around the first row.
     """
     shift = _as32(x[:1]).reshape(-1).astype(np.float64)
     total, total2 = np.zeros_like(shift), np.zeros_like(shift)
+    rows = max(1, STATS_BLOCK_BYTES // (8 * len(shift)))
     for _, chunk in _row_chunks(x):
-        d = chunk - shift
-        total += d.sum(axis=0)
-        total2 += np.einsum("ij,ij->j", d, d)
+        for r in range(0, len(chunk), rows):
+            d = chunk[r:r + rows] - shift
+            total += d.sum(axis=0)
+            total2 += np.einsum("ij,ij->j", d, d)
     m = total / len(x)
     return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
 
 
 def standardize(x, mean, std):
-    """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,)."""
+    """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,);
+    computed in float32, in place, chunk by chunk."""
     if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
         raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
     z = np.empty((len(x), len(mean)), np.float32)
-    inv = 1.0 / std
+    mean32, inv32 = mean.astype(np.float32), (1.0 / std).astype(np.float32)
     for i, chunk in _row_chunks(x):
-        z[i:i + len(chunk)] = (chunk - mean) * inv
+        out = z[i:i + len(chunk)]
+        np.subtract(chunk, mean32, out=out)
+        out *= inv32
     return z
 
 
