@@ -16,6 +16,7 @@ from greedy.methods import METHODS
 from greedy.methods import config as configs
 from greedy.runs import default_out_dir, read_run_config, resume_hint
 from greedy.training import run_training
+from greedy.cli_plot import plot as plot_command
 from greedy.cli_options import (GreedyGroup, GroupedCommand, _short, common_options, config_options, fail,
                                  load_data, read_config_file, set_threads, site_options, TEXT_OPTIONS)
 
@@ -349,6 +350,8 @@ def experiment_freeze(strategies, dataset, data_dir, seed, threads, n_train, n_t
         click.echo(json.dumps(result))
     click.echo(f"-> {out}")
 
+
+main.add_command(plot_command)
 
 if __name__ == "__main__":
     main()

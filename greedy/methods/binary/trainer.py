@@ -42,6 +42,8 @@ PATCHES_STREAM = 2  # per layer and shard: positions of the sampled patches
 KMEANS_STREAM = 3  # per layer: k-means initialisation
 SPLIT_STREAM = 4  # per layer: class partitions, and the clusters or positions of split filters
 POSITIONS_STREAM = 5  # per layer and shard: images whose position sums make split filters
+CURVE_REGIONS = 4  # the curve's region grid when --regions is 0 (flattened bits would not fit in memory)
+CURVE_TRAIN_IMAGES = 10_000  # the class means of a block's curve point come from the first shards holding these
 
 
 def stream(seed, name, layer=0, shard=0):
@@ -160,6 +162,25 @@ class BinaryTrainer(BlockTrainer):
             return np.concatenate(feats)
         self.eval_features = np.concatenate(feats)
         return self.eval_features
+
+    def block_accuracy(self, layer, block, x, y, x_eval, y_eval, info):
+        """Nearest-class-mean test accuracy on the set-bit fractions of this block's bit map in a grid of regions;
+        the class means from the first training shards holding CURVE_TRAIN_IMAGES images (MAP, REDUCE); the test
+        shards one at a time; no random draws. None after the last block: the classifier's point follows."""
+        if layer == len(self.specs) - 1:
+            return None
+        n_bits, (h, w) = self.specs[layer][0], x[0].bits.shape[1:3]
+        regions = min(self.config.regions or CURVE_REGIONS, h, w)
+        n_shards = int(np.searchsorted(np.cumsum([len(s.images) for s in x]), CURVE_TRAIN_IMAGES)) + 1
+        means = fit_ncm((head_features(s.bits, n_bits, regions) for s in x[:n_shards]), self.labels[:n_shards],
+                        self.n_classes)
+        offset = 0.5 * (means * means).sum(axis=1)
+        right, start = 0, 0
+        for shard in x_eval:
+            f = head_features(shard.bits, n_bits, regions).astype(np.float64)
+            right += int(((f @ means.T - offset).argmax(1) == y_eval[start:start + len(f)]).sum())
+            start += len(f)
+        return right / len(y_eval)
 
     def classifier_options(self):
         c = self.config
