@@ -150,25 +150,19 @@ def common_options(f):
     return f
 
 
-# --sites, --scheduler, --share and --site-timeout stay out of `train --help` until tests/test_structure.py
-# counts them among the run options (docs/distributed.md documents them).
-SITE_OPTIONS_HIDDEN = True
-
-
 def site_options(f):
     """The options of training on sites (``greedy.distributed``)."""
     options = [
-        click.option("--sites", type=click.Path(dir_okay=False), default=None, hidden=SITE_OPTIONS_HIDDEN,
+        click.option("--sites", type=click.Path(dir_okay=False), default=None,
                      help="Train on the sites of this manifest (written by `cli.py shard`); the data stay on the "
                           "sites. Needs pip install \"greedy[distributed]\"."),
-        click.option("--scheduler", default=None, hidden=SITE_OPTIONS_HIDDEN,
+        click.option("--scheduler", default=None,
                      help="With --sites: the Dask scheduler (tcp://HOST:PORT) of workers started per site "
                           "[a local cluster with one worker per site]."),
-        click.option("--share", type=click.Choice(["codes", "prototypes"]), default=None, hidden=SITE_OPTIONS_HIDDEN,
+        click.option("--share", type=click.Choice(["codes", "prototypes"]), default=None,
                      help="With --sites: what leaves a site, each image's codes and pooled features (codes) or "
                           "per class weighted prototypes of them (prototypes) [codes]."),
         click.option("--site-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     hidden=SITE_OPTIONS_HIDDEN,
                      help="With --sites: seconds a site may have no worker before the run ends [120]."),
     ]
     for option in reversed(options):

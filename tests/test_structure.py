@@ -44,7 +44,7 @@ def test_train_options_are_exactly_the_config_fields_plus_the_run_options():
     fields = {f.name for cls in configs.CONFIGS.values() for f in dataclasses.fields(cls)
               if f.metadata.get("group")}
     run_options = {"method", "dataset", "data_dir", "n_train", "n_test", "threads", "out", "config_file", "quiet",
-                   "overwrite", "resume"}
+                   "overwrite", "resume", "sites", "scheduler", "share", "site_timeout"}
     assert options == fields | run_options
 
 
