@@ -277,9 +277,12 @@ _MNIST_LAYERWISE = {"blocks": ["c32k5-bn-relu-max2", "c64k3-bn-relu-max2", "c128
                     "augment_pad": 2}
 _CIFAR_LAYERWISE = {"blocks": ["c128k3-bn-relu-max2", "c128k3-bn-relu-max2", "c256k3-bn-relu",
                                "c256k3-bn-relu-max2", "c512k3-bn-relu"], "layer_budget": "2e,2e,3e,2e,4e"}
-_SERIES_LAYERWISE = {"blocks": ["c64k7-bn-relu-max2", "c128k5-bn-relu-max2", "c128k3-bn-relu-max2"],
-                     "layer_budget": "2e", "final_pool": "gap"}
-_TEXT_LAYERWISE = {"blocks": ["emb16-c128k5-bn-relu-max2", "c128k5-bn-relu-max2", "c128k3-bn-relu-max2"],
+# dilated later blocks (a wider receptive field at the same cost); the classifier sees every block's
+# map (docs/sequences.md, "What matters")
+_SERIES_LAYERWISE = {"blocks": ["c64k7-bn-relu-max2", "c128k5d2-bn-relu-max2", "c128k3d4-bn-relu-max2"],
+                     "layer_budget": "4e", "final_pool": "quadrant", "final_features": "all"}
+# two blocks, the first pooling 4 bytes: the second block's head is the best, at a quarter of the cost
+_TEXT_LAYERWISE = {"blocks": ["emb16-c64k5-bn-relu-max4", "c128k5-bn-relu-max2"],
                    "layer_budget": "2e", "final_pool": "gmp", "aux_pool": "gmp"}
 FAMILY_DEFAULTS = {
     "mnist": {
