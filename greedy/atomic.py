@@ -10,6 +10,16 @@ import tempfile
 import numpy as np
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes files readable by their owner only; a finished file gets the mode open() would give it
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="w"):
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path``, else it is removed."""
@@ -17,6 +27,7 @@ def atomic_file(path, mode="w"):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             yield f
             f.flush()
             os.fsync(f.fileno())

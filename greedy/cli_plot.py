@@ -19,11 +19,14 @@ from greedy.plotting import REFERENCES, plot as draw, read_runs, reference
 @click.option("--tta", is_flag=True,
               help="End each run at its final accuracy with test-time augmentation (default: without, like every "
                    "other point and the references).")
+@click.option("--speed-factor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Multiply the runs' seconds by this: the factor of `python ../shared/tools/machine_speed.py` "
+                   "puts them in seconds of the reference machine, like the references'.")
 @click.option("--title", default=None, help="A title above the plot.")
-def plot(runs, out, references, tta, title):
+def plot(runs, out, references, tta, speed_factor, title):
     """Test accuracy against seconds since the start of training, one line per run folder."""
     try:
-        curves = read_runs(runs, tta)
+        curves = [c._replace(points=[(s * speed_factor, a) for s, a in c.points]) for c in read_runs(runs, tta)]
         data_path = draw(curves, out, [reference(r) for r in references], title)
     except GreedyError as e:  # one line, also when the command runs outside the greedy group
         click.echo(f"Error: {e}", err=True)

@@ -10,6 +10,9 @@ from the start of training, data loading excluded):
 - ``{"phase": "test", "seconds": s, "test_accuracy_without_tta": a, "test_accuracy": b}``: the
   finished model; the curve ends there (at ``a``, or ``b`` with ``tta=True``).
 
+A log without curve events (written before they existed) gives its blocks' points from the
+``layer_done`` events' ``head_accuracy`` (measured on the test set in a run folder).
+
 Accuracies are fractions in [0, 1]. Every point but a ``tta=True`` last one is measured without
 test-time augmentation, like the reference curves. matplotlib is an optional extra, imported only
 to draw; the PNG uses the Agg canvas (no display, no global backend change).
@@ -94,18 +97,22 @@ def read_run(folder, tta=False):
     ``tta``: end at the final accuracy with the run's test-time augmentation rather than without."""
     if not os.path.isdir(folder):
         raise PlotError(f"{folder}: not a run folder (no such directory)")
-    points, final = [], None
+    points, heads, final = [], [], None
     final_key = "test_accuracy" if tta else "test_accuracy_without_tta"
     for e in _events(os.path.join(folder, "metrics.jsonl")):
         phase, s = e.get("phase"), e.get("seconds")
         if not _number(s):
             continue
+        if phase == "layer_done" and _number(e.get("head_accuracy"), 0.0, 1.0):
+            heads.append((float(s), float(e["head_accuracy"])))
         a = e.get("accuracy") if phase in ("curve", "epoch") else e.get(final_key) if phase == "test" else None
         if _number(a, 0.0, 1.0):
             if phase == "test":
                 final = (float(s), float(a))
             else:
                 points.append((float(s), float(a)))
+    if not points:  # a log written before curve events: its blocks' head accuracies on the test set
+        points = heads
     summary = _read_json(os.path.join(folder, "summary.json"))
     if final is None and summary is not None:  # a finished run whose log has no test event
         a = summary.get(final_key, summary.get("test_accuracy"))

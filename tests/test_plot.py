@@ -157,3 +157,29 @@ def test_compare_draws_the_curves_next_to_compare_md(tmp_path, monkeypatch, with
     else:
         assert not (tmp_path / "compare.png").exists()
         assert 'plot needs matplotlib: pip install "greedy[plot]"' in md
+
+
+def test_a_log_without_curve_events_gives_its_blocks_head_accuracies(tmp_path):
+    from greedy.plotting import read_run
+    events = [{"phase": "layer_done", "seconds": 10.0, "head_accuracy": 0.5},
+              {"phase": "layer_done", "seconds": 20.0, "head_accuracy": 0.7},
+              {"phase": "test", "seconds": 25.0, "test_accuracy": 0.8, "test_accuracy_without_tta": 0.75}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert read_run(str(tmp_path)).points == [(10.0, 0.5), (20.0, 0.7), (25.0, 0.75)]
+
+
+def test_speed_factor_scales_the_runs_seconds_only(tmp_path):
+    pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
+    from greedy.cli_plot import plot
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"phase": "test", "seconds": 100.0, "test_accuracy": 0.8,
+                                                   "test_accuracy_without_tta": 0.7}) + "\n")
+    out = tmp_path / "c.png"
+    result = CliRunner().invoke(plot, [str(run), "--out", str(out), "--speed-factor", "1.5",
+                                       "--reference", "pytorch-cifar10"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["curves"][0]["points"] == [[150.0, 0.7]]
+    assert data["references"][0]["points"][0] == [52, 0.564]

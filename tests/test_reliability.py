@@ -418,3 +418,13 @@ def test_checkpoints_never_hand_wrong_shapes_to_a_kernel(tmp_path, monkeypatch):
             trainer.restore_block(0, config.blocks[0], dict(arrays, **{"block/param/0/w": bad}), info, y,
                                   np.random.default_rng(0), "x")
     assert WriteError.exit_code == 1
+
+
+def test_atomic_files_get_the_mode_open_would_give_them(tmp_path):
+    import stat
+    from greedy import atomic
+    atomic.write_text(tmp_path / "a.txt", "x")
+    with open(tmp_path / "b.txt", "w") as f:
+        f.write("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode) == atomic.FILE_MODE
