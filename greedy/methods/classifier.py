@@ -3,6 +3,7 @@
 Features are standardised for training and the standardisation is folded into the first layer's
 weights, so the returned layers apply to raw features.
 """
+import numba
 import numpy as np
 
 from greedy.errors import ConfigError
@@ -23,35 +24,46 @@ def _row_chunks(x):
         yield i, _as32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
 
 
-def column_mean_std(x):
+def column_mean_std(x, parts=None):
     """Per-column mean and standard deviation (float64, (D,)) of x (N, D), float32 or float16.
 
-    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``, summed in float64 blocks of
-    ``STATS_BLOCK_BYTES`` around the first row.
+    Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``. Each chunk's rows are summed
+    in ``parts`` (default: Numba's thread count) consecutive ranges, each a running float64 sum
+    around the first row, in blocks of ``STATS_BLOCK_BYTES``; the ranges' sums are then added in
+    order (shorter float64 chains than one running sum).
     """
+    parts = parts or numba.get_num_threads()
     shift = _as32(x[:1]).reshape(-1).astype(np.float64)
     total, total2 = np.zeros_like(shift), np.zeros_like(shift)
     rows = max(1, STATS_BLOCK_BYTES // (8 * len(shift)))
     for _, chunk in _row_chunks(x):
-        for r in range(0, len(chunk), rows):
-            d = chunk[r:r + rows] - shift
-            total += d.sum(axis=0)
-            total2 += np.einsum("ij,ij->j", d, d)
+        step = -(-len(chunk) // parts)
+        for start in range(0, len(chunk), step):
+            s, s2 = np.zeros_like(shift), np.zeros_like(shift)
+            end = min(len(chunk), start + step)
+            for r in range(start, end, rows):
+                d = chunk[r:min(end, r + rows)] - shift
+                # a sum over axis 0 of a C-ordered array adds its rows in order: a running sum
+                s = np.concatenate([s[None], d]).sum(axis=0)
+                s2 = np.concatenate([s2[None], d * d]).sum(axis=0)
+            total += s
+            total2 += s2
     m = total / len(x)
     return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
 
 
 def standardize(x, mean, std):
     """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,);
-    computed in float32, in place, chunk by chunk."""
+    computed in float64 in row blocks of ``STATS_BLOCK_BYTES``."""
     if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
         raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
     z = np.empty((len(x), len(mean)), np.float32)
-    mean32, inv32 = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+    inv = 1.0 / std
+    rows = max(1, STATS_BLOCK_BYTES // (8 * len(mean)))
     for i, chunk in _row_chunks(x):
-        out = z[i:i + len(chunk)]
-        np.subtract(chunk, mean32, out=out)
-        out *= inv32
+        for r in range(0, len(chunk), rows):
+            block = chunk[r:r + rows]
+            z[i + r:i + r + len(block)] = (block - mean) * inv + 0.0
     return z
 
 
