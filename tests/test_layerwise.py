@@ -191,15 +191,3 @@ def test_compare_writes_markdown_and_json(tmp_path):
     assert "| e2e |" in (tmp_path / "compare.md").read_text()
     result = CliRunner().invoke(main, ["compare", "--methods", "e2e,nope", *SMALL[:7], "--out", str(tmp_path)])
     assert result.exit_code == 2 and "nope" in result.output
-
-
-@pytest.mark.parametrize("shape,size", [((37, 5, 7, 9), 2), ((10, 3, 14, 14), 7), ((9, 4, 25), 4)])
-def test_pool_maps_equals_the_max_pooling_layers(shape, size):
-    from greedy.methods.blocks import pool_maps
-    from greedy.nn.layers1d import MaxPool1d
-    from greedy.nn.pooling import MaxPool2d
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    layer = MaxPool2d(size) if len(shape) == 4 else MaxPool1d(size)
-    want = Sequential([layer]).build(shape[1:]).forward(x).reshape(len(x), -1)
-    assert np.array_equal(pool_maps(x, size, batch_size=4), want)
-    assert np.array_equal(pool_maps(x.astype(np.float16), size), pool_maps(x.astype(np.float16).astype(np.float32), size))

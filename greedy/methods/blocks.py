@@ -14,9 +14,10 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.nn.fit import fit, predict
 from greedy.nn.model import Sequential, parse_spec
+from greedy.nn.layers1d import MaxPool1d
 from greedy.nn.network import Normalizer
 from greedy.nn.optim import make_optimizer
-from greedy.nn.pooling import window_max
+from greedy.nn.pooling import MaxPool2d
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
 
@@ -110,18 +111,11 @@ def tap_pool_sizes(shapes, pool):
 
 def pool_maps(x, size, batch_size=500):
     """Maps x (N, C, H, W) or sequences (N, C, L), float32 or float16, max-pooled over windows of ``size``
-    (x ``size``, stride ``size``, the last partial window dropped as in MaxPool2d) and flattened: (N, D)
-    float32, in batches of ``batch_size``."""
+    (x ``size``) and flattened: (N, D) float32."""
     if size == 1:
         return _as32(x).reshape(len(x), -1)
-    out = [side // size for side in x.shape[2:]]
-    if min(out) < 1:
-        raise ConfigError(f"cannot max-pool maps of shape {x.shape[1:]} over windows of {size}")
-    y = np.empty((len(x), x.shape[1] * int(np.prod(out))), np.float32)
-    for i in range(0, len(x), batch_size):
-        b = window_max(_as32(x[i:i + batch_size]), size)
-        y[i:i + len(b)] = b.reshape(len(b), -1)
-    return y
+    pooler = Sequential([MaxPool2d(size) if x.ndim == 4 else MaxPool1d(size)]).build(x.shape[1:])
+    return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
 
 
 def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):

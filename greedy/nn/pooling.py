@@ -10,16 +10,6 @@ from greedy.kernels import pool
 from greedy.nn.layers import Layer
 
 
-def window_max(x, size):
-    """x (N, C, *spatial) max-pooled over windows of ``size`` per spatial axis, stride ``size``, the last
-    partial window dropped (as ``MaxPool2d``): (N, C, *(side // size)), x's dtype. A NumPy reduction, for
-    inference passes made once a run, where a kernel would cost more to compile than it saves."""
-    out = [side // size for side in x.shape[2:]]
-    crop = (slice(None), slice(None)) + tuple(slice(0, o * size) for o in out)
-    windows = sum(((o, size) for o in out), ())
-    return x[crop].reshape(x.shape[:2] + windows).max(axis=tuple(3 + 2 * j for j in range(len(out))))
-
-
 class MaxPool2d(Layer):
     """Max pooling with a square window ``size`` and stride ``size`` (floor on odd sizes)."""
 
@@ -131,10 +121,7 @@ class Tap(Layer):
         return super().build(in_shape, rng, dtype)
 
     def forward(self, x, train=False):
-        if self.pool is None:
-            self.out = x
-        else:
-            self.out = self.pool.forward(x, True) if train else window_max(x, self.size)
+        self.out = self.pool.forward(x, train) if self.pool else x
         return x
 
     def backward(self, dy, input_grad=True):
