@@ -112,15 +112,37 @@ class PatchPreprocessor:
         self.n_components, self.eps = n_components, eps
 
     def fit(self, patches):
+        """Fit to sample patches (n, 9C)."""
         dim = patches.shape[1]
-        a = mean_removal_matrix(self.channels, self.size, self.ndim) if self.remove_mean else np.eye(dim)
+        a = self._mean_map(dim)
         mu = patches.mean(axis=0, dtype=np.float64) @ a
+        cov = None
         if self.whiten == "pca":
             sub = patches[::-(-len(patches) // self.cov_samples)]
             if self.remove_mean:
                 sub = sub.astype(np.float64) @ a  # 9C is small on the only layer that removes means
             sub = (sub - mu).astype(np.float32)
-            vals, vecs = np.linalg.eigh((sub.T @ sub).astype(np.float64) / max(len(sub) - 1, 1))
+            cov = (sub.T @ sub).astype(np.float64) / max(len(sub) - 1, 1)
+        return self._fit_map(a, mu, cov)
+
+    def fit_moments(self, mean, cov):
+        """Fit to the mean (9C,) and covariance (9C, 9C) float64 of the raw patches (e.g. pooled from sums
+        made elsewhere): the map ``fit`` makes from a sample with those moments."""
+        mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+        if mean.ndim != 1 or cov.shape != (len(mean), len(mean)):
+            raise ConfigError(f"patch moments must be a mean (D,) and a covariance (D, D), got {mean.shape} "
+                              f"and {cov.shape}")
+        a = self._mean_map(len(mean))
+        return self._fit_map(a, mean @ a, a.T @ cov @ a if self.whiten == "pca" else None)
+
+    def _mean_map(self, dim):
+        return mean_removal_matrix(self.channels, self.size, self.ndim) if self.remove_mean else np.eye(dim)
+
+    def _fit_map(self, a, mu, cov):
+        """Set A_, c_ from the mean-removal map a (9C, 9C), the mapped mean mu and covariance cov (None: no whitening)."""
+        dim = len(a)
+        if self.whiten == "pca":
+            vals, vecs = np.linalg.eigh(cov)
             order = np.argsort(vals)[::-1]
             vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
             d = self.n_components or min(dim, 64)

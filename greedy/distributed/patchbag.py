@@ -17,16 +17,14 @@ import time
 import numpy as np
 
 from greedy.cluster.codes import RegionCodes, encode
-from greedy.cluster.patches import PatchPreprocessor, fold_into_conv
+from greedy.cluster.patches import PatchPreprocessor
 from greedy.distributed import ops
 from greedy.distributed.kmeans import init_on_sites, lloyd_on_sites
 from greedy.errors import ConfigError
-from greedy.methods.blocks import block_shapes, fit_block, normalize_cache, pool_maps, pooling_token, propagate
+from greedy.methods.blocks import block_shapes, normalize_cache, pool_maps, pooling_token, propagate
 from greedy.methods.blocks import tap_pool_sizes
 from greedy.methods.classifier import train_classifier
 from greedy.methods.patchbag import PatchbagTrainer, block_activation, block_embedding
-from greedy.nn.codelayer import CodeLayer
-from greedy.nn.fit import label_accuracy
 from greedy.nn.network import Normalizer
 from greedy.nn.pooling import Tap
 
@@ -45,23 +43,14 @@ def normalizer_on_sites(sites, n_classes):
 
 
 def preprocessor_from_moments(pre, moments):
-    """``pre`` (an unfitted PatchPreprocessor) fitted to the pooled moments of the sites' patch samples.
-
-    ``PatchPreprocessor.fit`` needs only the sample's mean and covariance; it is given the 2D points
-    mean +- sqrt((2D - 1) / 2 * l_i) v_i (l_i, v_i the covariance's eigenpairs), whose mean and sample
-    covariance are exactly those."""
+    """``pre`` (an unfitted PatchPreprocessor) fitted to the pooled moments of the sites' patch samples."""
     n = sum(r["n"] for r in moments)
     mean = sum(r["sum"] for r in moments) / n
     n_cov = sum(r["n_cov"] for r in moments)
     s1 = sum(r["cov_sum"] for r in moments)
     outer = sum(r["outer"] for r in moments)
     cov = (outer - np.outer(mean, s1) - np.outer(s1, mean) + n_cov * np.outer(mean, mean)) / max(n_cov - 1, 1)
-    vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
-    dim = len(mean)
-    spread = vecs * np.sqrt(np.clip(vals, 0, None) * (2 * dim - 1) / 2)
-    points = np.concatenate([mean + spread.T, mean - spread.T])
-    pre.cov_samples = max(pre.cov_samples, len(points))
-    return pre.fit(points)
+    return pre.fit_moments(mean, (cov + cov.T) / 2)
 
 
 class SitesPatchbag:
@@ -189,24 +178,8 @@ class SitesPatchbag:
                  "kmeans_inertia": inertia, "training_rows": len(y)}
         monitor.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - start, **stats)
         self._traffic(monitor, "encode", layer)
-        start = time.perf_counter()
-        model = CodeLayer(centers, conv.filters, n_classes, side ** 2, activation, rng)
-        if self.share == "codes" and c.image_clusters:
-            from greedy.cluster.codes import cluster_images
-            codes, y, weights = cluster_images(codes, y, n_classes, c.image_clusters, int(rng.integers(2**31)))
-        n_epochs = budget[0] if budget[1] == "e" else None
-
-        def on_epoch(epoch, loss, train_acc):
-            monitor.log("train_codes", layer=layer, epoch=epoch, n_epochs=n_epochs, train_loss=loss,
-                        head_accuracy=label_accuracy(model.forward(codes_eval), y_eval))
-
-        fit_block(model, codes, y, c, budget, rng, label=f"patchbag layer {layer}", progress=monitor.verbose,
-                  on_epoch=on_epoch, sample_weight=weights)
-        acc = label_accuracy(model.forward(codes_eval), y_eval)
-        w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], channels, size)
-        conv.params["w"][...] = w
-        conv.params["b"][...] = b
-        monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - start, head_accuracy=acc)
+        acc = self.trainer.train_on_codes(layer, conv, activation, pre, centers, codes, y, (codes_eval, y_eval),
+                                          budget, rng, monitor, weights)
         return dict(stats, head_accuracy=acc)
 
     def _traffic(self, monitor, step, layer):

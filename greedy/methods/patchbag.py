@@ -74,7 +74,7 @@ class PatchbagTrainer(ConvBlockTrainer):
     """Fit a dictionary of the block's input patches, encode, train on codes, fold into the conv."""
 
     def train(self, layer, block, x, y, x_eval, y_eval, budget, rng, monitor):
-        c, n_classes = self.config, self.n_classes
+        c = self.config
         conv, activation = block_activation(block)
         embedding = block_embedding(block)
         raw, raw_eval = x, x_eval
@@ -110,29 +110,38 @@ class PatchbagTrainer(ConvBlockTrainer):
             codes_eval = None if x_eval is None else encode(x_eval, pre, centers, side)[0]
             stats["kmeans_inertia"] = float(km.inertia_) / len(sample)
         monitor.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - t, **stats)
+        acc = self.train_on_codes(layer, conv, activation, pre, centers, codes, y,
+                                  None if codes_eval is None else (codes_eval, y_eval), budget, rng, monitor)
+        return dict(stats, head_accuracy=acc)
+
+    def train_on_codes(self, layer, conv, activation, pre, centers, codes, y, eval_codes, budget, rng, monitor,
+                       weights=None):
+        """Train the block's conv on codes and fold it in: a ``CodeLayer`` on ``codes`` (RegionCodes of the
+        images, or weighted prototypes when ``weights`` (M,) is given; else with ``image_clusters`` each
+        class's codes are clustered first) and labels y, folded through the fitted ``pre`` into ``conv``'s
+        weights. ``eval_codes`` (codes, labels) or None; returns the head's accuracy on them (or None)."""
+        c, n_classes = self.config, self.n_classes
         t = time.perf_counter()
-        model = CodeLayer(centers, conv.filters, n_classes, side ** ndim, activation, rng)
-        train_codes, train_y, weights = codes, y, None
-        if c.image_clusters:
-            train_codes, train_y, weights = cluster_images(codes, y, n_classes, c.image_clusters,
-                                                           int(rng.integers(2**31)))
+        model = CodeLayer(centers, conv.filters, n_classes, c.regions ** pre.ndim, activation, rng)
+        if weights is None and c.image_clusters:
+            codes, y, weights = cluster_images(codes, y, n_classes, c.image_clusters, int(rng.integers(2**31)))
         n_epochs = budget[0] if budget[1] == "e" else None
 
         def head_accuracy():
-            return None if codes_eval is None else label_accuracy(model.forward(codes_eval), y_eval)
+            return None if eval_codes is None else label_accuracy(model.forward(eval_codes[0]), eval_codes[1])
 
         def on_epoch(epoch, loss, train_acc):
             monitor.log("train_codes", layer=layer, epoch=epoch, n_epochs=n_epochs, train_loss=loss,
                         head_accuracy=head_accuracy())
 
-        fit_block(model, train_codes, train_y, c, budget, rng, label=f"patchbag layer {layer}",
-                  progress=monitor.verbose, on_epoch=on_epoch, sample_weight=weights)
+        fit_block(model, codes, y, c, budget, rng, label=f"patchbag layer {layer}", progress=monitor.verbose,
+                  on_epoch=on_epoch, sample_weight=weights)
         acc = head_accuracy()
-        w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], channels, size)
+        w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], pre.channels, pre.size)
         conv.params["w"][...] = w
         conv.params["b"][...] = b
         monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - t, head_accuracy=acc)
-        return dict(stats, head_accuracy=acc)
+        return acc
 
 
 class Patchbag(LayerwiseMethod):
