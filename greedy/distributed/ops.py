@@ -94,7 +94,11 @@ def _sample(site, src, n, index):
 
 
 def _points(site, src, n, index):
-    """The site's preprocessed patch sample (n, d) float32 (the preprocessing map was saved by ``local_kmeans``)."""
+    """The site's preprocessed patch sample (n, d) float32 (the preprocessing map was saved by ``local_kmeans``);
+    for a binary source (``greedy.distributed.binary_ops``) its sampled patch bits."""
+    if src.get("binary"):
+        from greedy.distributed.binary_ops import binary_points
+        return binary_points(site, src, index)
     key = ("points", src["run"], src["layer"], src["seed"])
     if key not in site.memo:
         with np.load(site.cache_path(src["run"], f"pre-{src['layer']}.npz"), allow_pickle=False) as f:
@@ -114,14 +118,16 @@ def patch_moments(src, cov_rows, n, index):
 
 
 def local_kmeans(src, pre_a, pre_c, k, iters, kmeans_seed, n, index):
-    """Save the preprocessing map on the site, preprocess the site's sample and cluster it locally.
+    """Save the preprocessing map on the site (none for a binary source), preprocess the site's sample and
+    cluster it locally.
 
     Returns ``centers`` (k', d) float32 and their ``counts`` (k',) (k' = min(k, n)), and the
     sample's ``n``, ``s1`` and ``s2`` (per-feature sums of z and z^2, float64) for k-means' tolerance."""
     site = current_site()
-    from greedy.atomic import save_npz
-    save_npz(site.cache_path(src["run"], f"pre-{src['layer']}.npz"), {"A": pre_a, "c": pre_c})
-    site.memo.pop(("points", src["run"], src["layer"], src["seed"]), None)
+    if pre_a is not None:
+        from greedy.atomic import save_npz
+        save_npz(site.cache_path(src["run"], f"pre-{src['layer']}.npz"), {"A": pre_a, "c": pre_c})
+        site.memo.pop(("points", src["run"], src["layer"], src["seed"]), None)
     z = _points(site, src, n, index)
     km = KMeans(min(k, len(z)), max_iter=iters, random_state=kmeans_seed).fit(z)
     z64 = z.astype(np.float64)
@@ -195,6 +201,13 @@ def final_features(run_key, n_layers, pool, tap_layers, share, per_class, n_clas
     y = np.asarray(site.y)
     if share == "codes":
         return {"features": feats.astype(np.float16), "y": y, "weights": None}
+    protos, labels, weights = class_prototypes(feats, y, per_class, seed)
+    return {"features": protos, "y": labels, "weights": weights}
+
+
+def class_prototypes(feats, y, per_class, seed):
+    """Per class of labels y, ``per_class`` k-means prototypes of feats (N, D): float16 (P, D), labels (P,),
+    weights (P,) (images per prototype)."""
     protos, labels, weights = [], [], []
     for cls in np.unique(y):
         rows = feats[y == cls]
@@ -202,8 +215,7 @@ def final_features(run_key, n_layers, pool, tap_layers, share, per_class, n_clas
         protos.append(km.cluster_centers_)
         weights.append(np.bincount(km.labels_, minlength=len(km.cluster_centers_)))
         labels.append(np.full(len(km.cluster_centers_), cls))
-    return {"features": np.concatenate(protos).astype(np.float16), "y": np.concatenate(labels),
-            "weights": np.concatenate(weights)}
+    return np.concatenate(protos).astype(np.float16), np.concatenate(labels), np.concatenate(weights)
 
 
 def opened_files():

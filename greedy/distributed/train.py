@@ -23,7 +23,7 @@ from greedy.methods import config as configs
 from greedy.nn.fit import label_accuracy
 from greedy.runs import Run
 
-SITE_METHODS = ("patchbag",)
+SITE_METHODS = ("patchbag", "binary")
 PROTOTYPES_PER_CLASS = 100
 
 
@@ -34,6 +34,9 @@ def fit_on_sites(method_name, sites, config, n_classes, image_shape, eval_set, m
     if method_name == "patchbag":
         from greedy.distributed.patchbag import SitesPatchbag
         return SitesPatchbag(sites, config, n_classes, share, per_class, run_key).fit(image_shape, eval_set, monitor)
+    if method_name == "binary":
+        from greedy.distributed.binary import SitesBinary
+        return SitesBinary(sites, config, n_classes, share, per_class, run_key).fit(image_shape, eval_set, monitor)
     raise ConfigError(f"--sites trains {' or '.join(SITE_METHODS)}, not {method_name}")
 
 
@@ -104,6 +107,7 @@ def run_sites(method_name, manifest_path, values, out, threads=1, scheduler=None
                 model, extra = fit_on_sites(method_name, sites, config, n_classes, manifest["sample_shape"],
                                             (x_test, y_test), run, share, per_class)
             train_seconds = run.seconds()
+            site_files = {name: sorted(set(files)) for name, files in sites.opened_files().items()}
         finally:
             close()
         model.class_names = list(manifest["class_names"])
@@ -121,6 +125,7 @@ def run_sites(method_name, manifest_path, values, out, threads=1, scheduler=None
                                 "seed": config.seed, "threads": threads, "tta": model.tta,
                                 "peak_memory_mb": round(peak_rss_bytes() / 2**20, 1), "sites": len(manifest["sites"]),
                                 "raw_shard_bytes": raw, "raw_bytes_total": sum(raw.values()),
-                                "traffic": sites.ledger.phases, "traffic_total": sites.ledger.totals()}, **extra))
+                                "traffic": sites.ledger.phases, "traffic_total": sites.ledger.totals(),
+                                "site_files": site_files}, **extra))
     finally:
         run.close()

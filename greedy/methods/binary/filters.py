@@ -33,7 +33,7 @@ from greedy.cluster.kmeans import KMeans
 from greedy.errors import ConfigError
 from greedy.kernels.bitops import hamming_pairwise
 from greedy.methods.binary.stats import (map_activation_histogram, map_class_sums, median_from_histogram,
-                                         reduce_sums)
+                                         on_fractions, reduce_sums)
 
 BINARIZE = ("median", "half")
 PARTITIONS = ("tree", "random")
@@ -147,6 +147,51 @@ def position_split_filters(layer, sums, counts, partitions, rng, keep=1.0):
 # ---------------------------------------------------------------- a layer's filters and thresholds
 
 
+def n_split_filters(n_filters, split_fraction, n_classes):
+    """How many of a layer's ``n_filters`` are split filters."""
+    return int(round(n_filters * split_fraction)) if n_classes > 1 else 0
+
+
+def split_centres(layer, kmeans_bits):
+    """The k-means filters (k, D) 0/1 as packed codes (k, w) uint64: the clusters of ``split_context="cluster"``."""
+    return layer.pack_filters(kmeans_bits).reshape(len(kmeans_bits), -1)
+
+
+def map_split_sums(layer, context, part, inp, lab, n_classes, n_images, rng, centres=None):
+    """MAP of the split filters on one shard: per-class sums and counts of patch bits (float64, int64).
+
+    ``context`` "global": over the shard's sampled patches ``part`` (codes (n, w), labels (n,)), (K, D);
+    "cluster": per (nearest k-means filter of ``centres`` (k, w), class), (k*K, D); "position": at every
+    position of ``n_images`` random images of the shard's input ``inp`` with labels ``lab`` (rng), (K, H, W, D)."""
+    if context == "global":
+        sample, labels = part
+        return map_class_sums(layer.unpack_codes(sample), labels, n_classes)
+    if context == "cluster":
+        sample, labels = part
+        return map_class_sums(layer.unpack_codes(sample), hamming_pairwise(sample, centres).argmin(1) * n_classes
+                              + labels, len(centres) * n_classes)
+    return map_position_sums(layer, inp, lab, n_classes, n_images, rng)
+
+
+def split_images_of(n_shard, n_total, split_images):
+    """Images a shard of ``n_shard`` of ``n_total`` samples for position split filters."""
+    return int(np.ceil(split_images * n_shard / n_total))
+
+
+def split_filters_from_sums(layer, context, sums, counts, partitions, kmeans_bits, n_classes, split_rng, keep):
+    """REDUCE of the split filters: filter bits uint8 (len(partitions), D) from the added ``map_split_sums``;
+    ``kmeans_bits`` the layer's k-means filters (the bits a "cluster" split filter starts from)."""
+    if context == "global":
+        return split_filters(sums, counts, partitions, keep)
+    if context == "cluster":
+        k = len(kmeans_bits)
+        sums, counts = sums.reshape(k, n_classes, -1), counts.reshape(k, n_classes)
+        groups = split_rng.choice(k, size=len(partitions), p=counts.sum(1) / counts.sum())
+        return np.stack([split_filter(sums[g], counts[g], a, b, keep, kmeans_bits[g])
+                         for g, (a, b) in zip(groups, partitions)])
+    return position_split_filters(layer, sums, counts, partitions, split_rng, keep)
+
+
 def choose_filters(layer, inputs, labels, parts, n_classes, n_filters, config, kmeans_rng, split_rng, shard_rngs):
     """Filter bits uint8 (n_filters, n_code_bits) of ``layer``: k-means filters, then split filters.
 
@@ -158,7 +203,7 @@ def choose_filters(layer, inputs, labels, parts, n_classes, n_filters, config, k
     """
     c = config
     context = validate.one_of(c.split_context, "split_context", SPLIT_CONTEXTS)
-    n_split = int(round(n_filters * c.split_fraction)) if n_classes > 1 else 0
+    n_split = n_split_filters(n_filters, c.split_fraction, n_classes)
     chosen = []
     if n_filters - n_split:
         codes = np.concatenate([sample for sample, _ in parts])  # REDUCE: concatenate the shards' samples
@@ -166,32 +211,42 @@ def choose_filters(layer, inputs, labels, parts, n_classes, n_filters, config, k
                                      kmeans_rng))
     if not n_split:
         return np.concatenate(chosen)
+    if context == "cluster" and not chosen:
+        raise ConfigError("split_context 'cluster' needs k-means filters (split fraction below 1)")
     partitions = class_partitions(n_classes, n_split, c.partitions, split_rng)
-    if context == "global":
-        # MAP: per-shard class sums and counts of patch bits; REDUCE: add them
-        sums, counts = reduce_sums(map_class_sums(layer.unpack_codes(sample), lab, n_classes) for sample, lab in parts)
-        chosen.append(split_filters(sums, counts, partitions, c.split_keep))
-    elif context == "cluster":
-        if not chosen:
-            raise ConfigError("split_context 'cluster' needs k-means filters (split fraction below 1)")
-        centres = layer.pack_filters(chosen[0]).reshape(len(chosen[0]), -1)
-        # MAP: per-shard sums and counts per (nearest k-means filter, class); REDUCE: add them
-        sums, counts = reduce_sums(
-            map_class_sums(layer.unpack_codes(sample), hamming_pairwise(sample, centres).argmin(1) * n_classes + lab,
-                           len(centres) * n_classes) for sample, lab in parts)
-        sums = sums.reshape(len(centres), n_classes, -1)
-        counts = counts.reshape(len(centres), n_classes)
-        groups = split_rng.choice(len(centres), size=n_split, p=counts.sum(1) / counts.sum())
-        chosen.append(np.stack([split_filter(sums[g], counts[g], a, b, c.split_keep, chosen[0][g])
-                                for g, (a, b) in zip(groups, partitions)]))
-    else:
-        n_total = sum(len(inp) for inp in inputs)
-        # MAP: per-shard class sums of the patch bits at every position, for a sample of images; REDUCE: add
-        sums, counts = reduce_sums(
-            map_position_sums(layer, inp, lab, n_classes, int(np.ceil(c.split_images * len(inp) / n_total)), rng)
-            for inp, lab, rng in zip(inputs, labels, shard_rngs))
-        chosen.append(position_split_filters(layer, sums, counts, partitions, split_rng, c.split_keep))
+    centres = split_centres(layer, chosen[0]) if context == "cluster" else None
+    n_total = sum(len(inp) for inp in inputs)
+    # MAP: per-shard class sums and counts (of sampled patches, per nearest k-means filter, or per position);
+    # REDUCE: add them
+    sums, counts = reduce_sums(
+        map_split_sums(layer, context, part, inp, lab, n_classes, split_images_of(len(inp), n_total, c.split_images),
+                       rng, centres)
+        for part, inp, lab, rng in zip(parts, inputs, labels, shard_rngs))
+    chosen.append(split_filters_from_sums(layer, context, sums, counts, partitions, chosen[0] if chosen else None,
+                                          n_classes, split_rng, c.split_keep))
     return np.concatenate(chosen)
+
+
+def map_patch_sample(layer, inp, lab, patch_sample, n_total, rng):
+    """MAP: one shard's share of a layer's sampled patches: codes (n, k, w) uint64 (k = 4 patches of a pooling
+    window, else 1) and their images' labels (n,), from the shard's input ``inp`` and labels ``lab``."""
+    per_window = 4 if layer.pool else 1
+    codes, img = layer.sample_codes(inp, int(np.ceil(patch_sample * len(inp) / n_total / per_window)), rng)
+    return codes, lab[img]
+
+
+def flat_sample(part):
+    """A ``map_patch_sample`` part as one patch per row: codes (n*k, w) and labels (n*k,)."""
+    codes, lab = part
+    return codes.reshape(-1, codes.shape[2]), np.repeat(lab, codes.shape[1])
+
+
+def set_thresholds(layer, hist, mode, on_fraction):
+    """Set ``layer.thresholds`` from activation histograms (F, total+1) (``thresholds_from_histogram``);
+    returns the mean share of sampled patches whose bit is on."""
+    layer.thresholds = thresholds_from_histogram(hist, mode, on_fraction)
+    t = np.ceil(layer.thresholds).astype(np.int64)
+    return float(on_fractions(hist)[np.arange(len(hist)), np.clip(t, 0, hist.shape[1])].mean())
 
 
 def activation_histogram(layer, parts):

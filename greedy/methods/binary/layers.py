@@ -227,17 +227,25 @@ class ConvLayer:
 def head_features(m, n_bits, regions=0, chunk=500):
     """Head input from the last bit map m (N, H, W, w): flattened bits uint8 (N, H*W*n_bits) for regions=0,
     else float32 (N, R*R*n_bits) fractions of set bits in an RxR grid of regions (popcounts per region)."""
+    counts, area = head_counts(m, n_bits, regions, chunk)
+    return counts if area is None else counts / area
+
+
+def head_counts(m, n_bits, regions=0, chunk=500):
+    """The integers behind ``head_features``: (flattened bits uint8 (N, H*W*n_bits), None) for regions=0, else
+    (set bits per region and bit, uint8 (uint16 when a region has over 255 pixels) (N, R*R*n_bits), the
+    regions' areas float32 (R*R*n_bits,)); the features are counts / area."""
     if not regions:
-        return unpack_bits(m, n_bits).reshape(len(m), -1)
+        return unpack_bits(m, n_bits).reshape(len(m), -1), None
     n, h, w, _ = m.shape
     if regions > min(h, w):
         raise ConfigError(f"regions={regions} exceeds the last map's size {h}x{w}")
     ys = np.linspace(0, h, regions + 1).astype(int)
     xs = np.linspace(0, w, regions + 1).astype(int)
-    area = np.outer(np.diff(ys), np.diff(xs)).astype(np.float32)[None, :, :, None]
-    out = np.empty((n, regions, regions, n_bits), np.float32)
+    area = np.outer(np.diff(ys), np.diff(xs)).astype(np.float32)
+    out = np.empty((n, regions, regions, n_bits), np.uint8 if area.max() <= 255 else np.uint16)
     for i in range(0, n, chunk):
         bits = unpack_bits(m[i:i + chunk], n_bits)
         rows = np.add.reduceat(bits, ys[:-1], axis=1, dtype=np.uint16)
-        out[i:i + chunk] = np.add.reduceat(rows, xs[:-1], axis=2, dtype=np.uint16) / area
-    return out.reshape(n, -1)
+        out[i:i + chunk] = np.add.reduceat(rows, xs[:-1], axis=2, dtype=np.uint16)
+    return out.reshape(n, -1), np.repeat(area.ravel(), n_bits)

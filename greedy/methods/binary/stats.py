@@ -134,30 +134,55 @@ def on_fractions(hist):
 # ---------------------------------------------------------------- levels and class means
 
 
+def level_range(colour_norm):
+    """(lo, hi, bins) of the image layer's value histograms: centred values with ``colour_norm``, else raw."""
+    return (-256.0, 256.0, 2048) if colour_norm else (0.0, 256.0, 1024)
+
+
+def map_level_histogram(x, n, colour_norm, rng):
+    """MAP of ``image_levels``: per-channel histogram int64 (C, bins) of the (centred) values of n sampled
+    3x3 patches of one shard's uint8 images x (n, C, H, W); rng: the shard's Generator."""
+    lo, hi, bins = level_range(colour_norm)
+    nn, yy, xx = sample_positions(len(x), x.shape[2], x.shape[3], n, rng)
+    pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").astype(np.float64)
+    vals = np.stack([pad[nn, :, yy + j // 3, xx + j % 3] for j in range(9)], axis=1)  # (n, 9, C)
+    if colour_norm:
+        vals = vals - vals.mean(axis=1, keepdims=True)
+    return map_value_histogram(vals.reshape(-1, x.shape[1]), lo, hi, bins)
+
+
+def levels_sample(n_shard, n_total, patch_sample):
+    """Patches a shard of ``n_shard`` of ``n_total`` images samples for the image layer's levels."""
+    return int(np.ceil(patch_sample * n_shard / n_total))
+
+
 def image_levels(shards, n_levels, colour_norm, patch_sample, rngs):
     """Thermometer levels (C, n_levels) float64 of the image layer, from per-shard histograms of the
     (centred) values of sampled 3x3 patches; shards: uint8 images (n, C, H, W); rngs: one Generator each."""
-    lo, hi, bins = (-256.0, 256.0, 2048) if colour_norm else (0.0, 256.0, 1024)
     n_total = sum(len(x) for x in shards)
-    hists = []
-    for x, rng in zip(shards, rngs):  # MAP: histogram of sampled patch values per channel
-        nn, yy, xx = sample_positions(len(x), x.shape[2], x.shape[3],
-                                      int(np.ceil(patch_sample * len(x) / n_total)), rng)
-        pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").astype(np.float64)
-        vals = np.stack([pad[nn, :, yy + j // 3, xx + j % 3] for j in range(9)], axis=1)  # (n, 9, C)
-        if colour_norm:
-            vals = vals - vals.mean(axis=1, keepdims=True)
-        hists.append(map_value_histogram(vals.reshape(-1, x.shape[1]), lo, hi, bins))
+    hists = [map_level_histogram(x, levels_sample(len(x), n_total, patch_sample), colour_norm, rng)
+             for x, rng in zip(shards, rngs)]  # MAP: histogram of sampled patch values per channel
+    lo, hi, _ = level_range(colour_norm)
     return quantiles_from_histogram(reduce_sums(hists), lo, hi, n_levels)  # REDUCE: add histograms
+
+
+def map_colour_histogram(x, pools):
+    """MAP of ``colour_levels``: per-channel histogram int64 (C, 1024) over [0, 256] of one shard's uint8
+    images x (n, C, H, W) average-pooled ``pools`` times."""
+    return map_value_histogram(avg_pool_image(x, pools).transpose(0, 2, 3, 1).reshape(-1, x.shape[1]),
+                               0.0, 256.0, 1024)
+
+
+def colour_levels_from_histogram(hist, n_levels):
+    """REDUCE of ``colour_levels``: levels (C, n_levels) float64 from the added histograms (C, 1024)."""
+    return quantiles_from_histogram(hist, 0.0, 256.0, n_levels)
 
 
 def colour_levels(shards, pools, n_levels):
     """Thermometer levels (C, n_levels) float64 of the images average-pooled ``pools`` times, from per-shard
     histograms; shards: uint8 images (n, C, H, W)."""
     # MAP: per-shard histograms of pooled values; REDUCE: add them
-    hist = reduce_sums(map_value_histogram(avg_pool_image(x, pools).transpose(0, 2, 3, 1).reshape(-1, x.shape[1]),
-                                           0.0, 256.0, 1024) for x in shards)
-    return quantiles_from_histogram(hist, 0.0, 256.0, n_levels)
+    return colour_levels_from_histogram(reduce_sums(map_colour_histogram(x, pools) for x in shards), n_levels)
 
 
 def fit_ncm(features, labels, n_classes):

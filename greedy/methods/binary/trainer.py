@@ -29,10 +29,10 @@ from greedy import validate
 from greedy.errors import ConfigError
 from greedy.methods.base import LayerwiseMethod
 from greedy.methods.binary.filters import (BINARIZE, PARTITIONS, SPLIT_CONTEXTS, THRESHOLDS, activation_histogram,
-                                           choose_filters, thresholds_from_histogram)
+                                           choose_filters, flat_sample, map_patch_sample, set_thresholds)
 from greedy.methods.binary.layers import ConvLayer, ImageLayer, head_features, layer_spec, parse_arch
 from greedy.methods.binary.network import BinaryNetwork
-from greedy.methods.binary.stats import colour_levels, fit_ncm, image_levels, on_fractions, shard_ranges
+from greedy.methods.binary.stats import colour_levels, fit_ncm, image_levels, shard_ranges
 from greedy.methods.layerwise import BlockTrainer
 from greedy.methods.resume import binary_block_state, restore_binary_block
 
@@ -71,6 +71,14 @@ def check_config(c):
     for name in ("levels", "colour_levels", "patch_sample", "shard_size", "split_images", "kmeans_iter"):
         validate.positive_int(getattr(c, name), name)
     return parse_arch(c.arch)
+
+
+def layer_input(block, shard):
+    """The input map of ``block`` on one ``Shard``: its images for the image layer, else the previous bit map
+    with the colour feed appended."""
+    if isinstance(block, ImageLayer):
+        return shard.images
+    return block.inputs(shard.bits, block.n_bits - block.colour_bits, shard.images)
 
 
 class BinaryTrainer(BlockTrainer):
@@ -114,39 +122,32 @@ class BinaryTrainer(BlockTrainer):
             return ImageLayer(self.levels, c.colour_norm, pool=pool)
         pools = sum(p is not None for _, p in self.specs[:layer])
         feed = c.colour_feed and self.specs[layer - 1][1] is not None
-        levels = colour_levels(self.images, pools, c.colour_levels) if feed else None
+        levels = self.feed_levels(pools) if feed else None
         return ConvLayer(self.specs[layer - 1][0] + (0 if levels is None else levels.size), pool=pool,
                          colour_levels=levels, colour_pools=pools)
 
+    def feed_levels(self, pools):
+        """Thermometer levels (C, colour_levels) of the training images pooled ``pools`` times (the colour feed)."""
+        return colour_levels(self.images, pools, self.config.colour_levels)
+
     def layer_input(self, block, shard):
-        """The input map of ``block`` on one shard: its images for the image layer, else the previous bit map
-        with the colour feed appended."""
-        if isinstance(block, ImageLayer):
-            return shard.images
-        return block.inputs(shard.bits, block.n_bits - block.colour_bits, shard.images)
+        return layer_input(block, shard)
 
     def train(self, layer, block, x, y, x_eval, y_eval, budget, rng, monitor):
         c, width = self.config, self.specs[layer][0]
         self.labels = [y[a:b] for a, b in self.ranges]
         inputs = [self.layer_input(block, shard) for shard in x]  # MAP
         n_total = sum(len(inp) for inp in inputs)
-        per_window = 4 if block.pool else 1
-        parts = []
-        for s, (inp, lab) in enumerate(zip(inputs, self.labels)):  # MAP: each shard samples its share of patches
-            n = int(np.ceil(c.patch_sample * len(inp) / n_total / per_window))
-            codes, img = block.sample_codes(inp, n, self.stream(PATCHES_STREAM, layer, s))
-            parts.append((codes, lab[img]))
-        flat = [(codes.reshape(-1, codes.shape[2]), np.repeat(lab, codes.shape[1])) for codes, lab in parts]
-        bits = choose_filters(block, inputs, self.labels, flat, self.n_classes, width, c,
+        parts = [map_patch_sample(block, inp, lab, c.patch_sample, n_total, self.stream(PATCHES_STREAM, layer, s))
+                 for s, (inp, lab) in enumerate(zip(inputs, self.labels))]  # MAP: each shard samples its share
+        bits = choose_filters(block, inputs, self.labels, [flat_sample(p) for p in parts], self.n_classes, width, c,
                               self.stream(KMEANS_STREAM, layer), self.stream(SPLIT_STREAM, layer),
                               [self.stream(POSITIONS_STREAM, layer, s) for s in range(len(inputs))])
         block.filters = block.pack_filters(bits)
         hist = activation_histogram(block, parts)  # MAP and REDUCE
-        block.thresholds = thresholds_from_histogram(hist, c.threshold, c.on_fraction)
-        t = np.ceil(block.thresholds).astype(np.int64)
-        sampled_on = on_fractions(hist)[np.arange(width), np.clip(t, 0, hist.shape[1])]
+        sampled_on = set_thresholds(block, hist, c.threshold, c.on_fraction)
         self.prepared = (x, inputs)  # propagate() on the same cache reuses the inputs (colour feed appended)
-        return {"filters": width, "code_bits": block.n_code_bits, "fraction_on": round(float(sampled_on.mean()), 4)}
+        return {"filters": width, "code_bits": block.n_code_bits, "fraction_on": round(sampled_on, 4)}
 
     def propagate(self, layer, block, x):
         inputs = self.prepared[1] if self.prepared is not None and self.prepared[0] is x else None
