@@ -120,6 +120,9 @@ def resume_training(ctx, out, threads):
              f"not {', '.join(others)}")
     path = os.path.join(out, "config.json")
     saved = read_run_config(path)
+    if saved.get("sites"):
+        fail(f"{out} was trained on the sites of {saved['sites']}; runs on sites write no checkpoint and cannot be "
+             f"resumed: start it again with train --sites {saved['sites']} --out {out} --overwrite")
     if saved["method"] not in METHODS:
         raise CheckpointError(f"{path}: unknown method {saved['method']!r:.40}")
     recorded = saved.get("threads") or numba.config.NUMBA_NUM_THREADS

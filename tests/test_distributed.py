@@ -218,7 +218,6 @@ def test_patch_moments_fit_the_preprocessor_a_sample_fits(mnist):
         PatchPreprocessor(1, 3).fit_moments(np.zeros(9), np.zeros((8, 8)))
 
 
-@pytest.mark.xfail(strict=True, reason="needs the check in greedy/cli.py resume_training (the Dask helper's report)")
 def test_resume_of_a_run_on_sites_is_refused_in_one_line(tmp_path):
     from click.testing import CliRunner
     from greedy.cli import main

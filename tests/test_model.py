@@ -63,6 +63,12 @@ def test_missing_or_corrupt_model_files_are_clear_errors(tmp_path):
     np.savez(tmp_path / "wrong.npz", **arrays)
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_model(str(tmp_path / "wrong.npz"))
+    with np.load(good) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["param/0/w"] = arrays["param/0/w"].astype(np.float16)
+    np.savez(tmp_path / "half.npz", **arrays)
+    with pytest.raises(CheckpointError, match="wrong shape or dtype"):
+        load_model(str(tmp_path / "half.npz"))
 
 
 def test_normalizer_standardises_channels():

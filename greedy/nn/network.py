@@ -94,7 +94,7 @@ class Network(TrainedModel):
                 for k in store:
                     key = f"{group}/{i}/{k}"
                     a = arrays.get(key)
-                    if a is None or a.shape != store[k].shape or a.dtype.kind != "f":
+                    if a is None or a.shape != store[k].shape or a.dtype != store[k].dtype:
                         raise CheckpointError(f"{path}: array {key} is missing or has the wrong shape or dtype "
                                               f"for architecture {meta['spec']}")
                     if not np.isfinite(a).all():
