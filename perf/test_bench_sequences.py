@@ -18,7 +18,7 @@ from greedy.nn.layers1d import AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d
 from greedy.nn.model import Sequential
 
 from knn_baseline import knn_accuracy
-from test_bench_patchbag import epoch_time
+from test_bench_patchbag import bench_code_epoch_against
 
 # (channels, length, window) of the inputs of patch-bag sequence blocks: FordA's first block, its
 # second, and a text block's embedded bytes
@@ -38,16 +38,7 @@ def test_code_epoch_vs_sequence_epoch(benchmark, rng, channels, length, size):
     sequence_model = Sequential([Conv1d(filters, size), ReLU(), AvgPool1d(length // segments), Dense(2)]) \
         .build((channels, length), 0)
 
-    def code_epoch():
-        return epoch_time(layer, codes, y)
-
-    code_epoch()
-    benchmark.pedantic(code_epoch, rounds=3, warmup_rounds=1)
-    epoch_time(sequence_model, x[:256], y[:256])
-    sequence_seconds = min(epoch_time(sequence_model, x, y) for _ in range(2))
-    benchmark.extra_info["sequence_epoch_seconds"] = round(sequence_seconds, 4)
-    benchmark.extra_info["code_epoch_seconds"] = round(benchmark.stats.stats.min, 4)
-    benchmark.extra_info["ratio"] = round(sequence_seconds / benchmark.stats.stats.min, 1)
+    bench_code_epoch_against(benchmark, layer, codes, sequence_model, x, y, "sequence", ratio="ratio")
 
 
 def test_hashed_byte_code_epoch_vs_text_epoch(benchmark, rng):
@@ -66,16 +57,7 @@ def test_hashed_byte_code_epoch_vs_text_epoch(benchmark, rng):
     text_model = Sequential([ByteEmbedding(16), Conv1d(filters, size), ReLU(), GlobalAvgPool1d(), Dense(16)]) \
         .build((1, length), 0)
 
-    def code_epoch():
-        return epoch_time(layer, codes, y)
-
-    code_epoch()
-    benchmark.pedantic(code_epoch, rounds=3, warmup_rounds=1)
-    epoch_time(text_model, x[:256], y[:256])
-    text_seconds = min(epoch_time(text_model, x, y) for _ in range(2))
-    benchmark.extra_info["sequence_epoch_seconds"] = round(text_seconds, 4)
-    benchmark.extra_info["code_epoch_seconds"] = round(benchmark.stats.stats.min, 4)
-    benchmark.extra_info["ratio"] = round(text_seconds / benchmark.stats.stats.min, 1)
+    bench_code_epoch_against(benchmark, layer, codes, text_model, x, y, "sequence", ratio="ratio")
 
 
 @pytest.mark.parametrize("name", ["loghub:system", "loghub:event"])
