@@ -20,6 +20,7 @@ from greedy.checkpoint import WriteError
 from greedy.checkpoint import load as load_checkpoint
 from greedy.cli import main
 from greedy.errors import CheckpointError
+from test_resume import stop_at
 
 REPO = Path(__file__).parents[1]
 SMALL = ["--dataset", "synthetic-grey", "--n-train", "300", "--n-test", "100", "--threads", "2", "--quiet"]
@@ -331,15 +332,8 @@ def test_evaluate_on_a_damaged_model_file_is_one_line(finished, tmp_path, damage
 
 
 def interrupted(tmp_path, monkeypatch, args=AUX, n=1):
-    original, calls = runs.Run.checkpoint, []
-
-    def checkpoint(self, make_state):
-        calls.append(1)
-        if len(calls) == n:
-            self.stop_signal = signal.SIGTERM
-        return original(self, make_state)
     with monkeypatch.context() as m:
-        m.setattr(runs.Run, "checkpoint", checkpoint)
+        stop_at(m, n)
         assert invoke("train", *SMALL, *args, "--out", tmp_path).exit_code == 143
     return tmp_path / "checkpoint.npz"
 
