@@ -43,9 +43,12 @@ def column_mean_std(x, parts=None):
             end = min(len(chunk), start + step)
             for r in range(start, end, rows):
                 d = chunk[r:min(end, r + rows)] - shift
-                # a sum over axis 0 of a C-ordered array adds its rows in order: a running sum
-                s = np.concatenate([s[None], d]).sum(axis=0)
-                s2 = np.concatenate([s2[None], d * d]).sum(axis=0)
+                d2 = d * d
+                # a sum over axis 0 of a C-ordered array adds its rows in order: with the sums so far
+                # added to the first row, it continues the running sum
+                d[0] += s
+                d2[0] += s2
+                s, s2 = d.sum(axis=0), d2.sum(axis=0)
             total += s
             total2 += s2
     m = total / len(x)
