@@ -104,3 +104,19 @@ def test_bad_optimizer_options_are_clear_errors():
         make_optimizer("rmsprop", 0.1)
     with pytest.raises(ConfigError, match="unknown schedule"):
         make_schedule("linear")
+
+
+@pytest.mark.parametrize("size", [7, 70_000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_kernel_equals_the_numpy_formulation_bit_for_bit(size, dtype):
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(size).astype(dtype)
+    q = p.copy()
+    fast, slow = Adam(0.01, weight_decay=0.1), Adam(0.01, weight_decay=0.1)
+    slow.masks = [np.ones(size, bool)]  # a mask sends the update through the NumPy lines
+    for _ in range(3):
+        g = rng.standard_normal(size).astype(dtype)
+        fast.step([p], [g])
+        slow.step([q], [g])
+    assert np.array_equal(p, q)
+    assert all(np.array_equal(a, b) for a, b in zip(fast.state[0], slow.state[0]))

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from greedy.errors import ConfigError
+from greedy.kernels.adam import adam_update
 
 
 class Optimizer:
@@ -73,7 +74,11 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is decoupled (AdamW)."""
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is decoupled (AdamW).
+
+    Unmasked contiguous parameters take the one-pass kernel ``greedy.kernels.adam`` (the same
+    arithmetic as the NumPy lines below, bit for bit); masked ones the NumPy lines.
+    """
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr, 0.0, schedule)
@@ -88,11 +93,15 @@ class Adam(Optimizer):
     def _update(self, p, g, state, lr, mask):
         m, v = state
         t = self.t + 1
+        step_size = lr * math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
+        if mask is None and all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m, v)):
+            adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), self.beta1, self.beta2,
+                        self.eps, step_size, lr * self.decoupled_decay)
+            return
         m *= self.beta1
         m += (1 - self.beta1) * g
         v *= self.beta2
         v += (1 - self.beta2) * g * g
-        step_size = lr * math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
         update = m / (np.sqrt(v) + self.eps)
         if mask is not None:
             update *= mask
