@@ -38,6 +38,7 @@ from threadpoolctl import ThreadpoolController
 
 from greedy import validate
 from greedy.errors import ConfigError
+from greedy.kernels.convpool import fnp_to_nfp_relu_pool, fnp_to_nfp_relu_pool_argmax, pooled_to_fnp
 
 CHUNK_BYTES = 4 * 2**20
 
@@ -141,37 +142,6 @@ def _fnp_to_nfp(yt, bias, y):
             src, dst = yt[k, s], y[s, k]
             for q in range(p):
                 dst[q] = src[q] + bk
-
-
-@numba.njit(nogil=True, cache=True)
-def _fnp_to_nfp_relu_pool(yt, bias, wo, size, relu, y):
-    """yt (F, n, Ho*Wo) -> y (n, F, Ho // size, Wo // size): max over size x size windows, + bias, then ReLU if ``relu``.
-
-    Equals bias, ReLU, then max pooling, since both commute with a per-channel max.
-    Windows of 2 (the usual pool) take an unrolled path, 3x faster than the general loop.
-    """
-    f, n = yt.shape[0], yt.shape[1]
-    hp, wp = y.shape[2], y.shape[3]
-    lo = yt.dtype.type(0) if relu else yt.dtype.type(-np.inf)
-    for k in range(f):
-        bk = bias[k]
-        for s in range(n):
-            src, dst = yt[k, s], y[s, k]
-            for a in range(hp):
-                r0 = a * size * wo
-                if size == 2:
-                    r1 = r0 + wo
-                    for b in range(wp):
-                        c = 2 * b
-                        best = max(max(src[r0 + c], src[r0 + c + 1]), max(src[r1 + c], src[r1 + c + 1]))
-                        dst[a, b] = max(best + bk, lo)
-                    continue
-                for b in range(wp):
-                    best = src[r0 + b * size]
-                    for u in range(size):
-                        for v in range(size):
-                            best = max(best, src[r0 + u * wo + b * size + v])
-                    dst[a, b] = max(best + bk, lo)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
@@ -295,14 +265,16 @@ def _run_chunks(task, n, nb, nbytes):
 # ---------------------------------------------------------------- public API
 
 
-def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1):
+def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1, keep_argmax=False):
     """Cross-correlation y = conv(x, w) + b with zero padding; optionally ReLU and max pooling fused in.
 
     x (N, C, H, W), w (F, C, KH, KW), b (F,), one float dtype.
     Returns y (N, F, Ho, Wo) with Ho = (H + 2*pad - KH) // stride + 1 (same for Wo).
     With ``relu`` and/or ``pool`` > 1 it returns maxpool(relu(y)) of shape
     (N, F, Ho // pool, Wo // pool), computed from each chunk's GEMM output
-    without writing the full-size y (an inference pass; nothing is kept for backward).
+    without writing the full-size y. With ``keep_argmax`` it returns (that map,
+    argmax) instead, argmax int32 of the same shape (``greedy.kernels.convpool``):
+    what ``conv2d_backward(..., argmax=argmax)`` needs to take the pooled map's gradient.
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
     b = validate.float_array(b, "b", 1)
@@ -318,25 +290,31 @@ def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1):
     wm = w.reshape(f, k)
     fused = relu or pool > 1
     y = np.empty((n, f, ho // pool, wo // pool), dt)
+    argmax = np.empty(y.shape, np.int32) if keep_argmax else None
     nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
 
     def task(n0, m, buf):
         cols, yt = _split(buf, dt, k * m * p, f * m * p)
         _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
         np.matmul(wm, cols.reshape(k, m * p), out=yt.reshape(f, m * p))
-        if fused:
-            _fnp_to_nfp_relu_pool(yt.reshape(f, m, p), b, wo, pool, bool(relu), y[n0:n0 + m])
+        if keep_argmax:
+            fnp_to_nfp_relu_pool_argmax(yt.reshape(f, m, p), b, wo, pool, bool(relu), y[n0:n0 + m],
+                                        argmax[n0:n0 + m])
+        elif fused:
+            fnp_to_nfp_relu_pool(yt.reshape(f, m, p), b, wo, pool, bool(relu), y[n0:n0 + m])
         else:
             _fnp_to_nfp(yt.reshape(f, m, p), b, y[n0:n0 + m].reshape(m, f, p))
 
     _run_chunks(task, n, nb, _scratch_bytes(dt, k * nb * p, f * nb * p))
-    return y
+    return (y, argmax) if keep_argmax else y
 
 
-def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
+def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True, argmax=None):
     """Gradients of ``conv2d_forward`` given dy = dL/dy.
 
     x (N, C, H, W), w (F, C, KH, KW), dy (N, F, Ho, Wo), one float dtype.
+    With ``argmax`` (from ``conv2d_forward(..., keep_argmax=True)``), dy is the gradient of
+    that call's pooled map instead, (N, F, Ho // pool, Wo // pool) like argmax.
     Returns (dx (N, C, H, W) or None when ``input_grad`` is false, dw (F, C, KH, KW), db (F,)).
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
@@ -344,9 +322,11 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
     _same_dtype(x=x, w=w, dy=dy)
     f, c, kh, kw = w.shape
     n, dt = x.shape[0], x.dtype
-    if dy.shape != (n, f, ho, wo):
-        raise ConfigError(f"dy has shape {dy.shape}, expected {(n, f, ho, wo)}")
     p, k = ho * wo, c * kh * kw
+    if argmax is None and dy.shape != (n, f, ho, wo):
+        raise ConfigError(f"dy has shape {dy.shape}, expected {(n, f, ho, wo)}")
+    if argmax is not None:
+        _check_argmax(argmax, dy, n, f, p)
     wm = w.reshape(f, k)
     dbpart = np.empty((n, f), np.float64)
     dx = np.zeros(x.shape, dt) if input_grad else None
@@ -355,7 +335,10 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
     def task(n0, m, buf):
         cols, dyt = _split(buf, dt, k * m * p, f * m * p)
         cols, dyt = cols.reshape(k, m * p), dyt.reshape(f, m * p)
-        _nfp_to_fnp(dy[n0:n0 + m].reshape(m, f, p), dyt.reshape(f, m, p), dbpart[n0:n0 + m])
+        if argmax is None:
+            _nfp_to_fnp(dy[n0:n0 + m].reshape(m, f, p), dyt.reshape(f, m, p), dbpart[n0:n0 + m])
+        else:
+            pooled_to_fnp(dy[n0:n0 + m], argmax[n0:n0 + m], dyt.reshape(f, m, p), dbpart[n0:n0 + m])
         _im2colt_kernel(x[n0:n0 + m], kh, kw, stride, pad, ho, wo, cols.reshape(k, m, p))
         dw_chunk = dyt @ cols.T
         if input_grad:
@@ -368,3 +351,12 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True):
         dw += part
     db = dbpart.sum(axis=0).astype(dt)
     return dx, dw.reshape(w.shape), db
+
+
+def _check_argmax(argmax, dy, n, f, p):
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32 or not argmax.flags.c_contiguous:
+        raise ConfigError("argmax must be the C-contiguous int32 array of conv2d_forward(..., keep_argmax=True)")
+    if argmax.shape != dy.shape or dy.shape[:2] != (n, f):
+        raise ConfigError(f"argmax has shape {argmax.shape}, dy {dy.shape}; both must be ({n}, {f}, ...)")
+    if argmax.size and (argmax.min() < -1 or argmax.max() >= p):
+        raise ConfigError(f"argmax holds indices outside a conv output plane of {p} pixels")

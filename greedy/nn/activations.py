@@ -23,11 +23,17 @@ class ReLU(Layer):
 
     def forward(self, x, train=False):
         x = np.ascontiguousarray(x)
+        self.fused_run = None
         self.y = np.empty_like(x)
         pk.relu_forward(x.reshape(-1), self.y.reshape(-1))
         return self.y
 
+    def release_state(self, run):
+        self.y = None
+        super().release_state(run)
+
     def backward(self, dy, input_grad=True):
+        self._unfuse()
         return _elementwise_backward(pk.relu_backward, self.y, dy) if input_grad else None
 
     def r_forward(self, rx, rparams=None):

@@ -24,9 +24,21 @@ from greedy.kernels.im2col import col2im
 class Layer:
     """Base class: a layer without parameters that passes shapes through."""
 
+    fused_run = None  # the greedy.nn.fused run that holds this layer's training state, if any
+
     def __init__(self):
         self.params = {}
         self.grads = {}
+
+    def release_state(self, run):
+        """``run`` (``greedy.nn.fused``) computed this layer inside itself: drop the state of the last forward."""
+        self.fused_run = run
+
+    def _unfuse(self):
+        """Recompute the forward state that a fused run kept from this layer (before backward or R-ops)."""
+        run, self.fused_run = self.fused_run, None
+        if run is not None:
+            run.materialise()
 
     def build(self, in_shape, rng, dtype=np.float32):
         self.in_shape = tuple(in_shape)

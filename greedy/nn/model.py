@@ -53,6 +53,7 @@ from greedy.errors import ConfigError
 from greedy.nn import inference
 from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.batchnorm import BatchNorm2d
+from greedy.nn.fused import training_runs
 from greedy.nn.layers import Conv2d, Dense
 from greedy.nn.layers1d import (SEQUENCE_LAYERS, AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d,
                                 GlobalMaxPool1d, MaxPool1d, Tap1d)
@@ -163,6 +164,7 @@ class Sequential(Model):
     def __init__(self, layers):
         self.layers = list(layers)
         self.in_shape = None
+        self._runs = {}  # the fused runs of the last forward: {index of the conv: greedy.nn.fused.ConvReluPool}
 
     @classmethod
     def from_spec(cls, spec, ndim=None):
@@ -213,14 +215,30 @@ class Sequential(Model):
         return self
 
     def forward(self, x, train=False):
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        """Apply the layers in order; in training, runs of conv, ReLU, max pool as one (``greedy.nn.fused``)."""
+        self._runs = training_runs(self.layers) if train else {}
+        i = 0
+        while i < len(self.layers):
+            run = self._runs.get(i)
+            if run is not None:
+                x = run.forward(x)
+                i += 3
+                continue
+            x = self.layers[i].forward(x, train)
+            i += 1
         return x
 
     def backward(self, dy, input_grad=True):
         """Back-propagate dy through all layers; returns the input gradient (None if not ``input_grad``)."""
-        for i in range(len(self.layers) - 1, -1, -1):
+        i = len(self.layers) - 1
+        while i >= 0:
+            run = self._runs.get(i - 2)
+            if run is not None:
+                dy = run.backward(dy, input_grad=input_grad or i > 2)
+                i -= 3
+                continue
             dy = self.layers[i].backward(dy, input_grad=input_grad or i > 0)
+            i -= 1
         return dy
 
     def parameters(self):

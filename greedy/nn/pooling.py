@@ -27,11 +27,17 @@ class MaxPool2d(Layer):
     def forward(self, x, train=False):
         # inference skips the argmax; backward or an R-op after it recomputes it from x
         self.x = x
+        self.fused_run = None
         y, self._argmax = pool.maxpool2d_forward(x, self.size, self.size, with_argmax=train)
         return y
 
+    def release_state(self, run):
+        self.x = self._argmax = None
+        super().release_state(run)
+
     @property
     def argmax(self):
+        self._unfuse()
         if self._argmax is None:
             self._argmax = pool.maxpool2d_forward(self.x, self.size, self.size)[1]
         return self._argmax
@@ -39,7 +45,8 @@ class MaxPool2d(Layer):
     def backward(self, dy, input_grad=True):
         if not input_grad:
             return None
-        return pool.maxpool2d_backward(dy, self.argmax, self.x.shape)
+        argmax = self.argmax
+        return pool.maxpool2d_backward(dy, argmax, self.x.shape)
 
     def r_forward(self, rx, rparams=None):
         """R{y} picks Rx at the positions of the maxima."""
