@@ -102,3 +102,17 @@ def test_pooled_backward_checks_its_argmax():
         ck.conv2d_backward(x, w, y, 1, 1, argmax=argmax + 36)
     with pytest.raises(ConfigError, match="shape"):
         ck.conv2d_backward(x, w, y[:, :2], 1, 1, argmax=np.ascontiguousarray(argmax[:, :2]))
+
+
+def test_fused_run_breaks_ties_like_the_pool_layer():
+    model = Sequential.from_spec("c3k3-relu-max2").build((1, 8, 8), 0)
+    model.layers[0].params["w"][:] = np.round(model.layers[0].params["w"] * 2)
+    x = np.ones((2, 1, 8, 8), np.float32)   # equal conv outputs inside the map: ties in every window
+    x[1, 0, ::3] = -1
+    y = model.forward(x, train=True)
+    dy = np.arange(y.size, dtype=np.float32).reshape(y.shape)
+    dx = model.backward(dy)
+    fused = [g.copy() for g in model.gradients()]
+    y1, dx1, plain = layer_by_layer(model, x, dy)
+    assert np.array_equal(y, y1) and np.array_equal(dx, dx1)
+    assert all(np.allclose(g, g1, rtol=1e-6) for g, g1 in zip(fused, plain))
