@@ -7,6 +7,7 @@ are noisy and absolute numbers drift.
 import os
 import time
 
+import greedy  # noqa: F401  (before NumPy starts OpenBLAS: its thread settings, greedy/__init__.py)
 import numpy as np
 import pytest
 
