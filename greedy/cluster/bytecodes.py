@@ -74,6 +74,14 @@ def bucket_centroids(x, embedded, pre, size, buckets, chunk=512):
     x (N, 1, L) bytes; embedded (N, E, L) the embedded bytes the block's conv reads; pre a fitted
     ``PatchPreprocessor`` of their windows. Codes no window has get the zero vector.
     """
+    sums, counts = bucket_sums(x, embedded, pre, size, buckets, chunk)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), counts
+
+
+def bucket_sums(x, embedded, pre, size, buckets, chunk=512):
+    """Sum of the preprocessed windows (buckets, d) float64 of each code and the number of windows per
+    code (buckets,) int64, over byte sequences x (N, 1, L) and their embedding (N, E, L): the parts of
+    ``bucket_centroids`` that add up over shards of the sequences."""
     d = pre.A_.shape[1]
     sums = np.zeros((buckets, d))
     counts = np.zeros(buckets, np.int64)
@@ -83,4 +91,4 @@ def bucket_centroids(x, embedded, pre, size, buckets, chunk=512):
         onehot = sp.csr_matrix((np.ones(len(ids)), (ids, np.arange(len(ids)))), shape=(buckets, len(ids)))
         sums += onehot @ z.astype(np.float64)
         counts += np.bincount(ids, minlength=buckets)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), counts
+    return sums, counts

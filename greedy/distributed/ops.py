@@ -7,8 +7,10 @@ the same result: its random draws come from the seeds it is given, and what it k
 calls (``site.memo``) it can recompute from the files on the site.
 
 A *patch source* ``src`` is a dict: ``run`` (the run's cache key), ``layer`` (the block whose input
-cache the patches come from), ``size`` (patch side), ``seed``; with ``(n, index)``, the number of
-patches this site samples and its index in the manifest, it names one site's patch sample.
+cache the patches come from), ``size`` (patch side, or window width on sequences), ``seed``, and
+optionally ``file``, the cache the patches are read from when it is not ``layer-<layer>.npy`` (the
+embedded bytes of a text block, ``greedy.distributed.sequence_ops``); with ``(n, index)``, the number
+of patches this site samples and its index in the manifest, it names one site's patch sample.
 """
 import os
 
@@ -83,11 +85,16 @@ def normalise(run_key, mean, std):
 
 # ---- patches and k-means ------------------------------------------------------------------------------------
 
+def src_file(src):
+    """The cache file a patch source reads."""
+    return src.get("file") or f"layer-{src['layer']}.npy"
+
+
 def _sample(site, src, n, index):
     key = ("sample", src["run"], src["layer"], src["seed"])
     if key not in site.memo:
         site.memo = {k: v for k, v in site.memo.items() if k[2] == src["layer"] and k[1] == src["run"]}
-        x = site.load(src["run"], f"layer-{src['layer']}.npy")
+        x = site.load(src["run"], src_file(src))
         rng = np.random.default_rng(np.random.SeedSequence(src["seed"], spawn_key=(index,)))
         site.memo[key] = sample_patches(x, n, rng, src["size"])
     return site.memo[key]
@@ -155,30 +162,43 @@ def lloyd_partial(src, centers, iteration, previous, n, index):
 
 # ---- codes, propagation, features ---------------------------------------------------------------------------
 
-def encode_codes(run_key, layer, pre, centers, side, share, per_class, n_classes, seed):
-    """The site's images as patch-bag codes (``greedy.cluster.codes.encode``) with their labels
+def encode_codes(run_key, layer, pre, centers, side, share, per_class, n_classes, seed, file=None):
+    """The site's images (or sequences; ``file`` the cache they are read from when not ``layer-<layer>.npy``)
+    as patch-bag codes (``greedy.cluster.codes.encode``) with their labels
     (``share="codes"``), or each class clustered into ``per_class`` weighted prototypes
     (``share="prototypes"``). Returns {"parts": the RegionCodes' CSR matrices, "y", "weights" (None for codes),
     "stats"}: plain arrays and matrices, whose size Dask's transfer logs measure."""
     site = current_site()
-    codes, stats = encode(site.load(run_key, f"layer-{layer}.npy"), pre, centers, side)
-    y = np.asarray(site.y)
+    codes, stats = encode(site.load(run_key, f"layer-{layer}.npy" if file is None else file), pre, centers, side)
+    return shared_codes(codes, stats, np.asarray(site.y), share, per_class, n_classes, seed)
+
+
+def shared_codes(codes, stats, y, share, per_class, n_classes, seed):
+    """What a site sends of its RegionCodes ``codes`` with labels y (N,): every sequence's or image's codes
+    (``share="codes"``) or ``per_class`` weighted prototypes per class (``share="prototypes"``), as
+    {"parts", "y", "weights" (None for codes), "stats"}."""
     if share == "codes":
         return {"parts": codes.parts, "y": y, "weights": None, "stats": stats}
     protos, labels, weights = cluster_images(codes, y, n_classes, per_class, seed)
     return {"parts": protos.parts, "y": labels, "weights": weights, "stats": stats}
 
 
+def propagate_file(site, run_key, block, source, target):
+    """The frozen ``block`` applied to the site's cache ``source``, written as the cache ``target`` (under its
+    final name only once complete); returns the new cache, memory-mapped."""
+    path = site.cache_path(run_key, target)
+    store = _FileStore(path + ".part.npy")
+    out = propagate(block, site.load(run_key, source), store=store)
+    out.flush()
+    os.replace(store.path, path)
+    return out
+
+
 def propagate_block(run_key, layer, block, tap_size):
     """Apply the frozen ``block`` to the site's cache ``layer-<layer>.npy``, writing ``layer-<layer+1>.npy``
     on the site (and the max-pooled ``tap-<layer>.npy`` when ``tap_size``); returns the output shape."""
     site = current_site()
-    x = site.load(run_key, f"layer-{layer}.npy")
-    path = site.cache_path(run_key, f"layer-{layer + 1}.npy")
-    store = _FileStore(path + ".part.npy")
-    out = propagate(block, x, store=store)
-    out.flush()
-    os.replace(store.path, path)
+    out = propagate_file(site, run_key, block, f"layer-{layer}.npy", f"layer-{layer + 1}.npy")
     if tap_size:
         save_npy(site.cache_path(run_key, f"tap-{layer}.npy"), pool_maps(out, tap_size))
     return tuple(out.shape)

@@ -11,20 +11,28 @@ which writes the next block's input on its own disk. At the end the sites send t
 last-block features (or per-class prototypes of them) and the coordinator trains the final
 classifier. The test split stays on the coordinator, which propagates it itself.
 The model is the same ``Network`` a single-machine run makes.
+
+Sequences (N, C, L) take the same path with windows of k positions. A text network's first block
+(``emb<E>-c<F>k<k>``) sends its fixed byte embedding to the sites, which embed their bytes; with
+``--byte-codes hash`` no dictionary is fitted: each site counts its sequences' hashed byte k-grams
+and sends, per code, the sum of its preprocessed windows (``greedy.distributed.sequence_ops``).
 """
 import time
 
 import numpy as np
 
+from greedy.cluster.bytecodes import hashed_codes
 from greedy.cluster.codes import RegionCodes, encode
 from greedy.cluster.patches import PatchPreprocessor
-from greedy.distributed import ops
+from greedy.distributed import ops, sequence_ops
 from greedy.distributed.kmeans import init_on_sites, lloyd_on_sites
 from greedy.errors import ConfigError
-from greedy.methods.blocks import block_shapes, normalize_cache, pool_maps, pooling_token, propagate
+from greedy.methods.blocks import block_shapes, input_normalizer, normalize_cache, pool_maps, pooling_token, propagate
 from greedy.methods.blocks import tap_pool_sizes
 from greedy.methods.classifier import train_classifier
 from greedy.methods.patchbag import PatchbagTrainer, block_activation, block_embedding
+from greedy.nn.layers1d import Tap1d
+from greedy.nn.model import Sequential
 from greedy.nn.network import Normalizer
 from greedy.nn.pooling import Tap
 
@@ -70,10 +78,16 @@ class SitesPatchbag:
         """Returns (Network, summary fields) like ``Method.fit``; ``eval_set`` (x_test, y_test) on the coordinator."""
         c, t = self.config, self.trainer
         rng = np.random.default_rng(np.random.SeedSequence(c.seed))
-        if len(image_shape) != 3:
-            raise ConfigError("patchbag on sites trains on images (N, C, H, W)")
         x_eval, y_eval = eval_set
+        if len(image_shape) not in (2, 3):
+            raise ConfigError(f"patchbag on sites trains on images (C, H, W) or sequences (C, L), "
+                              f"got samples of shape {tuple(image_shape)}")
+        byte_input = len(image_shape) == 2 and x_eval.dtype == np.uint8
+        if byte_input and not t.block_specs()[0].startswith("emb"):
+            raise ConfigError(f"byte sequences need a byte embedding first, e.g. emb16-{t.block_specs()[0]}")
         normalizer, classes, sizes = normalizer_on_sites(self.sites, self.n_classes)
+        if byte_input:  # the embedding looks the byte codes up: no standardisation (``input_normalizer``)
+            normalizer = input_normalizer(x_eval[:1])
         self.sites.run("normalise", ops.normalise, (self.run_key, normalizer.mean, normalizer.std))
         self._traffic(monitor, "normalise", None)
         t.normalizer, t.image_shape, t.shape = normalizer, tuple(image_shape), tuple(image_shape)
@@ -97,7 +111,7 @@ class SitesPatchbag:
                         out_shape=list(out[0][1:]))
             self._traffic(monitor, "propagate", layer)
             if tap:
-                t.taps.append(Tap(tap))
+                t.taps.append((Tap if cache_eval.ndim == 4 else Tap1d)(tap))
                 t.taps[-1].build(cache_eval.shape[1:], rng)
                 block.layers.append(t.taps[-1])
                 t.tapped_eval.append(pool_maps(cache_eval, tap))
@@ -135,52 +149,87 @@ class SitesPatchbag:
                            site_classes=classes)
 
     def train_block(self, layer, block, x_eval, y_eval, budget, rng, sizes, monitor):
-        """Fit the dictionary and train the block's conv on the sites' codes (as ``PatchbagTrainer.train``)."""
-        c, n_classes = self.config, self.n_classes
+        """Fit the dictionary and train the block's conv on the sites' codes (as ``PatchbagTrainer.train``).
+
+        x_eval (N, C, H, W) or (N, C, L) float32: the block's input on the coordinator's test split."""
+        c = self.config
         conv, activation = block_activation(block)
-        if block_embedding(block) is not None:
-            raise ConfigError("patchbag on sites trains on images; byte embeddings are not supported")
-        channels, size = x_eval.shape[1], conv.kernel_size
+        embedding = block_embedding(block)
+        src = {"run": self.run_key, "layer": layer, "size": conv.kernel_size, "seed": int(rng.integers(2**31))}
+        raw_eval = x_eval
         start = time.perf_counter()
-        total = sum(sizes)
-        counts = [max(1, round(c.patch_sample * n / total)) for n in sizes]
-        src = {"run": self.run_key, "layer": layer, "size": size, "seed": int(rng.integers(2**31))}
-        pre = PatchPreprocessor(channels, size, remove_mean=c.colour_norm and layer == 0,
-                                whiten=None if c.whiten == "none" else c.whiten, n_components=c.n_components)
-        cov_rows = [max(2, round(pre.cov_samples * n / total)) for n in sizes]
-        moments = self.sites.run("patch_moments", ops.patch_moments, (src,),
-                                 [(r, n, i) for i, (r, n) in enumerate(zip(cov_rows, counts))])
-        pre = preprocessor_from_moments(pre, moments)
-        self._traffic(monitor, "patch_moments", layer)
-        kseed = int(rng.integers(2**31))
-        centers, variance = init_on_sites(self.sites, src, pre, counts, c.clusters, c.kmeans_iter, kseed)
-        self._traffic(monitor, "kmeans_init", layer)
-        centers, inertia, n_iter, _ = lloyd_on_sites(self.sites, src, counts, centers, c.kmeans_iter,
-                                                     1e-4 * variance)
-        self._traffic(monitor, "kmeans_lloyd", layer)
-        inertia /= sum(counts)
-        monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - start,
-                    kmeans_inertia=inertia, kmeans_iterations=n_iter, patch_dim=int(pre.A_.shape[1]),
-                    explained_variance=pre.explained_variance_ratio_)
-        start = time.perf_counter()
+        if embedding is not None:
+            self.sites.run("embed", sequence_ops.embed, (self.run_key, layer, embedding))
+            self._traffic(monitor, "embed", layer)
+            src["file"] = sequence_ops.embedded_name(layer)
+            x_eval = propagate(Sequential([embedding]), x_eval)
+        pre = self.fit_preprocessor(layer, src, x_eval.shape[1], x_eval.ndim - 2, sizes, monitor)
         side = c.regions
-        parts = self.sites.run("encode", ops.encode_codes,
-                               (self.run_key, layer, pre, centers, side, self.share, self.per_class,
-                                n_classes, int(rng.integers(2**31))))
-        codes = RegionCodes([_vstack([p["parts"][r] for p in parts]) for r in range(side * side)])
+        if embedding is not None and c.byte_codes == "hash":
+            buckets, d = c.byte_buckets, pre.A_.shape[1]
+            sums = self.sites.run("byte_sums", sequence_ops.byte_sums,
+                                  (self.run_key, layer, pre, src["size"], buckets))
+            centers, counts = sequence_ops.merge_byte_sums(sums, buckets, d)
+            self._traffic(monitor, "byte_sums", layer)
+            monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - start,
+                        codes_used=int((counts > 0).sum()), patch_dim=int(d),
+                        explained_variance=pre.explained_variance_ratio_)
+            start = time.perf_counter()
+            parts = self.sites.run("encode", sequence_ops.byte_codes,
+                                   (self.run_key, layer, src["size"], buckets, side, self.share, self.per_class,
+                                    self.n_classes, int(rng.integers(2**31))))
+            codes_eval = hashed_codes(raw_eval, src["size"], buckets, side)
+            stats = {}
+        else:
+            centers, inertia = self.fit_centroids(layer, src, pre, sizes, rng, monitor, start)
+            start = time.perf_counter()
+            parts = self.sites.run("encode", ops.encode_codes,
+                                   (self.run_key, layer, pre, centers, side, self.share, self.per_class,
+                                    self.n_classes, int(rng.integers(2**31)), src.get("file")))
+            codes_eval = encode(x_eval, pre, centers, side)[0]
+            stats = {"kmeans_inertia": inertia}
+        codes = RegionCodes([_vstack([p["parts"][r] for p in parts]) for r in range(len(parts[0]["parts"]))])
         y = np.concatenate([p["y"] for p in parts])
         weights = None if self.share == "codes" else np.concatenate([p["weights"] for p in parts])
-        codes_eval = encode(x_eval, pre, centers, side)[0]
-        n_images = sum(sizes)
-        stats = {"inertia_per_patch": sum(p["stats"]["inertia_per_patch"] * n for p, n in zip(parts, sizes)) / n_images,
-                 "distinct_centroids_per_image": sum(p["stats"]["distinct_centroids_per_image"] * n
-                                                     for p, n in zip(parts, sizes)) / n_images,
-                 "kmeans_inertia": inertia, "training_rows": len(y)}
+        n = sum(sizes)
+        stats = dict({key: sum(p["stats"][key] * m for p, m in zip(parts, sizes)) / n for key in parts[0]["stats"]},
+                     **stats, training_rows=len(y))
         monitor.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - start, **stats)
         self._traffic(monitor, "encode", layer)
         acc = self.trainer.train_on_codes(layer, conv, activation, pre, centers, codes, y, (codes_eval, y_eval),
                                           budget, rng, monitor, weights)
         return dict(stats, head_accuracy=acc)
+
+    def fit_preprocessor(self, layer, src, channels, ndim, sizes, monitor):
+        """The block's PatchPreprocessor fitted to the moments of the sites' patch samples (about
+        ``patch_sample`` patches, shared out by the sites' sizes)."""
+        c = self.config
+        total = sum(sizes)
+        self.counts = [max(1, round(c.patch_sample * n / total)) for n in sizes]
+        pre = PatchPreprocessor(channels, src["size"], remove_mean=c.colour_norm and layer == 0,
+                                whiten=None if c.whiten == "none" else c.whiten, n_components=c.n_components,
+                                ndim=ndim)
+        cov_rows = [max(2, round(pre.cov_samples * n / total)) for n in sizes]
+        moments = self.sites.run("patch_moments", ops.patch_moments, (src,),
+                                 [(r, n, i) for i, (r, n) in enumerate(zip(cov_rows, self.counts))])
+        pre = preprocessor_from_moments(pre, moments)
+        self._traffic(monitor, "patch_moments", layer)
+        return pre
+
+    def fit_centroids(self, layer, src, pre, sizes, rng, monitor, start):
+        """k-means on the sites' preprocessed patch samples: (centroids (k, d) float32, inertia per patch)."""
+        c = self.config
+        kseed = int(rng.integers(2**31))
+        centers, variance = init_on_sites(self.sites, src, pre, self.counts, c.clusters, c.kmeans_iter, kseed)
+        self._traffic(monitor, "kmeans_init", layer)
+        centers, inertia, n_iter, _ = lloyd_on_sites(self.sites, src, self.counts, centers, c.kmeans_iter,
+                                                     1e-4 * variance)
+        self._traffic(monitor, "kmeans_lloyd", layer)
+        inertia /= sum(self.counts)
+        monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - start,
+                    kmeans_inertia=inertia, kmeans_iterations=n_iter, patch_dim=int(pre.A_.shape[1]),
+                    explained_variance=pre.explained_variance_ratio_)
+        return centers, inertia
 
     def _traffic(self, monitor, step, layer):
         monitor.log("traffic", layer=layer, step=step, **self.sites.ledger.close_phase(step))
