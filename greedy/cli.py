@@ -84,7 +84,7 @@ def train_on_sites(method, sites, scheduler, share, site_timeout, dataset, data_
     """``train --sites MANIFEST``: the run on the sites (``greedy.distributed``); the data come from the manifest."""
     if not sites:
         fail("--scheduler, --share and --site-timeout go with --sites MANIFEST")
-    given = [flag for flag, v in (("--dataset", dataset), ("--data-dir", data_dir), ("--n-train", n_train),
+    given = [flag for flag, v in (("--data-dir", data_dir), ("--n-train", n_train),
                                   ("--n-test", n_test), ("--config", config_file), ("--resume", resume)) if v]
     if given:
         fail(f"with --sites the data are the manifest's; {', '.join(given)} cannot be given")
@@ -92,6 +92,8 @@ def train_on_sites(method, sites, scheduler, share, site_timeout, dataset, data_
     from greedy.distributed.manifest import read_manifest
     from greedy.distributed.train import run_sites
     require_dask()
+    if dataset and dataset != read_manifest(sites)["dataset"]:
+        fail(f"--dataset {dataset} is not the manifest's dataset {read_manifest(sites)['dataset']}")
     method = method or "patchbag"
     threads = set_threads(threads)
     out = out or default_out_dir(f"{method}-sites", read_manifest(sites)["dataset"])

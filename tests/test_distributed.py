@@ -67,15 +67,20 @@ def test_manifest_errors_are_one_line_and_name_the_problem(tmp_path):
         read_manifest(str(tmp_path / "m.json"))
 
 
-@pytest.fixture(scope="module")
-def sites(mnist, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sites")
-    write_shards(mnist, "mnist", str(folder), 3, "dirichlet:0.5", seed=0)
+def local_sites(data, dataset, folder, n_sites, split):
+    """Yield (Sites, manifest) of ``data`` sharded into ``folder``, on a local cluster whose workers run in
+    this process; the cluster closes after the yield (a fixture's body)."""
+    write_shards(data, dataset, str(folder), n_sites, split, seed=0)
     manifest = read_manifest(str(folder / "manifest.json"))
     cluster, client = start_local_cluster(manifest, processes=False, timeout=20)
     yield Sites(client, manifest, Ledger(client), timeout=20), manifest
     client.close()
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def sites(mnist, tmp_path_factory):
+    yield from local_sites(mnist, "mnist", tmp_path_factory.mktemp("sites"), 3, "dirichlet:0.5")
 
 
 def _site_patches(manifest, run_key, src, counts):
