@@ -307,8 +307,11 @@ FAMILY_DEFAULTS = {
     "series": {
         "e2e": {"arch": "c64k7-bn-relu-max2-c128k5-bn-relu-max2-c128k3-bn-relu-gap-fc{n_classes}"},
         "aux": _SERIES_LAYERWISE, "cosine": _SERIES_LAYERWISE, "kl": _SERIES_LAYERWISE,
+        # the window's level is kept; 20 code epochs; the classifier sees every block's two halves
+        # (docs/sequences.md, "Patch bags: what matters")
         "patchbag": {"blocks": ["c128k5-{act}-max2", "c128k5-{act}-max2", "c128k3-{act}-max2"],
-                     "final_pool": "gap", "regions": 4},
+                     "colour_norm": False, "layer_budget": "20e", "final_pool": "quadrant",
+                     "final_features": "all", "regions": 4},
     },
     "text": {
         "e2e": {"arch": "c64k5-bn-relu-max2-c128k5-bn-relu-max2-c128k3-bn-relu-gap-fc{n_classes}"},
