@@ -163,16 +163,16 @@ class SitesPatchbag:
             self._traffic(monitor, "embed", layer)
             src["file"] = sequence_ops.embedded_name(layer)
             x_eval = propagate(Sequential([embedding]), x_eval)
-        pre = self.fit_preprocessor(layer, src, x_eval.shape[1], x_eval.ndim - 2, sizes, monitor)
+        pre, counts = self.fit_preprocessor(layer, src, x_eval.shape[1], x_eval.ndim - 2, sizes, monitor)
         side = c.regions
         if embedding is not None and c.byte_codes == "hash":
             buckets, d = c.byte_buckets, pre.A_.shape[1]
             sums = self.sites.run("byte_sums", sequence_ops.byte_sums,
                                   (self.run_key, layer, pre, src["size"], buckets))
-            centers, counts = sequence_ops.merge_byte_sums(sums, buckets, d)
+            centers, windows = sequence_ops.merge_byte_sums(sums, buckets, d)
             self._traffic(monitor, "byte_sums", layer)
             monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - start,
-                        codes_used=int((counts > 0).sum()), patch_dim=int(d),
+                        codes_used=int((windows > 0).sum()), patch_dim=int(d),
                         explained_variance=pre.explained_variance_ratio_)
             start = time.perf_counter()
             parts = self.sites.run("encode", sequence_ops.byte_codes,
@@ -181,7 +181,7 @@ class SitesPatchbag:
             codes_eval = hashed_codes(raw_eval, src["size"], buckets, side)
             stats = {}
         else:
-            centers, inertia = self.fit_centroids(layer, src, pre, sizes, rng, monitor, start)
+            centers, inertia = self.fit_centroids(layer, src, pre, counts, rng, monitor, start)
             start = time.perf_counter()
             parts = self.sites.run("encode", ops.encode_codes,
                                    (self.run_key, layer, pre, centers, side, self.share, self.per_class,
@@ -201,31 +201,32 @@ class SitesPatchbag:
         return dict(stats, head_accuracy=acc)
 
     def fit_preprocessor(self, layer, src, channels, ndim, sizes, monitor):
-        """The block's PatchPreprocessor fitted to the moments of the sites' patch samples (about
-        ``patch_sample`` patches, shared out by the sites' sizes)."""
+        """(the block's PatchPreprocessor fitted to the moments of the sites' patch samples, the number of
+        patches each site samples: about ``patch_sample`` in all, shared out by the sites' sizes)."""
         c = self.config
         total = sum(sizes)
-        self.counts = [max(1, round(c.patch_sample * n / total)) for n in sizes]
+        counts = [max(1, round(c.patch_sample * n / total)) for n in sizes]
         pre = PatchPreprocessor(channels, src["size"], remove_mean=c.colour_norm and layer == 0,
                                 whiten=None if c.whiten == "none" else c.whiten, n_components=c.n_components,
                                 ndim=ndim)
         cov_rows = [max(2, round(pre.cov_samples * n / total)) for n in sizes]
         moments = self.sites.run("patch_moments", ops.patch_moments, (src,),
-                                 [(r, n, i) for i, (r, n) in enumerate(zip(cov_rows, self.counts))])
+                                 [(r, n, i) for i, (r, n) in enumerate(zip(cov_rows, counts))])
         pre = preprocessor_from_moments(pre, moments)
         self._traffic(monitor, "patch_moments", layer)
-        return pre
+        return pre, counts
 
-    def fit_centroids(self, layer, src, pre, sizes, rng, monitor, start):
-        """k-means on the sites' preprocessed patch samples: (centroids (k, d) float32, inertia per patch)."""
+    def fit_centroids(self, layer, src, pre, counts, rng, monitor, start):
+        """k-means on the sites' preprocessed patch samples (``counts`` patches each): (centroids (k, d)
+        float32, inertia per patch)."""
         c = self.config
         kseed = int(rng.integers(2**31))
-        centers, variance = init_on_sites(self.sites, src, pre, self.counts, c.clusters, c.kmeans_iter, kseed)
+        centers, variance = init_on_sites(self.sites, src, pre, counts, c.clusters, c.kmeans_iter, kseed)
         self._traffic(monitor, "kmeans_init", layer)
-        centers, inertia, n_iter, _ = lloyd_on_sites(self.sites, src, self.counts, centers, c.kmeans_iter,
+        centers, inertia, n_iter, _ = lloyd_on_sites(self.sites, src, counts, centers, c.kmeans_iter,
                                                      1e-4 * variance)
         self._traffic(monitor, "kmeans_lloyd", layer)
-        inertia /= sum(self.counts)
+        inertia /= sum(counts)
         monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - start,
                     kmeans_inertia=inertia, kmeans_iterations=n_iter, patch_dim=int(pre.A_.shape[1]),
                     explained_variance=pre.explained_variance_ratio_)
