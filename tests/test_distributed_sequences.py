@@ -96,6 +96,27 @@ def test_hashed_byte_codes_on_sites_equal_the_codes_of_all_sequences_in_one_plac
         assert files and all(f.startswith(folder + "/") for f in files)
 
 
+def test_kmeans_on_the_sites_windows_equals_kmeans_on_all_windows(log_sites):
+    from greedy.cluster.kmeans import KMeans
+    from greedy.distributed.kmeans import init_on_sites, lloyd_on_sites
+    sites, manifest = log_sites
+    run_key = "windows-test"
+    sites.run("normalise", ops.normalise, (run_key, np.zeros(1, np.float32), np.full(1, 1 / 255, np.float32)))
+    counts = [1500, 1000, 2000, 500]
+    src = {"run": run_key, "layer": 0, "size": 5, "seed": 7}
+    windows = np.concatenate([  # the sites' window samples, recomputed here from their folders (the oracle)
+        sample_patches(np.load(f"{s['path']}/x.npy").astype(np.float32), n,
+                       np.random.default_rng(np.random.SeedSequence(7, spawn_key=(i,))), 5)
+        for i, (s, n) in enumerate(zip(manifest["sites"], counts))])
+    pre = PatchPreprocessor(1, 5, remove_mean=False, n_components=4, ndim=1).fit(windows)
+    init, variance = init_on_sites(sites, src, pre, counts, 12, 5, seed=3)
+    centers, inertia, n_iter, history = lloyd_on_sites(sites, src, counts, init, 30, 1e-4 * variance)
+    single = KMeans(12, init=init, max_iter=30, tol=1e-4).fit(pre.transform(windows))
+    assert n_iter == single.n_iter_ and n_iter > 1
+    np.testing.assert_allclose(centers, single.cluster_centers_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(history, single.inertia_history_, rtol=1e-5)
+
+
 def test_logs_on_sites_one_system_each_train_close_to_one_process_and_stay_on_their_sites(logs, tmp_path):
     from click.testing import CliRunner
     from greedy.cli import main
