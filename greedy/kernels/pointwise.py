@@ -121,16 +121,33 @@ def batchnorm_backward(x, dy, mean, inv_std, gamma, dx, dgamma, dbeta):
         sdx = 0.0
         m, s = np.float64(mean[j]), np.float64(inv_std[j])
         for i in range(n):
-            for k in range(p):
-                g = np.float64(dy[i, j, k])
-                sd += g
-                sdx += g * (np.float64(x[i, j, k]) - m) * s
-        dbeta[j] = sd
-        dgamma[j] = sdx
-        a = sd / (n * p)
-        b = sdx / (n * p)
-        scale = np.float64(gamma[j]) * s
+            sd, sdx = batchnorm_plane_sums(x[i, j], dy[i, j], m, s, sd, sdx)
+        a, b, scale = batchnorm_channel_grads(j, sd, sdx, n * p, gamma, s, dgamma, dbeta)
         for i in range(n):
-            for k in range(p):
-                xh = (np.float64(x[i, j, k]) - m) * s
-                dx[i, j, k] = scale * (np.float64(dy[i, j, k]) - a - xh * b)
+            batchnorm_plane_dx(x[i, j], dy[i, j], m, s, scale, a, b, dx[i, j])
+
+
+@numba.njit(nogil=True, cache=True)
+def batchnorm_channel_grads(j, sd, sdx, count, gamma, s, dgamma, dbeta):
+    """Writes dbeta[j] = sd and dgamma[j] = sdx; returns (a, b, scale) of ``batchnorm_plane_dx`` for channel j."""
+    dbeta[j] = sd
+    dgamma[j] = sdx
+    return sd / count, sdx / count, np.float64(gamma[j]) * s
+
+
+@numba.njit(nogil=True, cache=True)
+def batchnorm_plane_sums(x, g, m, s, sd, sdx):
+    """(sd + sum of g, sdx + sum of g * xhat) over one plane x, g (P,), xhat = (x - m) * s, in float64."""
+    for k in range(x.shape[0]):
+        gk = np.float64(g[k])
+        sd += gk
+        sdx += gk * (np.float64(x[k]) - m) * s
+    return sd, sdx
+
+
+@numba.njit(nogil=True, cache=True)
+def batchnorm_plane_dx(x, g, m, s, scale, a, b, dx):
+    """dx (P,) = scale * (g - a - xhat * b) over one plane x, g (P,), xhat = (x - m) * s, in float64."""
+    for k in range(x.shape[0]):
+        xh = (np.float64(x[k]) - m) * s
+        dx[k] = scale * (np.float64(g[k]) - a - xh * b)

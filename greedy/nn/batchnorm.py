@@ -29,6 +29,15 @@ class BatchNorm2d(Layer):
 
     def forward(self, x, train=False):
         x = np.ascontiguousarray(x)
+        scale = self.statistics(x, train)
+        y = np.empty_like(x)
+        pk.channel_normalise(self.x, self.mean, scale, self.params["beta"], y.reshape(self.x.shape))
+        return y
+
+    def statistics(self, x, train):
+        """Keep x (N, C, ...) as (N, C, P) and the mean and inv_std (C,) float64 that normalise it: the batch's
+        in training (which also move the running averages), else the running averages. Returns the float64
+        scale gamma * inv_std (C,)."""
         self.x = x.reshape(x.shape[0], x.shape[1], -1)
         if train:
             mean, var = pk.channel_mean_var(self.x)
@@ -42,10 +51,7 @@ class BatchNorm2d(Layer):
             mean, var = self.buffers["mean"].astype(np.float64), self.buffers["var"].astype(np.float64)
         self.mean = mean
         self.inv_std = 1.0 / np.sqrt(var + self.eps)
-        scale = self.params["gamma"] * self.inv_std
-        y = np.empty_like(x)
-        pk.channel_normalise(self.x, mean, scale, self.params["beta"], y.reshape(self.x.shape))
-        return y
+        return self.params["gamma"] * self.inv_std
 
     def backward(self, dy, input_grad=True):
         dy = np.ascontiguousarray(dy, dtype=self.x.dtype)

@@ -1,4 +1,5 @@
-"""Training runs of ``Conv2d``, ``ReLU``, ``MaxPool2d`` computed as one layer.
+"""Training runs of ``Conv2d``, ``ReLU``, ``MaxPool2d``, and of ``BatchNorm2d``, ``ReLU`` and an optional
+max pool (``MaxPool2d`` or ``MaxPool1d``), each computed as one layer.
 
 ``Sequential.forward(x, train=True)`` computes each such run with one
 ``conv2d_forward(..., relu=True, pool, keep_argmax=True)`` call: bias, ReLU and
@@ -6,21 +7,29 @@ pooling are applied to every chunk's GEMM output while it is in cache, so the
 full-size conv and ReLU maps are never written, and the backward builds the conv
 output's gradient straight from the pooled gradient and the argmax
 (``greedy.kernels.convpool``). Outputs and gradients equal those of the three
-layers run one by one.
+layers run one by one. A run of batch norm, ReLU and max pool likewise writes only
+the pooled map and its argmax (``greedy.kernels.bnpool``).
 
 The ReLU and the pool keep no state of their own during a fused run; they hold
 a reference to it (``Layer.fused_run``) and, if their own ``backward`` or
 R-operator is called (the freezing experiment, Hessian-vector products with
 ``train=True``), ``materialise`` recomputes their state from the conv's input.
 """
+import numpy as np
+
+from greedy.kernels import bnpool
 from greedy.kernels import conv as ck
+from greedy.kernels import pointwise as pk
 from greedy.nn.activations import ReLU
+from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.layers import Conv2d
+from greedy.nn.layers1d import MaxPool1d
 from greedy.nn.pooling import MaxPool2d
 
 
 class ConvReluPool:
     """The run conv, relu, pool (three built layers of one ``Sequential``) as one training layer."""
+    length = 3
 
     def __init__(self, conv, relu, pool):
         self.conv, self.relu, self.pool = conv, relu, pool
@@ -52,11 +61,71 @@ class ConvReluPool:
         self.pool.forward(self.relu.forward(y, train=True), train=True)
 
 
+class BnReluPool:
+    """The run batch norm, relu, max pool (``MaxPool2d`` on maps, ``MaxPool1d`` on sequences) as one training
+    layer."""
+    length = 3
+
+    def __init__(self, bn, relu, pool):
+        self.bn, self.relu, self.pool = bn, relu, pool
+        self.x_shape = self.y = self.argmax = None
+
+    def _window(self, x_ndim):
+        """(window, stride) of the pool over the (H, W) plane; a sequence is a plane of height 1."""
+        pool = self.pool
+        if x_ndim == 3:
+            return (1, pool.size), (1, pool.stride)
+        return (pool.size, pool.size), (pool.size, pool.size)
+
+    def forward(self, x):
+        """x (N, C, H, W) or (N, C, L) -> maxpool(relu(bn(x))) of the pool's output shape."""
+        x = np.ascontiguousarray(x)
+        self.x_shape = x.shape
+        scale = self.bn.statistics(x, train=True)
+        plane = x.reshape(x.shape[0], x.shape[1], -1, x.shape[-1])
+        window, stride = self._window(x.ndim)
+        self.y, self.argmax = bnpool.bn_relu_maxpool_forward(plane, self.bn.mean, scale, self.bn.params["beta"],
+                                                             window, stride)
+        for layer in (self.relu, self.pool):
+            layer.release_state(self)
+        out_shape = x.shape[:2] + self.y.shape[2:] if x.ndim == 4 else x.shape[:2] + self.y.shape[3:]
+        return self.y.reshape(out_shape)
+
+    def backward(self, dy, input_grad=True):
+        """Writes gamma's and beta's gradients from dy (the run's output gradient); returns dL/dx (always
+        computed: the batch norm's parameter gradients need the same pass)."""
+        bn = self.bn
+        dx, dgamma, dbeta = bnpool.bn_relu_maxpool_backward(
+            bn.x.reshape(self.y.shape[:2] + (-1, self.x_shape[-1])), np.asarray(dy).reshape(self.y.shape),
+            self.y, self.argmax, bn.mean, bn.inv_std, bn.params["gamma"])
+        bn.grads["gamma"][...] = dgamma
+        bn.grads["beta"][...] = dbeta
+        return dx.reshape(self.x_shape) if input_grad else None
+
+    def materialise(self):
+        """Run the ReLU and the pool on their own over the batch norm's output (its statistics unchanged)."""
+        bn = self.bn
+        z = np.empty(self.x_shape, bn.x.dtype)
+        pk.channel_normalise(bn.x, bn.mean, bn.params["gamma"] * bn.inv_std, bn.params["beta"], z.reshape(bn.x.shape))
+        self.pool.forward(self.relu.forward(z, train=True), train=True)
+
+
 def training_runs(layers):
-    """{index of the conv: ``ConvReluPool``} for every run Conv2d, ReLU, MaxPool2d in ``layers``."""
-    runs = {}
-    for i in range(len(layers) - 2):
-        conv, relu, pool = layers[i:i + 3]
-        if type(conv) is Conv2d and type(relu) is ReLU and type(pool) is MaxPool2d:
-            runs[i] = ConvReluPool(conv, relu, pool)
+    """{index of the run's first layer: run} for every run Conv2d, ReLU, MaxPool2d (``ConvReluPool``) and
+    BatchNorm2d, ReLU, MaxPool2d or MaxPool1d (``BnReluPool``) in ``layers``; runs have ``length`` layers."""
+    runs, i = {}, 0
+    while i < len(layers) - 1:
+        first, relu = layers[i:i + 2]
+        pool = layers[i + 2] if i + 2 < len(layers) else None
+        run = None
+        if type(first) is Conv2d and type(relu) is ReLU and type(pool) is MaxPool2d:
+            run = ConvReluPool(first, relu, pool)
+        elif type(first) is BatchNorm2d and type(relu) is ReLU and type(pool) in (MaxPool2d, MaxPool1d):
+            # without a pool, the layers one by one are faster: nothing is left to skip writing
+            run = BnReluPool(first, relu, pool)
+        if run is None:
+            i += 1
+            continue
+        runs[i] = run
+        i += run.length
     return runs

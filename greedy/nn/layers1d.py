@@ -126,11 +126,17 @@ class MaxPool1d(Layer):
     def forward(self, x, train=False):
         # inference skips the argmax; backward or an R-op after it recomputes it from x
         self.x = x
+        self.fused_run = None
         y, self._argmax = k1.maxpool1d_forward(x, self.size, self.stride, with_argmax=train)
         return y
 
+    def release_state(self, run):
+        self.x = self._argmax = None
+        super().release_state(run)
+
     @property
     def argmax(self):
+        self._unfuse()
         if self._argmax is None:
             self._argmax = k1.maxpool1d_forward(self.x, self.size, self.stride)[1]
         return self._argmax

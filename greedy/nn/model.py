@@ -164,7 +164,7 @@ class Sequential(Model):
     def __init__(self, layers):
         self.layers = list(layers)
         self.in_shape = None
-        self._runs = {}  # the fused runs of the last forward: {index of the conv: greedy.nn.fused.ConvReluPool}
+        self._runs = {}  # the fused runs of the last forward: {index of the run's first layer: greedy.nn.fused run}
 
     @classmethod
     def from_spec(cls, spec, ndim=None):
@@ -215,14 +215,14 @@ class Sequential(Model):
         return self
 
     def forward(self, x, train=False):
-        """Apply the layers in order; in training, runs of conv, ReLU, max pool as one (``greedy.nn.fused``)."""
+        """Apply the layers in order; in training, runs of conv or batch norm, ReLU, max pool as one (``greedy.nn.fused``)."""
         self._runs = training_runs(self.layers) if train else {}
         i = 0
         while i < len(self.layers):
             run = self._runs.get(i)
             if run is not None:
                 x = run.forward(x)
-                i += 3
+                i += run.length
                 continue
             x = self.layers[i].forward(x, train)
             i += 1
@@ -230,12 +230,13 @@ class Sequential(Model):
 
     def backward(self, dy, input_grad=True):
         """Back-propagate dy through all layers; returns the input gradient (None if not ``input_grad``)."""
+        ends = {start + run.length - 1: (start, run) for start, run in self._runs.items()}
         i = len(self.layers) - 1
         while i >= 0:
-            run = self._runs.get(i - 2)
+            start, run = ends.get(i, (None, None))
             if run is not None:
-                dy = run.backward(dy, input_grad=input_grad or i > 2)
-                i -= 3
+                dy = run.backward(dy, input_grad=input_grad or start > 0)
+                i = start - 1
                 continue
             dy = self.layers[i].backward(dy, input_grad=input_grad or i > 0)
             i -= 1
