@@ -316,8 +316,10 @@ FAMILY_DEFAULTS = {
     "text": {
         "e2e": {"arch": "c64k5-bn-relu-max2-c128k5-bn-relu-max2-c128k3-bn-relu-gap-fc{n_classes}"},
         "aux": _TEXT_LAYERWISE, "cosine": _TEXT_LAYERWISE, "kl": _TEXT_LAYERWISE,
-        "patchbag": {"blocks": ["emb16-c128k5-{act}-max2", "c128k5-{act}-max2", "c128k3-{act}-max2"],
-                     "final_pool": "gmp", "regions": 1},
+        # two blocks, the first pooling 4 bytes; 5 code epochs; the classifier sees both blocks' maxima
+        # (docs/sequences.md, "Patch bags: what matters")
+        "patchbag": {"blocks": ["emb16-c64k5-{act}-max4", "c128k5-{act}-max2"], "layer_budget": "5e",
+                     "final_pool": "gmp", "final_features": "all", "final_min_steps": 500, "regions": 1},
     },
 }
 
