@@ -147,3 +147,17 @@ def test_code_layer_on_hashed_byte_codes_equals_embedding_and_folded_conv():
     model.layers[4].params["w"][...] = layer.params["v"]
     model.layers[4].params["b"][...] = layer.params["a"]
     assert np.allclose(layer.forward(codes), model.forward(x), atol=1e-5)
+
+
+def test_byte_collisions_count_grams_sharing_a_bucket():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+    from byte_collisions import collisions
+    # two lines of 4 bytes then padding: 10 windows over text, 9 distinct 3-grams ("abc" twice)
+    x = np.zeros((2, 1, 6), np.uint8)
+    x[0, 0, :4], x[1, 0, :4] = list(b"abcd"), list(b"xabc")
+    rows, n_grams, n_windows = collisions(x, 3, buckets=(1, 1 << 40))
+    assert n_windows == 10 and n_grams == 9
+    assert rows[0][1:] == (9.0, 1.0, 1.0)
+    assert rows[1][1:] == (1.0, 0.0, 0.0)
