@@ -11,7 +11,7 @@ prototypes and the block trains on those.
 
 Sequences (N, C, L) work the same way with windows of k consecutive positions (the block's
 ``c<F>k<k>`` Conv1d) counted per segment of the sequence. On byte sequences the first block
-starts with a byte embedding (``emb16-c128k5-relu-max2``): its table stays as initialised (random
+starts with a byte embedding (``emb16-c64k5-relu-max4``): its table stays as initialised (random
 Gaussian vectors, one per byte value, so that distinct bytes are about equally far apart, as in a
 one-hot code), the bytes are embedded, and the block's conv is trained on the embedded windows,
 each coded by its hashed byte k-gram (``greedy.cluster.bytecodes`` says why) or, with
