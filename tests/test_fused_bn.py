@@ -101,7 +101,7 @@ def test_the_kernels_check_their_inputs():
     with pytest.raises(ConfigError, match="does not fit"):
         bnpool.bn_relu_maxpool_forward(x, mean, scale, shift, (5, 1), (1, 1))
     with pytest.raises(ConfigError, match=r"expected \(3,\)"):
-        bnpool.bn_relu_maxpool_forward(x, mean[:2], scale, shift)
+        bnpool.bn_relu_maxpool_forward(x, mean[:2], scale, shift, (2, 2), (2, 2))
     inv_std, gamma = np.ones(3), np.ones(3, np.float32)
     with pytest.raises(ConfigError, match="positions"):
         bnpool.bn_relu_maxpool_backward(x, y, y, argmax + 16, mean, inv_std, gamma)

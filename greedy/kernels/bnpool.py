@@ -9,9 +9,7 @@ the gate ``pooled > 0``. The arithmetic is that of ``pointwise.channel_normalise
 operation for operation and in the same order, so results equal those of the layers
 run one by one.
 
-Sequences (N, C, L) are maps of height 1 (window 1 x size). Without pooling
-(window and stride 1) the forward is batch norm then ReLU, and the gate is the
-output itself.
+Sequences (N, C, L) are maps of height 1 (window 1 x size).
 """
 import numba
 import numpy as np
@@ -95,7 +93,7 @@ def _channel_vectors(c, **vectors):
             raise ConfigError(f"{name} has shape {v.shape}, expected ({c},)")
 
 
-def bn_relu_maxpool_forward(x, mean, scale, shift, window=(1, 1), stride=(1, 1)):
+def bn_relu_maxpool_forward(x, mean, scale, shift, window, stride):
     """Pooled map (N, C, Ho, Wo) of x's dtype and argmax (N, C, Ho, Wo) int64 (flat h*W + w in the plane).
 
     x (N, C, H, W) float32 or float64; mean, scale (C,) float64 (scale = gamma * inv_std); shift (C,) of
