@@ -10,7 +10,8 @@ from greedy.kernels import embedding as ek
 from greedy.nn import hessian, inference
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.layers import Conv2d, Dense
-from greedy.nn.layers1d import (AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d, GlobalMaxPool1d, MaxPool1d,
+from greedy.nn.layers1d import (AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgMaxPool1d, GlobalAvgPool1d,
+                                GlobalMaxPool1d, MaxPool1d,
                                 Tap1d)
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential, build_model, parse_spec
@@ -176,7 +177,8 @@ def test_conv1d_without_input_gradient_still_fills_parameter_gradients():
 
 
 @pytest.mark.parametrize("layer", [MaxPool1d(2), MaxPool1d(3, 2), MaxPool1d(2, 3), AvgPool1d(2), AvgPool1d(4, 3),
-                                   GlobalAvgPool1d(), GlobalMaxPool1d()], ids=lambda lay: lay.spec())
+                                   GlobalAvgPool1d(), GlobalMaxPool1d(), GlobalAvgMaxPool1d()],
+                         ids=lambda lay: lay.spec())
 @pytest.mark.parametrize("train", [False, True])
 def test_parameterless_gradients(layer, train):
     # length 11: the floor drops the last positions of the pools
@@ -209,6 +211,7 @@ SPECS_1D = [
     ("c4k3-relu-max2-c3k3s2p1-tanh-gap-fc3", (2, 16)),
     ("c4k5d2-bn-relu-avg3s2-c3k3p0-relu-gmp-fc3", (2, 20)),
     ("c3k3-relu-tap2-max2-c4k3-tanh-tap1-max2-cat-fc3", (2, 16)),  # taps: gradients reach block 1 twice
+    ("c3k3-tanh-max2-tapgapmax-c4k3-tanh-gapmax-cat-fc3", (2, 16)),
 ]
 
 
@@ -233,7 +236,8 @@ def test_sequence_model_gradient_matches_finite_differences(spec, in_shape):
 
 @pytest.mark.parametrize("spec,in_shape", [("c3k3-tanh-avg2-c4k3d2-tanh-fc3", (2, 14)),
                                            ("emb3-c3k3s2-relu-max3s2-c4k3-tanh-gmp-fc3", (1, 15)),
-                                           ("c4k3-tanh-gap-fc3", (3, 9))])
+                                           ("c4k3-tanh-gap-fc3", (3, 9)),
+                                           ("c3k3-tanh-max2-c4k3-tanh-gapmax-fc3", (2, 9))])
 def test_sequence_hessian_vector_products_match_differences_of_the_gradient(spec, in_shape):
     model = Sequential.from_spec(spec).build(in_shape, 0, np.float64)
     rng = np.random.default_rng(1)
@@ -270,6 +274,17 @@ def test_one_dimensional_specs_parse_round_trip_and_build():
     assert parse_spec("c8k5d3", ndim=1)[0].padding == 6  # "same": dilation * (K - 1) // 2
 
 
+def test_global_average_and_max_pool_gives_means_then_maxima():
+    x = np.random.default_rng(3).standard_normal((4, 3, 10)).astype(np.float32)
+    layer = GlobalAvgMaxPool1d()
+    assert layer.build((3, 10), None) == (6,)
+    y = layer.forward(x)
+    assert y.dtype == np.float32 and np.array_equal(y, np.concatenate([x.mean(axis=2), x.max(axis=2)], axis=1))
+    model = Sequential(parse_spec("c4k3-tapgapmax-c5k3-gapmax-cat-fc3", ndim=1)).build((3, 10), 0)
+    assert model.spec() == "c4k3-tapgapmax-c5k3-gapmax-cat-fc3"
+    assert model.layers[1].tap_shape == (8,) and model.layers[-2].in_shape == (10,)
+
+
 def test_from_spec_takes_the_dimension_from_the_input_shape():
     seq = Sequential.from_spec("c4k3-bn-relu-max2-gap-fc3").build((2, 20), 0)
     img = Sequential.from_spec("c4k3-bn-relu-max2-gap-fc3").build((2, 8, 8), 0)
@@ -286,6 +301,8 @@ def test_from_spec_takes_the_dimension_from_the_input_shape():
     ("c8k3d2-fc3", 2, None, "exists only for sequences"),
     ("max3s2-fc3", 2, None, "exists only for sequences"),
     ("gmp-fc3", 2, None, "exists only for sequences"),
+    ("gapmax-fc3", 2, None, "exists only for sequences"),
+    ("tapgapmax-cat-fc3", 2, None, "exists only for sequences"),
     ("c8k3d0-fc3", 1, None, "zero width"),
     ("emb0-fc3", 1, None, "zero width"),
     ("max0-fc3", 1, None, "zero width"),

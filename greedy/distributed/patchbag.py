@@ -28,13 +28,11 @@ from greedy.distributed import ops, sequence_ops
 from greedy.distributed.kmeans import init_on_sites, lloyd_on_sites
 from greedy.errors import ConfigError
 from greedy.methods.blocks import block_shapes, input_normalizer, normalize_cache, pool_maps, pooling_token, propagate
-from greedy.methods.blocks import tap_pool_sizes
+from greedy.methods.blocks import tap_layer, tap_pool_sizes
 from greedy.methods.classifier import train_classifier
 from greedy.methods.patchbag import PatchbagTrainer, block_activation, block_embedding
-from greedy.nn.layers1d import Tap1d
 from greedy.nn.model import Sequential
 from greedy.nn.network import Normalizer
-from greedy.nn.pooling import Tap
 
 SHARES = ("codes", "prototypes")
 
@@ -111,7 +109,7 @@ class SitesPatchbag:
                         out_shape=list(out[0][1:]))
             self._traffic(monitor, "propagate", layer)
             if tap:
-                t.taps.append((Tap if cache_eval.ndim == 4 else Tap1d)(tap))
+                t.taps.append(tap_layer(tap, cache_eval.ndim))
                 t.taps[-1].build(cache_eval.shape[1:], rng)
                 block.layers.append(t.taps[-1])
                 t.tapped_eval.append(pool_maps(cache_eval, tap))

@@ -14,10 +14,10 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.nn.fit import fit, predict
 from greedy.nn.model import Sequential, parse_spec
-from greedy.nn.layers1d import MaxPool1d
+from greedy.nn.layers1d import Tap1d
 from greedy.nn.network import Normalizer
 from greedy.nn.optim import make_optimizer
-from greedy.nn.pooling import MaxPool2d
+from greedy.nn.pooling import Tap
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
 
@@ -64,18 +64,23 @@ def blocks_from_widths(layers, width, pool_every=1, first_pool=True, activation=
 
 def pooling_token(shape, mode):
     """Token pooling a (C, H, W) map or a (C, L) sequence to what the classifier sees: 'gap' (global
-    average), 'gmp' (global max), 'quadrant' (average over 2x2 regions of a map, 2 halves of a
-    sequence) or 'none'."""
+    average), 'gmp' (global max), 'gapmax' (a sequence's channel means and maxima side by side),
+    'quadrant' (average over 2x2 regions of a map, 2 halves of a sequence) or 'none'."""
     side = min(shape[1:])
     if mode == "gap":
         return "gap"
+    if mode == "gapmax":
+        if len(shape) != 2:
+            raise ConfigError("pooling gapmax (channel means and maxima) is for sequences; images take gap, gmp, "
+                              "quadrant or none")
+        return "gapmax"
     if mode == "gmp":
         return "gmp" if len(shape) == 2 else f"max{side}"
     if mode == "quadrant":
         return f"avg{max(side // 2, 1)}"
     if mode == "none":
         return None
-    raise ConfigError(f"unknown pooling {mode!r}; choose gap, gmp, quadrant or none")
+    raise ConfigError(f"unknown pooling {mode!r}; choose gap, gmp, gapmax, quadrant or none")
 
 
 def spec_ndim(shape):
@@ -101,20 +106,32 @@ def block_shapes(blocks_spec, in_shape):
 
 
 def tap_pool_sizes(shapes, pool):
-    """Max-pool size of the tap after each block but the last, for ``final_features="all"``: each
-    block's map (``shapes``, from ``block_shapes``) pooled to about the side of the map the
-    classifier sees (the last block's, after the ``pool`` token)."""
+    """The tap after each block but the last, for ``final_features="all"``: each block's map (``shapes``,
+    from ``block_shapes``) max-pooled to about the side of the map the classifier sees (the last
+    block's, after the ``pool`` token), as the pool size; with ``pool`` "gapmax", "gapmax" (channel
+    means and maxima) for every block."""
+    if pool == "gapmax":
+        return ["gapmax"] * (len(shapes) - 1)
     last = Sequential.from_spec(pool).build(shapes[-1]).out_shape if pool else shapes[-1]
     side = last[1] if len(last) >= 2 else 1
     return [max(1, shape[1] // side) for shape in shapes[:-1]]
 
 
-def pool_maps(x, size, batch_size=500):
-    """Maps x (N, C, H, W) or sequences (N, C, L), float32 or float16, max-pooled over windows of ``size``
-    (x ``size``) and flattened: (N, D) float32."""
-    if size == 1:
+def tap_layer(tap, ndim):
+    """The unbuilt tap layer of ``tap`` (a pool size or "gapmax", from ``tap_pool_sizes``) for maps of
+    ``ndim`` dimensions with the batch: 4 (images) or 3 (sequences)."""
+    if ndim == 4:
+        return Tap(tap)
+    return Tap1d(global_pool=True) if tap == "gapmax" else Tap1d(tap)
+
+
+def pool_maps(x, tap, batch_size=500):
+    """Maps x (N, C, H, W) or sequences (N, C, L), float32 or float16, pooled as the tap ``tap`` (a pool size
+    or "gapmax", ``tap_layer``) keeps them, flattened: (N, D) float32."""
+    pool = tap_layer(tap, x.ndim).pool
+    if pool is None:
         return _as32(x).reshape(len(x), -1)
-    pooler = Sequential([MaxPool2d(size) if x.ndim == 4 else MaxPool1d(size)]).build(x.shape[1:])
+    pooler = Sequential([pool]).build(x.shape[1:])
     return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
 
 

@@ -40,7 +40,8 @@ NON_NEGATIVE = click.FloatRange(min=0)
 UNIT = click.FloatRange(0, 1)
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
-POOLS = ("gap", "gmp", "quadrant", "none")  # global average, global max, 2x2 regions (2 halves of a sequence)
+POOLS = ("gap", "gmp", "gapmax", "quadrant", "none")  # global average, global max, both (sequences),
+# 2x2 regions (2 halves of a sequence)
 
 
 @dataclass

@@ -32,16 +32,15 @@ from greedy.checkpoint import build_within, float_values
 from greedy.errors import CheckpointError, ConfigError
 from greedy.memory import CacheStore, cache_fields
 from greedy.methods.blocks import (_as32, block_shapes, input_normalizer, normalize_cache, parse_budget, pool_maps,
-                                   pooling_token, propagate, spec_ndim, tap_pool_sizes)
+                                   pooling_token, propagate, spec_ndim, tap_layer, tap_pool_sizes)
 from greedy.methods.classifier import train_classifier
 from greedy.methods.resume import (layerwise_state, restore_blocks, restore_classifier, restore_sequential,
                                    sequential_state)
 from greedy.nn.fit import accuracy, fit, predict
-from greedy.nn.layers1d import Tap1d
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.network import Network
 from greedy.nn.optim import make_optimizer
-from greedy.nn.pooling import Concat, Tap
+from greedy.nn.pooling import Concat
 
 
 class BlockTrainer:
@@ -255,7 +254,7 @@ class ConvBlockTrainer(BlockTrainer):
     def after_block(self, layer, block, x, x_eval, rng):
         self.shape = x.shape[1:]
         if self.tap_sizes and layer < len(self.tap_sizes):
-            self.taps.append((Tap if len(self.shape) == 3 else Tap1d)(self.tap_sizes[layer]))
+            self.taps.append(tap_layer(self.tap_sizes[layer], x.ndim))
             self.taps[-1].build(self.shape, rng)
             block.layers.append(self.taps[-1])
             self.tapped.append(pool_maps(x, self.tap_sizes[layer]))

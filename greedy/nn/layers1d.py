@@ -227,13 +227,48 @@ class GlobalMaxPool1d(GlobalAvgPool1d):
         return "gmp"
 
 
-class Tap1d(Tap):
-    """``Tap`` for sequences: keeps the map x (N, C, L), or its max pool with window and stride ``size``."""
+class GlobalAvgMaxPool1d(GlobalMaxPool1d):
+    """Global average and global max pooling side by side: x (N, C, L) -> y (N, 2C), the C channel means
+    then the C channel maxima (first one on ties)."""
 
-    def __init__(self, size=1):
+    def build(self, in_shape, rng, dtype=np.float32):
+        self.in_shape = _sequence_shape(self, in_shape)
+        return (2 * self.in_shape[0],)
+
+    def forward(self, x, train=False):
+        return np.concatenate([x.mean(axis=2), super().forward(x, train)], axis=1)
+
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
+        c = self.x_shape[1]
+        dx = super().backward(np.ascontiguousarray(dy[:, c:]))
+        dx += (dy[:, :c] / self.x_shape[2])[:, :, None]
+        return dx
+
+    def r_forward(self, rx, rparams=None):
+        return None if rx is None else np.concatenate([rx.mean(axis=2), super().r_forward(rx)], axis=1)
+
+    def spec(self):
+        return "gapmax"
+
+
+class Tap1d(Tap):
+    """``Tap`` for sequences: keeps the map x (N, C, L), or its max pool with window and stride ``size``
+    (``tap<size>``), or with ``global_pool`` its channel means and maxima (``GlobalAvgMaxPool1d``,
+    ``tapgapmax``)."""
+
+    def __init__(self, size=1, global_pool=False):
         super().__init__(1)
         self.size = int(size)
-        self.pool = MaxPool1d(self.size) if self.size > 1 else None
+        self.global_pool = bool(global_pool)
+        if self.global_pool:
+            self.pool = GlobalAvgMaxPool1d()
+        else:
+            self.pool = MaxPool1d(self.size) if self.size > 1 else None
+
+    def spec(self):
+        return "tapgapmax" if self.global_pool else super().spec()
 
 
 class ByteEmbedding(Layer):

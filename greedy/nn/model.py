@@ -32,7 +32,8 @@ token          layer on a sequence (C, L)
 ``max2``       max pool over 2 positions, stride 2;  ``max3s2``: stride 2
 ``avg2``       average pool (``avg3s2`` likewise)
 ``gap``        global average pool (N, C, L) -> (N, C);  ``gmp``: global max
-``tap2``       keeps the max pool of the current map, as for images
+``gapmax``     both: channel means then channel maxima (N, C, L) -> (N, 2C)
+``tap2``       keeps the max pool of the current map, as for images;  ``tapgapmax``: its ``gapmax``
 ``emb16``      ByteEmbedding: bytes (N, 1, L) -> (N, 16, L); first layer only
 =============  ==========================================================
 
@@ -55,8 +56,8 @@ from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.fused import training_runs
 from greedy.nn.layers import Conv2d, Dense
-from greedy.nn.layers1d import (SEQUENCE_LAYERS, AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgPool1d,
-                                GlobalMaxPool1d, MaxPool1d, Tap1d)
+from greedy.nn.layers1d import (SEQUENCE_LAYERS, AvgPool1d, ByteEmbedding, Conv1d, GlobalAvgMaxPool1d,
+                                GlobalAvgPool1d, GlobalMaxPool1d, MaxPool1d, Tap1d)
 from greedy.nn.pooling import AvgPool2d, Concat, GlobalAvgPool, MaxPool2d, Tap
 
 
@@ -87,9 +88,11 @@ _TOKENS = [
      lambda m: AvgPool1d(int(m[1]), _opt(m[2]))),
     (re.compile(r"gap"), lambda m: GlobalAvgPool(), lambda m: GlobalAvgPool1d()),
     (re.compile(r"gmp"), _sequence_only, lambda m: GlobalMaxPool1d()),
+    (re.compile(r"gapmax"), _sequence_only, lambda m: GlobalAvgMaxPool1d()),
     (re.compile(r"bn"), lambda m: BatchNorm2d(), None),
     (re.compile(r"drop(0?\.\d+|0)"), lambda m: Dropout(float(m[1])), None),
     (re.compile(r"tap(\d+)"), lambda m: Tap(int(m[1])), lambda m: Tap1d(int(m[1]))),
+    (re.compile(r"tapgapmax"), _sequence_only, lambda m: Tap1d(global_pool=True)),
     (re.compile(r"cat"), lambda m: Concat(), None),
     (re.compile(r"emb(\d+)(?:v(\d+))?"), _sequence_only, lambda m: ByteEmbedding(int(m[1]), int(m[2] or 256))),
 ]
