@@ -92,11 +92,12 @@ def train_on_sites(method, sites, scheduler, share, site_timeout, dataset, data_
     from greedy.distributed.manifest import read_manifest
     from greedy.distributed.train import run_sites
     require_dask()
-    if dataset and dataset != read_manifest(sites)["dataset"]:
-        fail(f"--dataset {dataset} is not the manifest's dataset {read_manifest(sites)['dataset']}")
+    sites_dataset = read_manifest(sites)["dataset"]
+    if dataset and dataset != sites_dataset:
+        fail(f"--dataset {dataset} is not the manifest's dataset {sites_dataset}")
     method = method or "patchbag"
     threads = set_threads(threads)
-    out = out or default_out_dir(f"{method}-sites", read_manifest(sites)["dataset"])
+    out = out or default_out_dir(f"{method}-sites", sites_dataset)
     summary = run_sites(method, sites, dict({k: v for k, v in values.items() if v is not None},
                                             seed=0 if seed is None else seed),
                         out, threads=threads, scheduler=scheduler, share=share or "codes",

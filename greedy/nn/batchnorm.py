@@ -29,9 +29,14 @@ class BatchNorm2d(Layer):
 
     def forward(self, x, train=False):
         x = np.ascontiguousarray(x)
-        scale = self.statistics(x, train)
-        y = np.empty_like(x)
-        pk.channel_normalise(self.x, self.mean, scale, self.params["beta"], y.reshape(self.x.shape))
+        self.statistics(x, train)
+        return self.normalised().reshape(x.shape)
+
+    def normalised(self):
+        """The kept input (N, C, P) normalised with the kept statistics: gamma * (x - mean) * inv_std + beta,
+        (N, C, P) of x's dtype."""
+        y = np.empty_like(self.x)
+        pk.channel_normalise(self.x, self.mean, self.params["gamma"] * self.inv_std, self.params["beta"], y)
         return y
 
     def statistics(self, x, train):

@@ -19,7 +19,6 @@ import numpy as np
 
 from greedy.kernels import bnpool
 from greedy.kernels import conv as ck
-from greedy.kernels import pointwise as pk
 from greedy.nn.activations import ReLU
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.layers import Conv2d
@@ -104,9 +103,7 @@ class BnReluPool:
 
     def materialise(self):
         """Run the ReLU and the pool on their own over the batch norm's output (its statistics unchanged)."""
-        bn = self.bn
-        z = np.empty(self.x_shape, bn.x.dtype)
-        pk.channel_normalise(bn.x, bn.mean, bn.params["gamma"] * bn.inv_std, bn.params["beta"], z.reshape(bn.x.shape))
+        z = self.bn.normalised().reshape(self.x_shape)
         self.pool.forward(self.relu.forward(z, train=True), train=True)
 
 
