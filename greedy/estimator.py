@@ -70,8 +70,9 @@ class LayerwiseClassifier:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(sorted(METHODS))}")
         x = check_samples(X, "X")
-        if self.method == "binary" and x.dtype != np.uint8:
-            raise ConfigError("method binary thresholds uint8 images; X must be uint8")
+        if self.method == "binary" and x.ndim == 4 and x.dtype != np.uint8:
+            raise ConfigError("method binary thresholds uint8 images; X must be uint8 (float sequences (N, C, L) "
+                              "are thermometer-coded)")
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(x):
             raise ConfigError(f"y must be {len(x)} labels of shape ({len(x)},), got shape {y.shape}")

@@ -144,13 +144,20 @@ def check_binary_meta(meta, path):
     image another number of times than the layers before it pool, before ``BinaryNetwork.from_arrays``
     builds it (a damaged count would loop or allocate without bound)."""
     image, layers, in_shape = meta.get("image"), meta.get("layers"), meta.get("in_shape")
+
+    def window_ok(d):
+        w = d.get("window", [3, 3])
+        return isinstance(w, list) and len(w) == 2 and all(_small_int(v, 1, 255) for v in w)
+
     ok = (isinstance(image, dict) and isinstance(layers, list) and all(isinstance(la, dict) for la in layers)
-          and isinstance(in_shape, list) and len(in_shape) == 3 and all(_small_int(d, 1, 1 << 16) for d in in_shape)
+          and isinstance(in_shape, list) and len(in_shape) in (2, 3)
+          and all(_small_int(d, 1, 1 << 16) for d in in_shape) and window_ok(image)
+          and isinstance(image.get("bytes", False), bool)
           and _small_int(meta.get("n_classes"), 1, 1 << 20) and _small_int(meta.get("regions"), 0, 1 << 16))
     pools = int(ok and image.get("pool") is not None)
     for la in layers if ok else ():
         ok = ok and _small_int(la.get("n_bits"), 1, 1 << 24) and isinstance(la.get("colour_feed"), bool) \
-            and (not la["colour_feed"] or la.get("colour_pools") == pools)
+            and (not la["colour_feed"] or la.get("colour_pools") == pools) and window_ok(la)
         pools += la.get("pool") is not None
     if not ok:
         raise CheckpointError(f"{path}: the binary model's meta (input shape, classes, regions or layers) is "

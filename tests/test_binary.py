@@ -198,9 +198,11 @@ def test_bad_options():
         BinaryTrainer(resolve("binary", "mnist", 10, {"threshold": "mean"}), 10)
     with pytest.raises(ConfigError, match="on_fraction"):
         BinaryTrainer(resolve("binary", "mnist", 10, {"on_fraction": 1.5}), 10)
-    assert parse_arch("c8-or2-c4-maj2-c2") == [(8, "or"), (4, "majority"), (2, None)]
-    assert BinaryTrainer(resolve("binary", "mnist", 10, {"arch": "c8-or2-c4-maj2-c2"}), 10).block_specs() == \
-        ["c8-or2", "c4-maj2", "c2"]
+    with pytest.raises(ConfigError, match="bad token"):
+        parse_arch("c16k4")  # windows are odd, centred on their pixel
+    assert parse_arch("c8-or2-c4k5-maj2-c2") == [(8, 3, "or"), (4, 5, "majority"), (2, 3, None)]
+    assert BinaryTrainer(resolve("binary", "mnist", 10, {"arch": "c8-or2-c4k5-maj2-c2"}), 10).block_specs() == \
+        ["c8-or2", "c4k5-maj2", "c2"]
 
 
 def test_cli_train_and_evaluate(tmp_path):

@@ -7,7 +7,7 @@ from greedy.kernels.bitops import pack_bits, unpack_bits
 from greedy.methods.binary import ConvLayer, ImageLayer
 from greedy.methods.binary.filters import (binarize_centroids, choose_thresholds, class_partitions,
                                            map_position_sums, position_split_filters, split_filter)
-from greedy.methods.binary.layers import concat_bits, thermometer
+from greedy.methods.binary.layers import ByteLayer, concat_bits, one_hot_bytes, thermometer
 from greedy.methods.binary.stats import (avg_pool_image, fit_ncm, map_activation_histogram, map_class_sums,
                                          map_value_histogram, median_from_histogram, quantiles_from_histogram,
                                          reduce_sums)
@@ -15,31 +15,34 @@ from greedy.methods.binary.stats import (avg_pool_image, fit_ncm, map_activation
 # ---------------------------------------------------------------- NumPy references
 
 
-def image_codes_reference(x, levels, norm):
-    """uint8 images (N, C, H, W) -> 0/1 patch codes (N, H, W, 9*C*T), edge padding, bit (j*C + c)*T + t."""
+def image_codes_reference(x, levels, norm, window=(3, 3)):
+    """Inputs (N, C, H, W) -> 0/1 window codes (N, H, W, P*C*T), edge padding, bit (j*C + c)*T + t."""
     n, c, h, w = x.shape
-    pad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-    vals = np.stack([pad[:, :, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=1)  # N,9,C,H,W
+    kh, kw = window
+    pad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), mode="edge")
+    vals = np.stack([pad[:, :, dy:dy + h, dx:dx + w] for dy in range(kh) for dx in range(kw)], axis=1)  # N,P,C,H,W
     if norm:
         vals = vals - vals.mean(axis=1, keepdims=True)
     bits = vals[..., None] > levels[None, None, :, None, None, :]  # N, 9, C, H, W, T
     return bits.transpose(0, 3, 4, 1, 2, 5).reshape(n, h, w, -1).astype(np.uint8)
 
 
-def map_patches_reference(bits):
-    """0/1 maps (N, H, W, B) -> 3x3 patches with zero padding (N, H, W, 9*B)."""
+def map_patches_reference(bits, window=(3, 3)):
+    """0/1 maps (N, H, W, B) -> kh x kw windows with zero padding (N, H, W, kh*kw*B)."""
     n, h, w, b = bits.shape
-    pad = np.pad(bits, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return np.concatenate([pad[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=3)
+    kh, kw = window
+    pad = np.pad(bits, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    return np.concatenate([pad[:, dy:dy + h, dx:dx + w] for dy in range(kh) for dx in range(kw)], axis=3)
 
 
-def layer_reference(codes, fbits, thresholds, pool):
+def layer_reference(codes, fbits, thresholds, pool, pool_shape=(2, 2)):
     """Bits of a binary layer from 0/1 patch codes (N, H, W, D), filters (F, D): agreement >= threshold, pooled."""
     agree = (codes[..., None, :] == fbits).sum(-1)
     out = (agree >= thresholds).astype(np.uint8)
     if pool:
         n, h, w, f = out.shape
-        win = out[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, f).sum(axis=(2, 4))
+        ph, pw = pool_shape
+        win = out[:, :h // ph * ph, :w // pw * pw].reshape(n, h // ph, ph, w // pw, pw, f).sum(axis=(2, 4))
         out = (win >= (1 if pool == "or" else 2)).astype(np.uint8)
     return out
 
@@ -101,6 +104,70 @@ def test_conv_layer_with_colour_feed_matches_reference(rng, pool):
     layer.thresholds = np.full(9, layer.n_code_bits / 2.0)
     np.testing.assert_array_equal(unpack_bits(layer.forward(m), 9),
                                   layer_reference(map_patches_reference(full), fbits, layer.thresholds, pool))
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("pool", [None, "or"])
+def test_image_layer_on_series_matches_reference(rng, norm, pool):
+    """Float32 series one row high, 1 x 5 windows of 2 channels, 1 x 2 pooling."""
+    x = rng.normal(size=(3, 2, 1, 13)).astype(np.float32)
+    x[0, :, :, :6] = 0.5  # a flat stretch: ties between the window values and its mean
+    levels = np.sort(rng.uniform(-1.5, 1.5, (2, 3)), axis=1)
+    layer = ImageLayer(levels, norm, pool=pool, window=(1, 5), pool_shape=(1, 2))
+    assert layer.n_code_bits == 5 * 2 * 3
+    codes = image_codes_reference(x, levels, norm, (1, 5))
+    fbits = random_bits(rng, (20, layer.n_code_bits))
+    layer.filters = layer.pack_filters(fbits)
+    layer.thresholds = rng.integers(10, 20, 20).astype(np.float64)
+    np.testing.assert_array_equal(unpack_bits(layer.forward(x), 20),
+                                  layer_reference(codes, fbits, layer.thresholds, pool, (1, 2)))
+    sampled, img = layer.sample_codes(x, 5, np.random.default_rng(1))
+    assert sampled.shape == (5, 2 if pool else 1, 1) and img.shape == (5,)
+    for i in range(5):  # each sample is the codes of one position, or of a pooling window of two
+        got = layer.unpack_codes(sampled[i])
+        assert any(np.array_equal(got, codes[img[i], 0, j:j + len(got)]) for j in range(13))
+
+
+def test_byte_layer_counts_matching_bytes(rng):
+    """The one-hot code of a k-gram as filter: its activation is 256*k minus twice the window's bytes it
+    misses, so at 256*k the bit is on where the k-gram occurs."""
+    x = rng.integers(97, 101, (4, 1, 1, 12), dtype=np.uint8)  # bytes 'a'..'d'
+    onehot = unpack_bits(one_hot_bytes(x), 256)
+    assert onehot.shape == (4, 1, 12, 256) and (onehot.sum(-1) == 1).all()
+    assert (onehot.argmax(-1) == x[:, 0]).all()
+    layer = ByteLayer(pool="or", window=(1, 3))
+    gram = np.frombuffer(b"abc", np.uint8)
+    fbits = np.zeros((2, 3, 256), np.uint8)
+    fbits[0, np.arange(3), gram] = 1
+    fbits[1] = random_bits(rng, (3, 256))
+    layer.filters = layer.pack_filters(fbits.reshape(2, -1))
+    layer.thresholds = np.array([3 * 256.0, 3 * 256 / 2])  # filter 0: all 3 bytes match
+    patches = map_patches_reference(onehot, (1, 3))
+    ref = layer_reference(patches, fbits.reshape(2, -1), layer.thresholds, "or", (1, 2))
+    out = unpack_bits(layer.forward(x), 2)
+    np.testing.assert_array_equal(out, ref)
+    text = [bytes(row) for row in x[:, 0, 0]]
+    has_abc = np.array([[b"abc" in t[max(0, 2 * j - 1):2 * j + 3] for j in range(6)] for t in text])
+    np.testing.assert_array_equal(out[:, 0, :, 0], has_abc)  # a window centred on one of two pooled bytes
+    with pytest.raises(ConfigError, match="byte layer expects uint8 bytes"):
+        layer.forward(x.astype(np.float32))
+
+
+def test_conv_layer_on_series_with_colour_feed_matches_reference(rng):
+    prev_bits, c_levels = 40, np.sort(rng.uniform(-1, 1, (2, 3)), axis=1)
+    x = rng.normal(size=(2, 2, 1, 16)).astype(np.float32)
+    prev = random_bits(rng, (2, 1, 8, prev_bits))
+    layer = ConvLayer(prev_bits + 6, pool="or", colour_levels=c_levels, colour_pools=1, window=(1, 5),
+                      pool_shape=(1, 2))
+    m = layer.inputs(pack_bits(prev)[0], prev_bits, x)
+    pooled = x.reshape(2, 2, 1, 8, 2).mean(axis=4).transpose(0, 2, 3, 1)
+    full = np.concatenate([prev, (pooled[..., None] > c_levels).reshape(2, 1, 8, 6).astype(np.uint8)], axis=3)
+    np.testing.assert_array_equal(unpack_bits(m, prev_bits + 6), full)
+    fbits = random_bits(rng, (7, layer.n_code_bits))
+    layer.filters = layer.pack_filters(fbits)
+    layer.thresholds = np.full(7, layer.n_code_bits / 2.0)
+    np.testing.assert_array_equal(unpack_bits(layer.forward(m), 7), layer_reference(
+        map_patches_reference(full, (1, 5)), fbits, layer.thresholds, "or", (1, 2)))
 
 
 def test_conv_layer_sampled_codes_are_patches(rng):
@@ -263,3 +330,5 @@ def test_position_sums_merge_and_split_filter(rng):
     diff = patches[labels == 0].mean(0) - patches[labels != 0].mean(0)  # (H, W, 72)
     matches = [np.array_equal(filters[0], (diff[y, x] > 0).astype(np.uint8)) for y in range(4) for x in range(5)]
     assert any(matches)
+    with pytest.raises(ConfigError, match="use --split-context global or cluster"):
+        map_position_sums(layer, m, labels, 2 ** 30 // (4 * 5 * 8 * 8) + 1, 40, np.random.default_rng(0))

@@ -8,7 +8,7 @@ from greedy.kernels.bitops import (
     hamming_pairwise,
     hamming_to_filters,
     pack_bits,
-    pool2x2_bits,
+    pool_bits,
     popcount64,
     unpack_bits,
 )
@@ -29,14 +29,15 @@ def _popcounts(x):
     return out
 
 
-def conv_reference(bits, fbits):
-    """bits (N, H, W, C) 0/1, fbits (F, 9, C) 0/1 -> agreeing bits (N, H, W, F), zero padding."""
+def conv_reference(bits, fbits, window=(3, 3)):
+    """bits (N, H, W, C) 0/1, fbits (F, kh*kw, C) 0/1 -> agreeing bits (N, H, W, F), zero padding."""
     n, h, w, c = bits.shape
-    padded = np.zeros((n, h + 2, w + 2, c), np.uint8)
-    padded[:, 1:-1, 1:-1] = bits
+    kh, kw = window
+    padded = np.zeros((n, h + kh - 1, w + kw - 1, c), np.uint8)
+    padded[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + w] = bits
     act = np.zeros((n, h, w, fbits.shape[0]), np.int64)
-    for o in range(9):
-        dy, dx = divmod(o, 3)
+    for o in range(kh * kw):
+        dy, dx = divmod(o, kw)
         xs = padded[:, dy : dy + h, dx : dx + w, :]
         act += (xs[..., None, :] == fbits[None, None, None, :, o, :]).sum(-1)
     return act
@@ -127,6 +128,22 @@ def test_binary_conv2d_matches_reference(n_bits, n_filters):
     np.testing.assert_array_equal(unpack_bits(binary_conv2d(x, f, half, n_bits), n_filters), ref >= half)
 
 
+@pytest.mark.parametrize("window", [(1, 5), (1, 1), (5, 5), (3, 1)])
+def test_binary_conv2d_of_other_windows_matches_reference(window):
+    """1 x k windows on sequences (maps one row high), and other odd windows on images."""
+    rng = np.random.default_rng(window[1])
+    n_bits, n_filters = 70, 9
+    shape = (3, 1, 11, n_bits) if window[0] == 1 else (2, 6, 7, n_bits)
+    bits = random_bits(rng, shape)
+    fbits = random_bits(rng, (n_filters, window[0] * window[1], n_bits))
+    ref = conv_reference(bits, fbits, window)
+    x, f = pack_bits(bits)[0], pack_bits(fbits)[0]
+    np.testing.assert_array_equal(binary_conv2d_activations(x, f, n_bits, window), ref)
+    thresholds = np.median(ref.reshape(-1, n_filters), axis=0)
+    np.testing.assert_array_equal(unpack_bits(binary_conv2d(x, f, thresholds, n_bits, window), n_filters),
+                                  ref >= thresholds)
+
+
 def test_binary_conv2d_rejects_bad_input():
     x = np.zeros((1, 3, 3, 2), np.uint64)
     f = np.zeros((4, 9, 2), np.uint64)
@@ -134,6 +151,10 @@ def test_binary_conv2d_rejects_bad_input():
         binary_conv2d(x, f, 0, 200)
     with pytest.raises(ConfigError, match="filters must have shape"):
         binary_conv2d(x, np.zeros((4, 8, 2), np.uint64), 0, 100)
+    with pytest.raises(ConfigError, match=r"shape \(F, 5, 2\) for a 1x5 window"):
+        binary_conv2d(x, f, 0, 100, window=(1, 5))
+    with pytest.raises(ConfigError, match="odd and positive"):
+        binary_conv2d(x, f, 0, 100, window=(1, 4))
     with pytest.raises(ConfigError, match="thresholds must be 4"):
         binary_conv2d(x, f, np.zeros(3), 100)
     with pytest.raises(ConfigError, match="thresholds must be 4"):
@@ -146,11 +167,11 @@ def test_binary_conv2d_rejects_bad_input():
 
 @pytest.mark.parametrize("n_bits", [1, 65, 200])
 @pytest.mark.parametrize("mode", ["or", "majority"])
-def test_pool2x2_bits_matches_reference(n_bits, mode):
+def test_pool_bits_matches_reference(n_bits, mode):
     rng = np.random.default_rng(n_bits)
     bits = random_bits(rng, (2, 5, 7, n_bits))  # odd sizes: last row and column dropped
     x, _ = pack_bits(bits)
-    out = pool2x2_bits(x, mode)
+    out = pool_bits(x, mode)
     assert out.shape == (2, 2, 3, x.shape[-1])
     blocks = bits[:, :4, :6].reshape(2, 2, 2, 3, 2, n_bits).sum(axis=(2, 4))
     ref = blocks >= (1 if mode == "or" else 2)
@@ -158,11 +179,24 @@ def test_pool2x2_bits_matches_reference(n_bits, mode):
     np.testing.assert_array_equal(pack_bits(unpack_bits(out, n_bits))[0], out)
 
 
-def test_pool2x2_bits_rejects_bad_input():
+@pytest.mark.parametrize("n_bits", [1, 65, 200])
+def test_pool_bits_of_sequences_matches_reference(n_bits):
+    rng = np.random.default_rng(n_bits)
+    bits = random_bits(rng, (3, 1, 9, n_bits))  # a map one row high; the odd last position dropped
+    out = pool_bits(pack_bits(bits)[0], "or", (1, 2))
+    assert out.shape == (3, 1, 4, (n_bits + 63) // 64)
+    np.testing.assert_array_equal(unpack_bits(out, n_bits), bits[:, :, :8].reshape(3, 1, 4, 2, n_bits).max(axis=3))
+
+
+def test_pool_bits_rejects_bad_input():
     x = np.zeros((1, 4, 4, 1), np.uint64)
+    with pytest.raises(ConfigError, match="majority pooling needs 2x2"):
+        pool_bits(x[:, :1], "majority", (1, 2))
+    with pytest.raises(ConfigError, match="2x2 or 1x2"):
+        pool_bits(x, "or", (2, 1))
     with pytest.raises(ConfigError, match="mode"):
-        pool2x2_bits(x, "max")
+        pool_bits(x, "max")
     with pytest.raises(ConfigError, match="at least 2x2"):
-        pool2x2_bits(x[:, :1], "or")
+        pool_bits(x[:, :1], "or")
     with pytest.raises(ConfigError, match="4 dimensions"):
-        pool2x2_bits(x[0], "or")
+        pool_bits(x[0], "or")

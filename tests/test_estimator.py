@@ -50,7 +50,7 @@ def test_params_round_trip_and_options_reach_the_config(data):
 
 
 @pytest.mark.parametrize("X,message", [
-    (np.zeros((10, 8, 8), np.uint8), "binary"),  # a float-only problem for binary below
+    (np.zeros((10, 3, 8, 8), np.uint8), "binary"),  # float images: binary thresholds uint8 images
     (np.zeros((10, 3, 8, 8, 2), np.uint8), "shape"),
     (np.zeros((0, 3, 8, 8), np.uint8), "empty"),
     (np.array([["a"]]), "dtype"),

@@ -1,5 +1,6 @@
 """Every method on small slices of real sequences (FordA series, loghub:system bytes): run folder,
 evaluate, compare and the estimator, as on images."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 import greedy
 from greedy.cli import main, run_training
 from greedy.data import load_dataset
-from greedy.errors import ConfigError
+from greedy.errors import CheckpointError, ConfigError
 from greedy.experiments.compare import compare
 from greedy.modelfile import load as load_model
 from greedy.methods import config as configs
@@ -25,13 +26,15 @@ SERIES = {"e2e": dict(arch="c8k7-bn-relu-max4-c16k5-bn-relu-gap-fc2", epochs=6, 
           "kl": dict(arch="c8k7-bn-relu-max4-c16k5-bn-relu-max2", layer_budget="2e", augment=True,
                      augment_pad=20),
           "patchbag": dict(arch="c16k5-relu-max4-c16k3-relu-max2", clusters=32, patch_sample=5000,
-                           layer_budget="3e")}
+                           layer_budget="3e"),
+          "binary": dict(arch="c32k7-or2-c32k5-or2", patch_sample=5000, split_images=200, epochs=20.0)}
 TEXT = {"e2e": dict(arch="c16k5-bn-relu-max2-c16k3-bn-relu-gap-fc16", epochs=6, lr=3e-3, batch_size=32),
         "aux": dict(arch="emb8-c16k5-bn-relu-max4-c16k3-bn-relu", layer_budget="2e"),
         "cosine": dict(arch="emb8-c16k5-bn-relu-max4-c16k3-bn-relu", layer_budget="2e"),
         "kl": dict(arch="emb8-c16k5-bn-relu-max4-c16k3-bn-relu", layer_budget="2e", kl_variance="shared"),
         "patchbag": dict(arch="emb8-c16k5-relu-max4-c16k3-relu", clusters=32, patch_sample=5000,
-                         layer_budget="3e")}
+                         layer_budget="3e"),
+        "binary": dict(arch="c64k5-or2-c32k3", patch_sample=5000, split_images=200, epochs=20.0)}
 DATA = str(os.environ.get("GREEDY_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 FLOORS = {"ucr:FordA": 0.6, "loghub:system": 0.3}  # chance: 0.5 and 1/16
 QUICK = dict(final_min_steps=200, final_epochs=5.0)
@@ -55,7 +58,8 @@ def system():
 
 
 def options(method, table):
-    return dict(table[method], **({} if method == "e2e" else QUICK))
+    fields = {f.name for f in dataclasses.fields(configs.CONFIGS[method])}
+    return dict(table[method], **{k: v for k, v in QUICK.items() if k in fields})
 
 
 @pytest.mark.parametrize("method", sorted(SERIES))
@@ -100,10 +104,27 @@ def test_sequence_data_options_are_checked_in_one_line(args, message):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_binary_refuses_sequences_in_one_line(forda, tmp_path):
-    with pytest.raises(ConfigError, match="binary networks train on uint8 images") as e:
-        run_training("binary", forda, "ucr:FordA", {}, str(tmp_path / "run"), 2, verbose=False)
-    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()  # refused before the run folder
+@pytest.mark.parametrize("name,values,message", [
+    ("ucr:FordA", {"arch": "c8k5-maj2"}, "sequences pool with or2"),
+    ("loghub:system", {"arch": "c8k5-or2-c8", "colour_feed": True}, "text bytes have no levels"),
+    ("ucr:FordA", {"arch": "c8k4"}, "bad token 'c8k4'"),
+])
+def test_binary_refuses_what_does_not_fit_sequences_in_one_line(forda, system, tmp_path, name, values, message):
+    data = forda if name == "ucr:FordA" else system
+    with pytest.raises(ConfigError, match=message) as e:
+        run_training("binary", data, name, values, str(tmp_path / "run"), 2, verbose=False)
+    assert "\n" not in str(e.value)
+
+
+def test_binary_series_network_refuses_other_inputs(tmp_path, forda):
+    run_training("binary", forda, "ucr:FordA", dict(options("binary", SERIES), seed=0), str(tmp_path / "run"), 2,
+                 verbose=False)
+    model = load_model(str(tmp_path / "run" / "model.npz"))
+    assert model.image_layer.window == (1, 7) and model.layers[0].window == (1, 5)
+    with pytest.raises(ConfigError, match="takes float32 inputs, got uint8"):
+        model.predict_logits(forda.x_test.astype(np.uint8))
+    with pytest.raises(CheckpointError, match=r"expects samples of shape \(1, 500\), got \(1, 100\)"):
+        model.predict_logits(forda.x_test[:, :, :100])
 
 
 def test_compare_gives_every_method_the_same_1d_blocks(tmp_path, forda):
@@ -125,13 +146,21 @@ def test_estimator_fits_sequences_and_reloads(tmp_path, forda, system, name):
     assert (greedy.load(str(tmp_path / "m.npz")).predict(data.x_test) == clf.predict(data.x_test)).all()
 
 
+def test_binary_estimator_fits_series_and_reloads(tmp_path, forda):
+    clf = greedy.LayerwiseClassifier(method="binary", random_state=0, **options("binary", SERIES))
+    clf.fit(forda.x_train, forda.y_train + 1)
+    assert clf.score(forda.x_test, forda.y_test + 1) > FLOORS["ucr:FordA"]
+    clf.save(str(tmp_path / "m.npz"))
+    assert (greedy.load(str(tmp_path / "m.npz")).predict(forda.x_test) == clf.predict(forda.x_test)).all()
+
+
 def test_families_tell_images_series_and_text_apart():
     assert configs.family_of((1, 28, 28), np.uint8) == "mnist" and configs.family_of((3, 32, 32)) == "cifar10"
     assert configs.family_of((1, 500), np.float32) == "series" and configs.family_of((1, 256), np.uint8) == "text"
     with pytest.raises(ConfigError, match="sequences"):
         configs.family_of((1, 500))
     for family in ("series", "text"):
-        for method in ("e2e", "aux", "cosine", "kl", "patchbag"):
+        for method in ("e2e", "aux", "cosine", "kl", "patchbag", "binary"):
             assert configs.resolve(method, family, 16) is not None
 
 

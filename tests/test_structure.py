@@ -30,10 +30,6 @@ def test_every_method_has_a_config_whose_fields_all_have_defaults_and_seed_0():
             assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, (name, f.name)
         assert cls.__dataclass_fields__["seed"].default == 0
         for family in configs.FAMILY_DEFAULTS:
-            if name == "binary" and family not in ("mnist", "cifar10"):
-                with pytest.raises(ConfigError, match="uint8 images"):  # bits of images only
-                    configs.resolve(name, family, 10)
-                continue
             config = configs.resolve(name, family, 10)
             assert isinstance(config, cls) and config.seed == 0
 

@@ -73,9 +73,11 @@ class SitesBinary:
         c, t = self.config, self.trainer
         x_eval, y_eval = eval_set
         if len(image_shape) != 3 or x_eval.dtype != np.uint8:
-            raise ConfigError("binary networks train on uint8 images (N, C, H, W)")
+            raise ConfigError("binary networks on sites train on uint8 images (N, C, H, W); sequences train "
+                              "in one process (without --sites)")
         t.cpu0 = time.process_time()
-        t.in_shape = tuple(image_shape)
+        t.set_inputs(image_shape, x_eval.dtype)
+        t.scale = None
         info = self.sites.run("levels", bops.site_info, (self.n_classes, c.shard_size))
         self.sizes = [r["n"] for r in info]
         self.offsets = [int(v) for v in np.cumsum([0] + [r["shards"] for r in info])[:-1]]

@@ -7,8 +7,10 @@ are zero. Every kernel relies on those zero bits: they agree between any two
 codes, so they never add to a hamming distance.
 
 Feature maps are ``(N, H, W, n_words)`` uint64: the bits of a pixel are its
-channels. Binary filters over a 3x3 patch are ``(F, 9, n_words)`` uint64, the
-9 pixels in row-major order ``(dy, dx)`` for ``dy, dx`` in ``(-1, 0, 1)``.
+channels; a sequence is a map one row high ``(N, 1, L, n_words)``. Binary
+filters over a ``kh x kw`` window (odd sizes: 3x3 on images, 1xk on sequences)
+are ``(F, kh*kw, n_words)`` uint64, the window's pixels in row-major order
+``(dy, dx)``, dy in ``-(kh//2) .. kh//2`` and dx likewise.
 
 ``popcount64`` is the LLVM ``ctpop`` intrinsic; it can be called from any
 ``numba.njit(cache=True)`` kernel (caching works, the intrinsic is pickled by
@@ -65,13 +67,14 @@ def _hamming_pairwise_kernel(a, bt, out):
 
 
 @numba.njit(cache=True)
-def gather_patch(x, n, y, xc, patch):
-    """Copies the 3x3 patch of x (N, H, W, w) around (n, y, xc) into patch (9*w,); outside pixels are 0."""
+def gather_patch(x, n, y, xc, kh, kw, patch):
+    """Copies the kh x kw window of x (N, H, W, w) centred on (n, y, xc) into patch (kh*kw*w,); outside
+    pixels are 0."""
     h, wd, nw = x.shape[1], x.shape[2], x.shape[3]
     o = 0
-    for dy in range(-1, 2):
+    for dy in range(-(kh // 2), kh // 2 + 1):
         yy = y + dy
-        for dx in range(-1, 2):
+        for dx in range(-(kw // 2), kw // 2 + 1):
             xx = xc + dx
             if yy >= 0 and yy < h and xx >= 0 and xx < wd:
                 for k in range(nw):
@@ -83,15 +86,15 @@ def gather_patch(x, n, y, xc, patch):
 
 
 @numba.njit(cache=True, parallel=True)
-def _conv_activations_kernel(x, ft, total, out):
-    """x (N, H, W, w), ft (9*w, F) -> out (N, H, W, F) int32 = total - hamming; prange over (n, y)."""
+def _conv_activations_kernel(x, ft, kh, kw, total, out):
+    """x (N, H, W, w), ft (kh*kw*w, F) -> out (N, H, W, F) int32 = total - hamming; prange over (n, y)."""
     n_img, h, wd = x.shape[0], x.shape[1], x.shape[2]
     for r in prange(n_img * h):
         n = r // h
         y = r - n * h
         patch = np.empty(ft.shape[0], np.uint64)
         for xc in range(wd):
-            gather_patch(x, n, y, xc, patch)
+            gather_patch(x, n, y, xc, kh, kw, patch)
             o = out[n, y, xc]
             hamming_row(patch, ft, o)
             for f in range(o.shape[0]):
@@ -99,7 +102,7 @@ def _conv_activations_kernel(x, ft, total, out):
 
 
 @numba.njit(cache=True, parallel=True)
-def _conv_bits_kernel(x, ft, max_ham, out):
+def _conv_bits_kernel(x, ft, kh, kw, max_ham, out):
     """Sets bit f of out (N, H, W, ceil(F/64)) where hamming <= max_ham[f]; out starts zeroed."""
     n_img, h, wd = x.shape[0], x.shape[1], x.shape[2]
     n_filters = ft.shape[1]
@@ -110,7 +113,7 @@ def _conv_bits_kernel(x, ft, max_ham, out):
         patch = np.empty(ft.shape[0], np.uint64)
         ham = np.empty(n_filters, np.int32)
         for xc in range(wd):
-            gather_patch(x, n, y, xc, patch)
+            gather_patch(x, n, y, xc, kh, kw, patch)
             hamming_row(patch, ft, ham)
             for f in range(n_filters):
                 if ham[f] <= max_ham[f]:
@@ -118,24 +121,30 @@ def _conv_bits_kernel(x, ft, max_ham, out):
 
 
 @numba.njit(cache=True, parallel=True)
-def _pool2x2_kernel(x, majority, out):
-    """2x2 stride-2 pooling of x (N, H, W, w) into out (N, H//2, W//2, w); prange over (n, output row)."""
+def _pool_kernel(x, ph, pw, majority, out):
+    """ph x pw stride-(ph, pw) pooling of x (N, H, W, w) into out (N, H//ph, W//pw, w); prange over
+    (n, output row). ``majority`` (2x2 only): at least 2 of the 4 bits; else any of them."""
     ho, wo, nw = out.shape[1], out.shape[2], out.shape[3]
     for r in prange(out.shape[0] * ho):
         n = r // ho
-        y = 2 * (r - n * ho)
+        yo = r - n * ho
+        y = ph * yo
         for xo in range(wo):
-            xc = 2 * xo
+            xc = pw * xo
             for k in range(nw):
-                a = x[n, y, xc, k]
-                b = x[n, y, xc + 1, k]
-                c = x[n, y + 1, xc, k]
-                d = x[n, y + 1, xc + 1, k]
                 if majority:
+                    a = x[n, y, xc, k]
+                    b = x[n, y, xc + 1, k]
+                    c = x[n, y + 1, xc, k]
+                    d = x[n, y + 1, xc + 1, k]
                     # at least 2 of 4: both of one pair, or one of each pair
-                    out[n, y // 2, xo, k] = (a & b) | (c & d) | ((a | b) & (c | d))
+                    out[n, yo, xo, k] = (a & b) | (c & d) | ((a | b) & (c | d))
                 else:
-                    out[n, y // 2, xo, k] = a | b | c | d
+                    v = np.uint64(0)
+                    for dy in range(ph):
+                        for dx in range(pw):
+                            v |= x[n, y + dy, xc + dx, k]
+                    out[n, yo, xo, k] = v
 
 
 # ---------------------------------------------------------------- API
@@ -236,48 +245,62 @@ hamming_to_filters = hamming_pairwise
 """Hamming distance of codes (n, w) to a filter bank (F, w) -> int32 (n, F); same as hamming_pairwise."""
 
 
-def _conv_inputs(packed_map, filters, n_bits):
+def check_window(window):
+    """A binary window (kh, kw) of odd positive sizes, as a tuple of two ints; ConfigError otherwise."""
+    try:
+        kh, kw = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise ConfigError(f"window must be two odd sizes (kh, kw), got {window!r}") from None
+    if kh < 1 or kw < 1 or kh % 2 == 0 or kw % 2 == 0:
+        raise ConfigError(f"window sizes must be odd and positive, got {kh}x{kw}")
+    return kh, kw
+
+
+def _conv_inputs(packed_map, filters, n_bits, window):
     x = _packed("packed_map", packed_map, 4)
     f = _packed("filters", filters, 3)
+    kh, kw = check_window(window)
     n_bits = int(n_bits)
     nw = n_words(n_bits) if n_bits >= 1 else -1
     if x.shape[3] != nw:
         raise ConfigError(f"packed_map has {x.shape[3]} words per pixel, n_bits={n_bits} needs {max(nw, 1)}")
-    if f.shape[1:] != (9, nw):
-        raise ConfigError(f"filters must have shape (F, 9, {nw}) for n_bits={n_bits}, got {f.shape}")
+    if f.shape[1:] != (kh * kw, nw):
+        raise ConfigError(f"filters must have shape (F, {kh * kw}, {nw}) for a {kh}x{kw} window of n_bits={n_bits}, "
+                          f"got {f.shape}")
     if f.shape[0] == 0:
         raise ConfigError("filters must hold at least one filter")
     _check_high_bits("packed_map", x, n_bits)
     _check_high_bits("filters", f, n_bits)
-    return x, np.ascontiguousarray(f.reshape(f.shape[0], -1).T), n_bits
+    return x, np.ascontiguousarray(f.reshape(f.shape[0], -1).T), n_bits, kh, kw
 
 
-def binary_conv2d_activations(packed_map, filters, n_bits):
-    """Integer activations of a 3x3, padding-1, stride-1 binary convolution.
+def binary_conv2d_activations(packed_map, filters, n_bits, window=(3, 3)):
+    """Integer activations of a kh x kw (``window``, odd sizes), same-padding, stride-1 binary convolution.
 
     packed_map (N, H, W, w) uint64 with n_bits channels per pixel; filters
-    (F, 9, w) uint64. Returns int32 (N, H, W, F): the number of the 9*n_bits
-    patch bits that agree with the filter, i.e. ``9*n_bits - hamming``.
+    (F, kh*kw, w) uint64. Returns int32 (N, H, W, F): the number of the kh*kw*n_bits
+    window bits that agree with the filter, i.e. ``kh*kw*n_bits - hamming``.
     Pixels outside the map count as all-zero bits (so they agree with the
     filter's zero bits).
     """
-    x, ft, n_bits = _conv_inputs(packed_map, filters, n_bits)
+    x, ft, n_bits, kh, kw = _conv_inputs(packed_map, filters, n_bits, window)
     out = np.empty(x.shape[:3] + (ft.shape[1],), np.int32)
-    _conv_activations_kernel(x, ft, 9 * n_bits, out)
+    _conv_activations_kernel(x, ft, kh, kw, kh * kw * n_bits, out)
     return out
 
 
-def binary_conv2d(packed_map, filters, thresholds, n_bits):
-    """3x3, padding-1, stride-1 binary convolution with thresholds, output bit-packed.
+def binary_conv2d(packed_map, filters, thresholds, n_bits, window=(3, 3)):
+    """kh x kw (``window``, odd sizes), same-padding, stride-1 binary convolution with thresholds, output
+    bit-packed.
 
     packed_map (N, H, W, w) uint64 with n_bits channels per pixel; filters
-    (F, 9, w) uint64; thresholds (F,) or a scalar, any real numbers. Output
+    (F, kh*kw, w) uint64; thresholds (F,) or a scalar, any real numbers. Output
     bit f of a pixel is set when its activation (see
-    ``binary_conv2d_activations``: agreeing bits, 9*n_bits - hamming) is
+    ``binary_conv2d_activations``: agreeing bits, kh*kw*n_bits - hamming) is
     ``>= thresholds[f]``. Returns uint64 (N, H, W, ceil(F / 64)) holding F
     bits per pixel, unused high bits zero.
     """
-    x, ft, n_bits = _conv_inputs(packed_map, filters, n_bits)
+    x, ft, n_bits, kh, kw = _conv_inputs(packed_map, filters, n_bits, window)
     n_filters = ft.shape[1]
     th = np.asarray(thresholds, dtype=np.float64)
     if th.ndim == 0:
@@ -285,24 +308,31 @@ def binary_conv2d(packed_map, filters, thresholds, n_bits):
     if th.shape != (n_filters,) or not np.all(np.isfinite(th)):
         raise ConfigError(f"thresholds must be {n_filters} finite numbers (one per filter), got shape {th.shape}")
     out = np.zeros(x.shape[:3] + (n_words(n_filters),), np.uint64)
-    _conv_bits_kernel(x, ft, max_hamming(th, 9 * n_bits), out)
+    _conv_bits_kernel(x, ft, kh, kw, max_hamming(th, kh * kw * n_bits), out)
     return out
 
 
-def pool2x2_bits(packed_map, mode="or"):
-    """2x2 stride-2 pooling of a bit-packed map, word-wise (no unpacking).
+def pool_bits(packed_map, mode="or", shape=(2, 2)):
+    """Stride-``shape`` pooling of a bit-packed map in windows of ``shape`` (2x2 on images, 1x2 on
+    sequences), word-wise (no unpacking).
 
-    packed_map (N, H, W, w) uint64 -> uint64 (N, H//2, W//2, w); an odd last
-    row or column is dropped. ``mode="or"``: a bit is set if set in any of the
-    4 pixels (max pooling). ``mode="majority"``: set if set in at least 2 of
-    the 4 (mean >= 1/2; ties set, the same ``>=`` rule as conv thresholds).
+    packed_map (N, H, W, w) uint64 -> uint64 (N, H//ph, W//pw, w); an odd last
+    row or column is dropped. ``mode="or"``: a bit is set if set in any pixel of
+    the window (max pooling). ``mode="majority"`` (2x2 windows only): set if set
+    in at least 2 of the 4 (mean >= 1/2; ties set, the same ``>=`` rule as conv
+    thresholds).
     """
     if mode not in ("or", "majority"):
         raise ConfigError(f"mode must be 'or' or 'majority', got {mode!r}")
+    ph, pw = (int(v) for v in shape)
+    if (ph, pw) not in ((2, 2), (1, 2)):
+        raise ConfigError(f"pooling windows are 2x2 or 1x2, got {ph}x{pw}")
+    if mode == "majority" and (ph, pw) != (2, 2):
+        raise ConfigError("majority pooling needs 2x2 windows (of 2 bits, 'at least half' is 'or')")
     x = _packed("packed_map", packed_map, 4)
     n, h, w, nw = x.shape
-    if h < 2 or w < 2:
-        raise ConfigError(f"packed_map must be at least 2x2 pixels to pool, got {h}x{w}")
-    out = np.empty((n, h // 2, w // 2, nw), np.uint64)
-    _pool2x2_kernel(x, mode == "majority", out)
+    if h < ph or w < pw:
+        raise ConfigError(f"packed_map must be at least {ph}x{pw} pixels to pool, got {h}x{w}")
+    out = np.empty((n, h // ph, w // pw, nw), np.uint64)
+    _pool_kernel(x, ph, pw, mode == "majority", out)
     return out

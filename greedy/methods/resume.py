@@ -86,12 +86,13 @@ def binary_block_state(block):
 
 def restore_binary_block(block, width, arrays, where):
     """Set a freshly built binary layer's filters (uint64, (width, words) for the image layer or
-    (width, 9, words) for a conv layer) and thresholds ((width,) finite float64) from saved arrays."""
+    (width, P, words) for a conv or byte layer of P window pixels) and thresholds ((width,) finite float64)
+    from saved arrays."""
     import numpy as np
 
     from greedy.kernels.bitops import n_words
-    conv = hasattr(block, "n_bits")  # a ConvLayer; the ImageLayer codes whole patches
-    shape = (width, 9, n_words(block.n_bits)) if conv else (width, n_words(block.n_code_bits))
+    conv = hasattr(block, "n_bits")  # a ConvLayer (or ByteLayer); the ImageLayer codes whole windows
+    shape = (width, block.n_pixels, n_words(block.n_bits)) if conv else (width, n_words(block.n_code_bits))
     filters, thresholds = arrays.get("filters"), arrays.get("thresholds")
     if filters is None or filters.dtype != np.uint64 or filters.shape != shape:
         raise CheckpointError(f"{where}: filters are {'missing' if filters is None else f'{filters.dtype} {filters.shape}'}"

@@ -39,6 +39,7 @@ BINARIZE = ("median", "half")
 PARTITIONS = ("tree", "random")
 SPLIT_CONTEXTS = ("global", "cluster", "position")
 THRESHOLDS = ("median", "half", "quantile")
+POSITION_SUMS_BYTES = 1 << 30  # the largest per-class position sums (K, H, W, D) float64 of a shard
 
 # ---------------------------------------------------------------- filter generators
 
@@ -118,6 +119,10 @@ def split_filters(class_sums, class_counts, partitions, keep=1.0):
 def map_position_sums(layer, inp, labels, n_classes, n_images, rng, chunk_values=20_000_000):
     """Per-class sums (K, H, W, D) float64 of the patch bits at every position of n_images random images of
     this shard's input, and the class counts (K,)."""
+    need = n_classes * layer.position_bits(inp) * 8
+    if need > POSITION_SUMS_BYTES:
+        raise ConfigError(f"position split filters would sum {need / 2**30:.1f} GiB of per-class position codes "
+                          f"({n_classes} classes); use --split-context global or cluster")
     idx = np.sort(rng.choice(len(inp), size=min(n_images, len(inp)), replace=False))
     sums, counts = None, np.bincount(labels[idx], minlength=n_classes)
     step = max(1, chunk_values // max(1, layer.position_bits(inp)))

@@ -2,12 +2,14 @@
 
 Model file (npz, read with ``allow_pickle=False``; ``greedy.modelfile.load`` reads it):
 
-- arrays ``image/levels`` (C, T) float64, ``image/filters`` (F0, ceil(9*C*T/64)) uint64,
-  ``image/thresholds`` (F0,) float64; per conv layer i ``layer/<i>/filters`` (F, 9, ceil(n_bits/64))
-  uint64, ``layer/<i>/thresholds`` (F,) float64 and, with colour feed, ``layer/<i>/colour_levels``
-  (C, T') float64; ``head/w`` (D, K) and ``head/b`` (K,) float32; ``ncm/means`` (K, D) float64;
-- ``meta``: arch, in_shape, n_classes, regions, class_names, ``image`` {colour_norm, pool},
-  ``layers`` [{n_bits, pool, colour_pools, colour_feed}].
+- arrays ``image/levels`` (C, T) float64 (not on text), ``image/filters`` (F0, ceil(P*C*T/64)) uint64
+  (on text, a byte layer's (F0, P, 4)), ``image/thresholds`` (F0,) float64; per conv layer i
+  ``layer/<i>/filters`` (F, P, ceil(n_bits/64)) uint64, ``layer/<i>/thresholds`` (F,) float64 and,
+  with colour feed, ``layer/<i>/colour_levels`` (C, T') float64; ``head/w`` (D, K) and ``head/b``
+  (K,) float32; ``ncm/means`` (K, D) float64 (P = kh*kw, the pixels of a layer's window);
+- ``meta``: arch, in_shape ((C, H, W) images, (C, L) sequences), n_classes, regions, class_names,
+  ``image`` {colour_norm, pool, window, bytes}, ``layers`` [{n_bits, pool, colour_pools, colour_feed,
+  window}]; a missing window is 3x3 and a missing ``bytes`` false (files of image-only versions).
 
 Filters are stored bit-packed, so a file is several times smaller than the same network with
 float32 weights (``size_bytes``). Files written before model formats had names carry the loader
@@ -17,15 +19,22 @@ import numpy as np
 
 from greedy.errors import CheckpointError, ConfigError
 from greedy.kernels.bitops import n_words
-from greedy.methods.binary.layers import ConvLayer, ImageLayer, head_features
+from greedy.methods.binary.layers import (BYTE_BITS, ByteLayer, ConvLayer, ImageLayer, head_features, pool_shape_of,
+                                          region_grid)
 from greedy.modelfile import TrainedModel
 
 
-class BinaryNetwork(TrainedModel):
-    """An image layer, conv layers, and a linear head: ``forward(uint8 images) -> logits``.
+def as_map(x):
+    """Inputs as a map: images (N, C, H, W) as they are, sequences (N, C, L) as (N, C, 1, L) (a view)."""
+    return x[:, :, None, :] if x.ndim == 3 else x
 
-    Takes uint8 images (N, *in_shape) as they are (no normaliser). head_w (D, K), head_b (K,)
-    float32; class_means (K, D) float64 for the nearest-class-mean classifier (``ncm_scores``).
+
+class BinaryNetwork(TrainedModel):
+    """A first layer (image or byte layer), conv layers, and a linear head: ``forward(inputs) -> logits``.
+
+    Takes its inputs (N, *in_shape) as they are (no normaliser): uint8 images (C, H, W), float32
+    series (C, L) or uint8 bytes (1, L). head_w (D, K), head_b (K,) float32; class_means (K, D)
+    float64 for the nearest-class-mean classifier (``ncm_scores``).
     """
     FORMAT = "greedy-binary"
     tta = "none"
@@ -40,16 +49,24 @@ class BinaryNetwork(TrainedModel):
     # ------------------------------------------------------------ inference
 
     def bit_map(self, x):
-        """uint8 images (N, C, H, W) -> the last layer's bit map (N, H', W', w) uint64 (popcounts only)."""
+        """Inputs (N, *in_shape) -> the last layer's bit map (N, H', W', w) uint64 (popcounts only)."""
         if getattr(x, "ndim", 0) < 1 or tuple(x.shape[1:]) != self.in_shape:
-            raise ConfigError(f"this network takes images of shape {self.in_shape}, got "
+            raise ConfigError(f"this network takes inputs of shape {self.in_shape}, got "
                               f"{tuple(getattr(x, 'shape', ())[1:])}")
+        if x.dtype != self.input_dtype():
+            raise ConfigError(f"this network takes {self.input_dtype()} inputs, got {x.dtype}")
+        x = as_map(x)
         m = self.image_layer.forward(x)
         bits = self.image_layer.n_filters
         for layer in self.layers:
             m = layer.forward(layer.inputs(m, bits, x))
             bits = layer.n_filters
         return m
+
+    def input_dtype(self):
+        """float32 for series (thermometer-coded sequences), uint8 for images and text bytes."""
+        series = len(self.in_shape) == 2 and not isinstance(self.image_layer, ByteLayer)
+        return np.dtype(np.float32 if series else np.uint8)
 
     def last_bits(self):
         return (self.layers[-1] if self.layers else self.image_layer).n_filters
@@ -98,22 +115,35 @@ class BinaryNetwork(TrainedModel):
     def n_pools(self):
         return sum(layer.pool is not None for layer in [self.image_layer] + self.layers)
 
+    def last_map_size(self):
+        """(H', W') of the last bit map."""
+        pools = self.n_pools()
+        if len(self.in_shape) == 2:
+            return 1, self.in_shape[1] >> pools
+        return self.in_shape[1] >> pools, self.in_shape[2] >> pools
+
     def head_size(self):
         """Number of head features D: the last map's bits, flattened or per region."""
-        h, w = self.in_shape[1] >> self.n_pools(), self.in_shape[2] >> self.n_pools()
-        return (self.regions ** 2 if self.regions else h * w) * self.last_bits()
+        h, w = self.last_map_size()
+        rh, rw = region_grid(h, w, self.regions) if self.regions else (h, w)
+        return rh * rw * self.last_bits()
 
     # ------------------------------------------------------------ file format
 
     def arrays(self):
         il = self.image_layer
+        byte = isinstance(il, ByteLayer)
         meta = {"arch": self.arch, "in_shape": list(self.in_shape), "n_classes": self.n_classes,
                 "regions": self.regions, "class_names": list(self.class_names),
-                "image": {"colour_norm": il.colour_norm, "pool": il.pool},
+                "image": {"colour_norm": getattr(il, "colour_norm", False), "pool": il.pool,
+                          "window": list(il.window), "bytes": byte},
                 "layers": [{"n_bits": la.n_bits, "pool": la.pool, "colour_pools": la.colour_pools,
-                            "colour_feed": la.colour_levels is not None} for la in self.layers]}
-        arrays = {"image/levels": il.levels, "image/filters": il.filters, "image/thresholds": il.thresholds,
+                            "colour_feed": la.colour_levels is not None, "window": list(la.window)}
+                           for la in self.layers]}
+        arrays = {"image/filters": il.filters, "image/thresholds": il.thresholds,
                   "head/w": self.head_w, "head/b": self.head_b, "ncm/means": self.class_means}
+        if not byte:
+            arrays["image/levels"] = il.levels
         for i, la in enumerate(self.layers):
             arrays[f"layer/{i}/filters"] = la.filters
             arrays[f"layer/{i}/thresholds"] = la.thresholds
@@ -129,10 +159,16 @@ class BinaryNetwork(TrainedModel):
             return arrays[key]
 
         im = meta["image"]
-        image = ImageLayer(get("image/levels"), im["colour_norm"], get("image/filters"), get("image/thresholds"),
-                           im["pool"])
+        window = tuple(im.get("window", (3, 3)))
+        pool_shape = pool_shape_of(len(meta["in_shape"]) == 2)
+        if im.get("bytes", False):
+            image = ByteLayer(get("image/filters"), get("image/thresholds"), im["pool"], window)
+        else:
+            image = ImageLayer(get("image/levels"), im["colour_norm"], get("image/filters"), get("image/thresholds"),
+                               im["pool"], window, pool_shape)
         layers = [ConvLayer(la["n_bits"], get(f"layer/{i}/filters"), get(f"layer/{i}/thresholds"), la["pool"],
-                            get(f"layer/{i}/colour_levels") if la["colour_feed"] else None, la["colour_pools"])
+                            get(f"layer/{i}/colour_levels") if la["colour_feed"] else None, la["colour_pools"],
+                            tuple(la.get("window", (3, 3))), pool_shape)
                   for i, la in enumerate(meta["layers"])]
         net = cls(image, layers, meta["in_shape"], meta["n_classes"], meta["regions"], get("head/w"), get("head/b"),
                   get("ncm/means"), meta["arch"], meta.get("class_names", []))
@@ -146,15 +182,28 @@ def check_network(net):
     """What does not fit together in a network's arrays: a list of one-line problems (empty if none)."""
     il = net.image_layer
     problems = []
-    pools = (None, "or", "majority")
-    if len(net.in_shape) != 3 or il.levels.ndim != 2 or il.levels.shape[0] != net.in_shape[0]:
-        problems.append(f"image levels of shape {il.levels.shape} for inputs of shape {net.in_shape}")
-    if il.filters.dtype != np.uint64 or il.filters.shape[1:] != (n_words(il.n_code_bits),):
-        problems.append(f"image filters have shape {il.filters.shape}, dtype {il.filters.dtype}")
+    sequence = len(net.in_shape) == 2
+    pools = (None, "or") if sequence else (None, "or", "majority")
+    for i, la in enumerate([il] + net.layers):
+        kh, kw = la.window
+        if kh < 1 or kw < 1 or kh % 2 == 0 or kw % 2 == 0 or (kh != 1 if sequence else kh != kw):
+            problems.append(f"layer {i} has a {kh}x{kw} window for inputs of shape {net.in_shape}")
+    if problems:
+        return problems
+    if isinstance(il, ByteLayer):
+        if not sequence or net.in_shape[0] != 1 or il.filters.dtype != np.uint64 \
+                or il.filters.shape[1:] != (il.n_pixels, BYTE_BITS // 64):
+            problems.append(f"byte filters have shape {il.filters.shape}, dtype {il.filters.dtype} for inputs of "
+                            f"shape {net.in_shape}")
+    else:
+        if len(net.in_shape) not in (2, 3) or il.levels.ndim != 2 or il.levels.shape[0] != net.in_shape[0]:
+            problems.append(f"image levels of shape {il.levels.shape} for inputs of shape {net.in_shape}")
+        if il.filters.dtype != np.uint64 or il.filters.shape[1:] != (n_words(il.n_code_bits),):
+            problems.append(f"image filters have shape {il.filters.shape}, dtype {il.filters.dtype}")
     bits = il.n_filters
     for i, la in enumerate(net.layers):
         if la.n_bits != bits + la.colour_bits or la.filters.dtype != np.uint64 \
-                or la.filters.shape[1:] != (9, n_words(la.n_bits)):
+                or la.filters.shape[1:] != (la.n_pixels, n_words(la.n_bits)):
             problems.append(f"layer {i} filters have shape {la.filters.shape}, dtype {la.filters.dtype} for "
                             f"{bits} + {la.colour_bits} input bits")
         bits = la.n_filters
@@ -166,16 +215,17 @@ def check_network(net):
                             f"for {la.n_filters} filters")
     if problems:
         return problems
-    h, w = net.in_shape[1] >> net.n_pools(), net.in_shape[2] >> net.n_pools()
-    if net.regions < 0 or net.regions > min(h, w):
+    h, w = net.last_map_size()
+    if net.regions < 0 or net.regions > (w if h == 1 else min(h, w)):
         problems.append(f"{net.regions} regions on a last map of {h}x{w} pixels")
+        return problems
     d, k = net.head_size(), net.n_classes
     for name, a, shape in (("head weights", net.head_w, (d, k)), ("head bias", net.head_b, (k,)),
                            ("class means", net.class_means, (k, d))):
         if a.shape != shape or a.dtype.kind != "f":
             problems.append(f"{name} have dtype {a.dtype} and shape {a.shape}, expected {shape} floats")
-    named = [("image levels", il.levels), ("head weights", net.head_w), ("head bias", net.head_b),
-             ("class means", net.class_means)]
+    named = [("head weights", net.head_w), ("head bias", net.head_b), ("class means", net.class_means)]
+    named += [] if isinstance(il, ByteLayer) else [("image levels", il.levels)]
     named += [(f"layer {i} thresholds", la.thresholds) for i, la in enumerate([il] + net.layers)]
     named += [(f"layer {i} colour levels", la.colour_levels) for i, la in enumerate(net.layers)
               if la.colour_levels is not None]

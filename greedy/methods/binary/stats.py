@@ -30,24 +30,28 @@ def sample_positions(n_images, h, w, n, rng):
     return img.astype(np.int64), y.astype(np.int64), x.astype(np.int64)
 
 
-def sample_windows(n_images, h, w, n, rng, pooled):
-    """n random positions, or with ``pooled`` n random 2x2 pooling windows.
+def sample_windows(n_images, h, w, n, rng, pool_shape=None):
+    """n random positions, or with ``pool_shape`` (ph, pw) n random pooling windows of that shape.
 
-    Returns img (n,), y (n, k), x (n, k) int64 with k = 1, or 4 (the window's pixels)."""
-    if not pooled:
+    Returns img (n,), y (n, k), x (n, k) int64 with k = 1, or ph*pw (the window's pixels, row-major)."""
+    if pool_shape is None:
         img, y, x = sample_positions(n_images, h, w, n, rng)
         return img, y[:, None], x[:, None]
-    img, y, x = sample_positions(n_images, h // 2, w // 2, n, rng)
-    return img, 2 * y[:, None] + np.array([0, 0, 1, 1]), 2 * x[:, None] + np.array([0, 1, 0, 1])
+    ph, pw = pool_shape
+    img, y, x = sample_positions(n_images, h // ph, w // pw, n, rng)
+    dy, dx = (a.ravel() for a in np.meshgrid(np.arange(ph), np.arange(pw), indexing="ij"))
+    return img, ph * y[:, None] + dy, pw * x[:, None] + dx
 
 
-def avg_pool_image(x, times):
-    """x (N, C, H, W) -> float64 2x2 average-pooled ``times`` times (odd last row/column dropped each time)."""
+def avg_pool_image(x, times, shape=(2, 2)):
+    """x (N, C, H, W) -> float64 average-pooled ``times`` times in ``shape`` windows (2x2, or 1x2 on
+    sequences one row high; an odd last row or column is dropped each time)."""
     x = np.asarray(x, np.float64)
+    ph, pw = shape
     for _ in range(times):
         n, c, h, w = x.shape
-        h2, w2 = h // 2, w // 2
-        x = x[:, :, :2 * h2, :2 * w2].reshape(n, c, h2, 2, w2, 2).mean(axis=(3, 5))
+        h2, w2 = h // ph, w // pw
+        x = x[:, :, :ph * h2, :pw * w2].reshape(n, c, h2, ph, w2, pw).mean(axis=(3, 5))
     return x
 
 
@@ -134,18 +138,36 @@ def on_fractions(hist):
 # ---------------------------------------------------------------- levels and class means
 
 
-def level_range(colour_norm):
-    """(lo, hi, bins) of the image layer's value histograms: centred values with ``colour_norm``, else raw."""
-    return (-256.0, 256.0, 2048) if colour_norm else (0.0, 256.0, 1024)
+def value_range(scale=None):
+    """(lo, hi, bins) of raw input values: [0, 256] for uint8 images (``scale`` None), else [-scale, scale]
+    (float series, ``scale`` = their largest absolute value)."""
+    return (0.0, 256.0, 1024) if scale is None else (-float(scale), float(scale), 4096)
 
 
-def map_level_histogram(x, n, colour_norm, rng):
+def level_range(colour_norm, scale=None):
+    """(lo, hi, bins) of the image layer's value histograms: centred values (twice the raw range, centred on
+    0) with ``colour_norm``, else the raw ``value_range``."""
+    lo, hi, bins = value_range(scale)
+    return (lo - hi, hi - lo, 2 * bins) if colour_norm else (lo, hi, bins)
+
+
+def series_scale(shards):
+    """The largest absolute value of float series shards (n, C, 1, L) (MAP: per shard; REDUCE: max), at least
+    1e-6; None for uint8 images."""
+    if shards[0].dtype == np.uint8:
+        return None
+    return max(1e-6, max(float(np.abs(x).max()) if x.size else 0.0 for x in shards))
+
+
+def map_level_histogram(x, n, colour_norm, rng, window=(3, 3), scale=None):
     """MAP of ``image_levels``: per-channel histogram int64 (C, bins) of the (centred) values of n sampled
-    3x3 patches of one shard's uint8 images x (n, C, H, W); rng: the shard's Generator."""
-    lo, hi, bins = level_range(colour_norm)
+    kh x kw windows (edge padding) of one shard's inputs x (n, C, H, W) (uint8 images, or float32 series
+    one row high with ``scale``); rng: the shard's Generator."""
+    lo, hi, bins = level_range(colour_norm, scale)
+    kh, kw = window
     nn, yy, xx = sample_positions(len(x), x.shape[2], x.shape[3], n, rng)
-    pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").astype(np.float64)
-    vals = np.stack([pad[nn, :, yy + j // 3, xx + j % 3] for j in range(9)], axis=1)  # (n, 9, C)
+    pad = np.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), mode="edge").astype(np.float64)
+    vals = np.stack([pad[nn, :, yy + j // kw, xx + j % kw] for j in range(kh * kw)], axis=1)  # (n, kh*kw, C)
     if colour_norm:
         vals = vals - vals.mean(axis=1, keepdims=True)
     return map_value_histogram(vals.reshape(-1, x.shape[1]), lo, hi, bins)
@@ -156,33 +178,37 @@ def levels_sample(n_shard, n_total, patch_sample):
     return int(np.ceil(patch_sample * n_shard / n_total))
 
 
-def image_levels(shards, n_levels, colour_norm, patch_sample, rngs):
+def image_levels(shards, n_levels, colour_norm, patch_sample, rngs, window=(3, 3), scale=None):
     """Thermometer levels (C, n_levels) float64 of the image layer, from per-shard histograms of the
-    (centred) values of sampled 3x3 patches; shards: uint8 images (n, C, H, W); rngs: one Generator each."""
+    (centred) values of sampled kh x kw windows; shards: uint8 images (n, C, H, W), or float32 series
+    (n, C, 1, L) with their ``scale`` (``series_scale``); rngs: one Generator each."""
     n_total = sum(len(x) for x in shards)
-    hists = [map_level_histogram(x, levels_sample(len(x), n_total, patch_sample), colour_norm, rng)
+    hists = [map_level_histogram(x, levels_sample(len(x), n_total, patch_sample), colour_norm, rng, window, scale)
              for x, rng in zip(shards, rngs)]  # MAP: histogram of sampled patch values per channel
-    lo, hi, _ = level_range(colour_norm)
+    lo, hi, _ = level_range(colour_norm, scale)
     return quantiles_from_histogram(reduce_sums(hists), lo, hi, n_levels)  # REDUCE: add histograms
 
 
-def map_colour_histogram(x, pools):
-    """MAP of ``colour_levels``: per-channel histogram int64 (C, 1024) over [0, 256] of one shard's uint8
-    images x (n, C, H, W) average-pooled ``pools`` times."""
-    return map_value_histogram(avg_pool_image(x, pools).transpose(0, 2, 3, 1).reshape(-1, x.shape[1]),
-                               0.0, 256.0, 1024)
+def map_colour_histogram(x, pools, shape=(2, 2), scale=None):
+    """MAP of ``colour_levels``: per-channel histogram int64 (C, bins) over ``value_range(scale)`` of one
+    shard's inputs x (n, C, H, W) average-pooled ``pools`` times in ``shape`` windows."""
+    return map_value_histogram(avg_pool_image(x, pools, shape).transpose(0, 2, 3, 1).reshape(-1, x.shape[1]),
+                               *value_range(scale))
 
 
-def colour_levels_from_histogram(hist, n_levels):
-    """REDUCE of ``colour_levels``: levels (C, n_levels) float64 from the added histograms (C, 1024)."""
-    return quantiles_from_histogram(hist, 0.0, 256.0, n_levels)
+def colour_levels_from_histogram(hist, n_levels, scale=None):
+    """REDUCE of ``colour_levels``: levels (C, n_levels) float64 from the added histograms (C, bins)."""
+    lo, hi, _ = value_range(scale)
+    return quantiles_from_histogram(hist, lo, hi, n_levels)
 
 
-def colour_levels(shards, pools, n_levels):
-    """Thermometer levels (C, n_levels) float64 of the images average-pooled ``pools`` times, from per-shard
-    histograms; shards: uint8 images (n, C, H, W)."""
+def colour_levels(shards, pools, n_levels, shape=(2, 2), scale=None):
+    """Thermometer levels (C, n_levels) float64 of the inputs average-pooled ``pools`` times in ``shape``
+    windows, from per-shard histograms; shards: uint8 images (n, C, H, W) or float32 series (n, C, 1, L)
+    with their ``scale``."""
     # MAP: per-shard histograms of pooled values; REDUCE: add them
-    return colour_levels_from_histogram(reduce_sums(map_colour_histogram(x, pools) for x in shards), n_levels)
+    return colour_levels_from_histogram(
+        reduce_sums(map_colour_histogram(x, pools, shape, scale) for x in shards), n_levels, scale)
 
 
 def fit_ncm(features, labels, n_classes):

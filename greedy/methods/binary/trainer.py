@@ -1,12 +1,14 @@
 """The binary block trainer: gradient-free binary layers, one block each, in the one layer-wise loop.
 
 ``BinaryTrainer`` plugs into ``greedy.methods.layerwise.train_layerwise``. Its caches are lists of
-``Shard``: the shard's uint8 images (block 0's input, and the colour feed of later blocks) and the
-last block's bit map. For each block the loop calls
+``Shard``: the shard's inputs (block 0's input, and the colour feed of later blocks) and the
+last block's bit map. Inputs are uint8 images (N, C, H, W), float32 series (N, C, L) or uint8 text
+bytes (N, 1, L); sequences are kept as maps one row high, (N, C, 1, L), and their layers have
+1 x k windows and 1 x 2 pooling. For each block the loop calls
 
-- ``build``: the layer of one spec (``c128-or2``): an ``ImageLayer`` for block 0 (thermometer
-  levels from the images, ``start``), a ``ConvLayer`` after it (with colour levels when the block
-  follows a pooling and ``colour_feed`` is on);
+- ``build``: the layer of one spec (``c128-or2``): an ``ImageLayer`` for block 0 on images and
+  series (thermometer levels from the inputs, ``start``), a ``ByteLayer`` on text, a ``ConvLayer``
+  after it (with colour levels when the block follows a pooling and ``colour_feed`` is on);
 - ``train``: every shard samples its share of patches (MAP); filters are chosen from the merged
   sample and per-shard statistics (``choose_filters``), thresholds from merged activation
   histograms (REDUCE);
@@ -30,9 +32,10 @@ from greedy.errors import ConfigError
 from greedy.methods.base import LayerwiseMethod
 from greedy.methods.binary.filters import (BINARIZE, PARTITIONS, SPLIT_CONTEXTS, THRESHOLDS, activation_histogram,
                                            choose_filters, flat_sample, map_patch_sample, set_thresholds)
-from greedy.methods.binary.layers import ConvLayer, ImageLayer, head_features, layer_spec, parse_arch
-from greedy.methods.binary.network import BinaryNetwork
-from greedy.methods.binary.stats import colour_levels, fit_ncm, image_levels, shard_ranges
+from greedy.methods.binary.layers import (ByteLayer, ConvLayer, ImageLayer, head_features, layer_spec, parse_arch,
+                                          pool_shape_of, region_grid, window_of)
+from greedy.methods.binary.network import BinaryNetwork, as_map
+from greedy.methods.binary.stats import colour_levels, fit_ncm, image_levels, series_scale, shard_ranges
 from greedy.methods.layerwise import BlockTrainer
 from greedy.methods.resume import binary_block_state, restore_binary_block
 
@@ -52,8 +55,8 @@ def stream(seed, name, layer=0, shard=0):
 
 
 class Shard(NamedTuple):
-    """One shard of a binary cache: uint8 images (n, C, H, W) and the last block's bit map
-    (n, H', W', w) uint64, None before block 0."""
+    """One shard of a binary cache: inputs (n, C, H, W) (uint8 images, float32 series or uint8 bytes one row
+    high) and the last block's bit map (n, H', W', w) uint64, None before block 0."""
     images: np.ndarray
     bits: np.ndarray = None
 
@@ -73,10 +76,22 @@ def check_config(c):
     return parse_arch(c.arch)
 
 
+def check_inputs(x, name):
+    """uint8 images (N, C, H, W), float32 series (N, C, L) or uint8 bytes (N, 1, L) -> the inputs as a map
+    (N, C, H, W), sequences one row high (a view); ConfigError naming ``name`` for anything else."""
+    ok = isinstance(x, np.ndarray) and ((x.ndim == 4 and x.dtype == np.uint8) or (
+        x.ndim == 3 and (x.dtype == np.float32 or (x.dtype == np.uint8 and x.shape[1] == 1))))
+    if not ok:
+        raise ConfigError(f"binary networks train on uint8 images (N, C, H, W), float32 series (N, C, L) or uint8 "
+                          f"bytes (N, 1, L); the {name} are {getattr(x, 'dtype', type(x).__name__)} of shape "
+                          f"{getattr(x, 'shape', None)}")
+    return as_map(x)
+
+
 def layer_input(block, shard):
-    """The input map of ``block`` on one ``Shard``: its images for the image layer, else the previous bit map
+    """The input map of ``block`` on one ``Shard``: its inputs for the first layer, else the previous bit map
     with the colour feed appended."""
-    if isinstance(block, ImageLayer):
+    if isinstance(block, (ImageLayer, ByteLayer)):
         return shard.images
     return block.inputs(shard.bits, block.n_bits - block.colour_bits, shard.images)
 
@@ -89,7 +104,7 @@ class BinaryTrainer(BlockTrainer):
         self.specs = check_config(config)
 
     def block_specs(self):
-        return [layer_spec(width, pool) for width, pool in self.specs]
+        return [layer_spec(width, k, pool) for width, k, pool in self.specs]
 
     def budgets(self, n_blocks):
         return [None] * n_blocks
@@ -100,35 +115,62 @@ class BinaryTrainer(BlockTrainer):
     def start(self, x, x_eval, rng):
         c = self.config
         self.cpu0 = time.process_time()
-        for name, a in (("training images", x), ("evaluation images", x_eval)):
-            if a is not None and (not isinstance(a, np.ndarray) or a.ndim != 4 or a.dtype != np.uint8):
-                raise ConfigError(f"binary networks train on uint8 images (N, C, H, W); the {name} are "
-                                  f"{getattr(a, 'dtype', type(a).__name__)} of shape {getattr(a, 'shape', None)}")
-        self.in_shape = x.shape[1:]
+        self.set_inputs(x.shape[1:], x.dtype)
+        x = check_inputs(x, "training inputs")
+        if x_eval is not None:
+            x_eval = check_inputs(x_eval, "evaluation inputs")
+            if x_eval.shape[1:] != x.shape[1:] or x_eval.dtype != x.dtype:
+                raise ConfigError(f"the evaluation inputs are {x_eval.dtype} {x_eval.shape[1:]}, the training "
+                                  f"inputs {x.dtype} {x.shape[1:]}")
         self.ranges = shard_ranges(len(x), c.shard_size)
         self.images = [x[a:b] for a, b in self.ranges]
-        self.levels = image_levels(self.images, c.levels, c.colour_norm, c.patch_sample,
-                                   [self.stream(LEVELS_STREAM, 0, s) for s in range(len(self.images))])
+        self.scale = series_scale(self.images)
+        self.levels = None if self.bytes else image_levels(
+            self.images, c.levels, c.colour_norm, c.patch_sample,
+            [self.stream(LEVELS_STREAM, 0, s) for s in range(len(self.images))], self.window(0), self.scale)
         self.class_means, self.eval_features, self.prepared = None, None, None
         cache_eval = None
         if x_eval is not None:
             cache_eval = [Shard(x_eval[a:b]) for a, b in shard_ranges(len(x_eval), c.shard_size)]
         return [Shard(im) for im in self.images], cache_eval
 
+    def set_inputs(self, in_shape, dtype):
+        """The kind of inputs of one sample, (C, H, W) images or (C, L) sequences (bytes if uint8); refuses
+        options that do not fit them: majority pooling on sequences, the colour feed on bytes."""
+        self.in_shape = tuple(in_shape)
+        self.sequence = len(self.in_shape) == 2
+        self.bytes = self.sequence and np.dtype(dtype) == np.uint8
+        c = self.config
+        if self.sequence and any(p == "majority" for _, _, p in self.specs):
+            raise ConfigError(f"arch {c.arch!r}: maj2 pools 2x2 windows of images; sequences pool with or2")
+        if self.bytes and c.colour_feed and any(p is not None for _, _, p in self.specs[:-1]):
+            raise ConfigError("--colour-feed thermometer-codes pooled inputs; text bytes have no levels "
+                              "(use --no-colour-feed)")
+
+    def window(self, layer):
+        """The (kh, kw) window of a layer: (1, k) on sequences, (k, k) on images."""
+        return window_of(self.specs[layer][1], self.sequence)
+
     def build(self, layer, spec, rng):
         c = self.config
-        ((width, pool),) = parse_arch(spec)
+        ((width, k, pool),) = parse_arch(spec)
+        window = window_of(k, self.sequence)
         if layer == 0:
-            return ImageLayer(self.levels, c.colour_norm, pool=pool)
-        pools = sum(p is not None for _, p in self.specs[:layer])
-        feed = c.colour_feed and self.specs[layer - 1][1] is not None
+            if self.bytes:
+                return ByteLayer(pool=pool, window=window)
+            return ImageLayer(self.levels, c.colour_norm, pool=pool, window=window,
+                              pool_shape=pool_shape_of(self.sequence))
+        pools = sum(p is not None for _, _, p in self.specs[:layer])
+        feed = c.colour_feed and self.specs[layer - 1][2] is not None
         levels = self.feed_levels(pools) if feed else None
         return ConvLayer(self.specs[layer - 1][0] + (0 if levels is None else levels.size), pool=pool,
-                         colour_levels=levels, colour_pools=pools)
+                         colour_levels=levels, colour_pools=pools, window=window,
+                         pool_shape=pool_shape_of(self.sequence))
 
     def feed_levels(self, pools):
-        """Thermometer levels (C, colour_levels) of the training images pooled ``pools`` times (the colour feed)."""
-        return colour_levels(self.images, pools, self.config.colour_levels)
+        """Thermometer levels (C, colour_levels) of the training inputs pooled ``pools`` times (the colour feed)."""
+        return colour_levels(self.images, pools, self.config.colour_levels, pool_shape_of(self.sequence),
+                             self.scale)
 
     def layer_input(self, block, shard):
         return layer_input(block, shard)
@@ -171,7 +213,8 @@ class BinaryTrainer(BlockTrainer):
         if layer == len(self.specs) - 1:
             return None
         n_bits, (h, w) = self.specs[layer][0], x[0].bits.shape[1:3]
-        regions = min(self.config.regions or CURVE_REGIONS, h, w)
+        regions = min(self.config.regions or CURVE_REGIONS, w if h == 1 else min(h, w))
+        region_grid(h, w, regions)
         n_shards = int(np.searchsorted(np.cumsum([len(s.images) for s in x]), CURVE_TRAIN_IMAGES)) + 1
         means = fit_ncm((head_features(s.bits, n_bits, regions) for s in x[:n_shards]), self.labels[:n_shards],
                         self.n_classes)
