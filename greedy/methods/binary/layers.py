@@ -140,7 +140,8 @@ class ImageLayer:
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.levels.shape[0] \
                 or x.dtype not in (np.uint8, np.float32):
             raise ConfigError(f"the image layer expects uint8 images or float32 series (N, {self.levels.shape[0]}, "
-                              f"H, W), got {getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', None)}")
+                              f"H, W), got {getattr(x, 'dtype', type(x).__name__)} of shape "
+                              f"{getattr(x, 'shape', None)}")
         kh, kw = self.window
         return np.pad(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
                       ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)), mode="edge")

@@ -72,13 +72,13 @@ class BinaryNetwork(TrainedModel):
         return (self.layers[-1] if self.layers else self.image_layer).n_filters
 
     def features(self, x, batch_size=1000):
-        """Head input (N, D) of uint8 images x, in batches."""
+        """Head input (N, D) of inputs x (N, *in_shape), in batches."""
         parts = [head_features(self.bit_map(x[i:i + batch_size]), self.last_bits(), self.regions)
                  for i in range(0, len(x), batch_size)]
         return np.concatenate(parts)
 
     def forward(self, x, train=False):
-        """Logits float32 (N, K) of uint8 images (N, C, H, W)."""
+        """Logits float32 (N, K) of inputs (N, *in_shape)."""
         f = head_features(self.bit_map(x), self.last_bits(), self.regions)
         return f.astype(np.float32) @ self.head_w + self.head_b
 
