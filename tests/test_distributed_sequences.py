@@ -185,3 +185,11 @@ def test_train_on_sites_takes_the_manifests_dataset_and_refuses_another_in_one_l
     assert result.exit_code != 0
     line = result.output.strip()
     assert "\n" not in line and "loghub:event" in line and "loghub:system" in line, result.output
+
+
+def test_binary_on_sites_refuses_sequences_in_one_line_before_the_run_folder(logs, tmp_path):
+    write_shards(logs, "loghub:system", str(tmp_path / "sites"), 2, "iid", seed=0)
+    with pytest.raises(ConfigError, match="holds sequences, which train in one process") as e:
+        run_sites("binary", str(tmp_path / "sites" / "manifest.json"), {}, str(tmp_path / "dist"), verbose=False,
+                  processes=False, timeout=30)
+    assert "\n" not in str(e.value) and not (tmp_path / "dist").exists()

@@ -91,6 +91,9 @@ def run_sites(method_name, manifest_path, values, out, threads=1, scheduler=None
     family = configs.family_of(tuple(manifest["sample_shape"]), manifest["dtype"])
     tta_default = "flip" if dataset in configs.MIRROR_SYMMETRIC else "none"
     config = METHODS[method_name].resolve(family, n_classes, values, tta_default)
+    if method_name == "binary" and family in ("series", "text"):
+        raise ConfigError(f"binary networks on sites train on uint8 images (N, C, H, W); {dataset} holds sequences, "
+                          f"which train in one process (without --sites)")
     per_class = getattr(config, "image_clusters", 0) or PROTOTYPES_PER_CLASS
     n_train = sum(s.get("samples", 0) for s in manifest["sites"]) or None
     run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": None,
