@@ -119,6 +119,21 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert np.allclose(np.exp(log_softmax(huge)).sum(), 1.0)
 
 
+def test_a_confident_softmax_gradient_holds_no_subnormal_floats():
+    """exp(-90) / 256 is below float32's smallest normal: flushed to 0, while normal entries are unchanged."""
+    logits = np.zeros((256, 10), np.float32)
+    logits[:, 0] = 90.0
+    logits[:, 1] = 70.0  # exp(-20) / 256: small but normal
+    labels = np.zeros(256, np.int64)
+    _, grad = softmax_cross_entropy(logits, labels)
+    tiny = np.finfo(np.float32).tiny
+    assert grad.dtype == np.float32 and not ((grad != 0) & (np.abs(grad) < tiny)).any()
+    assert (grad[:, 2:] == 0).all() and (grad[:, 1] > tiny).all()
+    p = np.exp(log_softmax(logits.astype(np.float64)))
+    np.testing.assert_allclose(grad[:, 1], p[:, 1] / 256, rtol=1e-5)
+    assert ((p[:, 2:] / 256) < tiny).all()  # what was flushed: exp(-90) / 256 in float64
+
+
 @pytest.mark.parametrize("spec,in_shape", [
     ("c4k3-relu-max2-c3k3s2p1-tanh-gap-fc3", (2, 9, 9)),
     ("c3k3-relu-tap2-max2-c4k3-tanh-tap1-max2-cat-fc3", (2, 8, 8)),  # taps: gradients reach block 1 twice

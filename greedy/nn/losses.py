@@ -8,11 +8,26 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def flush_subnormals(a):
+    """Set the subnormal entries of the float array ``a`` (below ``finfo.tiny`` in magnitude, not zero) to
+    zero, in place; returns ``a``.
+
+    A confident softmax gives probabilities like exp(-100), which the mean's 1/N scales below the
+    smallest normal float32. Those values carry nothing a float32 weight can hold, but every
+    multiply that reads one is taken by the CPU's slow microcode path: a linear classifier's weight
+    gradient on 256 x 6,272 features took 12 ms a step with a few hundred of them in its (256, 10)
+    output gradient, 1.4 ms without.
+    """
+    a[np.abs(a) < np.finfo(a.dtype).tiny] = 0
+    return a
+
+
 def softmax_cross_entropy(logits, labels, sample_weight=None):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
     logits (N, K) float, labels (N,) int in [0, K), sample_weight (N,) or None
-    (weights are normalised to sum to one). Returns (loss: float, dlogits (N, K)).
+    (weights are normalised to sum to one). Returns (loss: float, dlogits (N, K)), with
+    subnormal gradient entries flushed to zero (``flush_subnormals``).
     """
     n = len(labels)
     logp = log_softmax(logits)
@@ -25,7 +40,7 @@ def softmax_cross_entropy(logits, labels, sample_weight=None):
     grad = np.exp(logp)
     grad[rows, labels] -= 1
     grad *= w[:, None]
-    return loss, grad
+    return loss, flush_subnormals(grad)
 
 
 def softmax_cross_entropy_r(logits, labels, r_logits, sample_weight=None):
@@ -33,7 +48,8 @@ def softmax_cross_entropy_r(logits, labels, r_logits, sample_weight=None):
 
     logits, r_logits (N, K) float, labels (N,) int (unused: the second derivative
     of cross-entropy does not depend on them), sample_weight (N,) or None.
-    Returns (N, K): w_n (p_n * (r_n - p_n . r_n)) with p = softmax(logits).
+    Returns (N, K): w_n (p_n * (r_n - p_n . r_n)) with p = softmax(logits), subnormal entries flushed to
+    zero like the gradient's.
     """
     n = len(labels)
     p = np.exp(log_softmax(logits))
@@ -42,4 +58,4 @@ def softmax_cross_entropy_r(logits, labels, r_logits, sample_weight=None):
     else:
         w = (sample_weight / sample_weight.sum()).astype(logits.dtype)
     rp = p * (r_logits - (p * r_logits).sum(axis=1, keepdims=True))
-    return rp * w[:, None]
+    return flush_subnormals(rp * w[:, None])
