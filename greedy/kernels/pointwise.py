@@ -1,4 +1,5 @@
-"""Numba kernels for the per-element layers: ReLU, the tanh gradient and batch normalisation.
+"""Numba kernels for the per-element layers: ReLU, the tanh gradient, batch normalisation, and the column
+statistics of the final classifier's features.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
 is one or two passes over the data, threaded where the arrays are large enough to
@@ -151,3 +152,21 @@ def batchnorm_plane_dx(x, g, m, s, scale, a, b, dx):
     for k in range(x.shape[0]):
         xh = (np.float64(x[k]) - m) * s
         dx[k] = scale * (np.float64(g[k]) - a - xh * b)
+
+
+@numba.njit(parallel=True, cache=True)
+def row_range_sums(x, shift, parts):
+    """Column sums of d = x - shift and of d * d, float64 (parts, D) each, over ``parts`` consecutive row
+    ranges of x (N, D): range p holds rows [p * step, (p + 1) * step) with step = ceil(N / parts) (the
+    last ones may be empty), each summed in row order; shift (D,) float64."""
+    n, d = x.shape
+    step = -(-n // parts)
+    s = np.zeros((parts, d), np.float64)
+    s2 = np.zeros((parts, d), np.float64)
+    for p in prange(parts):
+        for r in range(p * step, min(n, (p + 1) * step)):
+            for j in range(d):
+                v = np.float64(x[r, j]) - shift[j]
+                s[p, j] += v
+                s2[p, j] += v * v
+    return s, s2

@@ -7,6 +7,7 @@ import numba
 import numpy as np
 
 from greedy.errors import ConfigError
+from greedy.kernels import pointwise
 from greedy.methods.blocks import _as32
 from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.fit import accuracy, fit
@@ -15,7 +16,6 @@ from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.optim import make_optimizer
 
 STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
-STATS_BLOCK_BYTES = 4 * 1024**2
 
 
 def _row_chunks(x):
@@ -29,26 +29,15 @@ def column_mean_std(x, parts=None):
 
     Streams float32 row chunks of at most ``STANDARDIZE_CHUNK_BYTES``. Each chunk's rows are summed
     in ``parts`` (default: Numba's thread count) consecutive ranges, each a running float64 sum
-    around the first row, in blocks of ``STATS_BLOCK_BYTES``; the ranges' sums are then added in
-    order (shorter float64 chains than one running sum).
+    around the first row, one range a thread (``greedy.kernels.pointwise.row_range_sums``); the
+    ranges' sums are then added in order (shorter float64 chains than one running sum).
     """
     parts = parts or numba.get_num_threads()
     shift = _as32(x[:1]).reshape(-1).astype(np.float64)
     total, total2 = np.zeros_like(shift), np.zeros_like(shift)
-    rows = max(1, STATS_BLOCK_BYTES // (8 * len(shift)))
     for _, chunk in _row_chunks(x):
-        step = -(-len(chunk) // parts)
-        for start in range(0, len(chunk), step):
-            s, s2 = np.zeros_like(shift), np.zeros_like(shift)
-            end = min(len(chunk), start + step)
-            for r in range(start, end, rows):
-                d = chunk[r:min(end, r + rows)] - shift
-                d2 = d * d
-                # a sum over axis 0 of a C-ordered array adds its rows in order: with the sums so far
-                # added to the first row, it continues the running sum
-                d[0] += s
-                d2[0] += s2
-                s, s2 = d.sum(axis=0), d2.sum(axis=0)
+        sums, sums2 = pointwise.row_range_sums(chunk, shift, parts)
+        for s, s2 in zip(sums, sums2):
             total += s
             total2 += s2
     m = total / len(x)
@@ -57,16 +46,16 @@ def column_mean_std(x, parts=None):
 
 def standardize(x, mean, std):
     """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,);
-    computed in float64 in row blocks of ``STATS_BLOCK_BYTES``."""
+    computed in float64 (``(x - mean) * (1 / std) + 0.0``, so no -0.0), threaded over float32 row chunks
+    of at most ``STANDARDIZE_CHUNK_BYTES`` (``greedy.kernels.pointwise.channel_normalise``)."""
     if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
         raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
-    z = np.empty((len(x), len(mean)), np.float32)
-    inv = 1.0 / std
-    rows = max(1, STATS_BLOCK_BYTES // (8 * len(mean)))
+    d = len(mean)
+    z = np.empty((len(x), d), np.float32)
+    mean, inv, zero = np.asarray(mean, np.float64), 1.0 / np.asarray(std, np.float64), np.zeros(d)
     for i, chunk in _row_chunks(x):
-        for r in range(0, len(chunk), rows):
-            block = chunk[r:r + rows]
-            z[i + r:i + r + len(block)] = (block - mean) * inv + 0.0
+        pointwise.channel_normalise(chunk.reshape(len(chunk), d, 1), mean, inv, zero,
+                                    z[i:i + len(chunk)].reshape(len(chunk), d, 1))
     return z
 
 
