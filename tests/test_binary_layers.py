@@ -144,13 +144,13 @@ def test_byte_layer_counts_matching_bytes(rng):
     layer.thresholds = np.array([3 * 256.0, 3 * 256 / 2])  # filter 0: all 3 bytes match
     patches = map_patches_reference(onehot, (1, 3))
     ref = layer_reference(patches, fbits.reshape(2, -1), layer.thresholds, "or", (1, 2))
-    out = unpack_bits(layer.forward(x), 2)
+    out = unpack_bits(layer.forward(layer.inputs(None, 0, x)), 2)
     np.testing.assert_array_equal(out, ref)
     text = [bytes(row) for row in x[:, 0, 0]]
     has_abc = np.array([[b"abc" in t[max(0, 2 * j - 1):2 * j + 3] for j in range(6)] for t in text])
     np.testing.assert_array_equal(out[:, 0, :, 0], has_abc)  # a window centred on one of two pooled bytes
     with pytest.raises(ConfigError, match="byte layer expects uint8 bytes"):
-        layer.forward(x.astype(np.float32))
+        layer.inputs(None, 0, x.astype(np.float32))
 
 
 def test_conv_layer_on_series_with_colour_feed_matches_reference(rng):

@@ -146,6 +146,10 @@ class ImageLayer:
         return np.pad(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
                       ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)), mode="edge")
 
+    def inputs(self, prev, prev_bits, images):
+        """The first layer's input map: the inputs themselves (there is no previous bit map)."""
+        return images
+
     def codes_at(self, x, nn, yy, xx):
         """Window codes (n, ceil(n_code_bits/64)) uint64 centred on positions (nn, yy, xx) (n,) of inputs x."""
         out = np.empty((len(nn), n_words(self.n_code_bits)), np.uint64)
@@ -275,39 +279,32 @@ class ConvLayer:
 
 
 class ByteLayer(ConvLayer):
-    """First layer on text: a 1 x k binary conv over the one-hot bytes (``one_hot_bytes``) of uint8 inputs
-    (N, 1, 1, L); filters (F, k, 4) uint64."""
+    """First layer on text: a 1 x k binary conv over the one-hot bytes of uint8 inputs (N, 1, 1, L), its input
+    map (``inputs``); filters (F, k, 4) uint64."""
 
     def __init__(self, filters=None, thresholds=None, pool=None, window=(1, 5)):
         super().__init__(BYTE_BITS, filters, thresholds, pool, window=window, pool_shape=pool_shape_of(True))
 
-    def check(self, x):
+    def inputs(self, prev, prev_bits, images):
+        """This layer's input map: the one-hot bytes (N, 1, L, 4) uint64 of images (N, 1, 1, L) uint8."""
+        x = images
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1:3] != (1, 1) or x.dtype != np.uint8:
             raise ConfigError(f"the byte layer expects uint8 bytes (N, 1, 1, L), got "
                               f"{getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', None)}")
-        return x
+        return one_hot_bytes(x)
 
-    def sample_codes(self, x, n, rng):
-        return super().sample_codes(one_hot_bytes(self.check(x)), n, rng)
 
-    def position_bits(self, x):
-        return x.shape[3] * self.n_bits
-
-    def position_bits_map(self, x):
-        return super().position_bits_map(one_hot_bytes(self.check(x)))
-
-    def forward(self, x):
-        """Bytes (N, 1, 1, L) -> bit map (N, 1, L', ceil(F/64))."""
-        return super().forward(one_hot_bytes(self.check(x)))
+def max_regions(h, w):
+    """The most regions an h x w map holds: min(h, w) on images, w on sequences (maps one row high)."""
+    return w if h == 1 else min(h, w)
 
 
 def region_grid(h, w, regions):
     """Rows and columns (rh, rw) of the head's grid of ``regions`` on an h x w map: R x R on images, 1 x R on
     sequences (maps one row high); ConfigError when it does not fit."""
-    rh = 1 if h == 1 else regions
-    if rh > h or regions > w:
+    if regions > max_regions(h, w):
         raise ConfigError(f"regions={regions} exceeds the last map's size {h}x{w}")
-    return rh, regions
+    return (1 if h == 1 else regions), regions
 
 
 def head_features(m, n_bits, regions=0, chunk=500):

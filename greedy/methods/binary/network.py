@@ -18,9 +18,9 @@ string ``greedy.binary:load_binary_model``, which ``greedy.modelfile`` maps to t
 import numpy as np
 
 from greedy.errors import CheckpointError, ConfigError
-from greedy.kernels.bitops import n_words
-from greedy.methods.binary.layers import (BYTE_BITS, ByteLayer, ConvLayer, ImageLayer, head_features, pool_shape_of,
-                                          region_grid)
+from greedy.kernels.bitops import check_window, n_words
+from greedy.methods.binary.layers import (BYTE_BITS, ByteLayer, ConvLayer, ImageLayer, head_features, max_regions,
+                                          pool_shape_of, region_grid)
 from greedy.modelfile import TrainedModel
 
 
@@ -56,7 +56,7 @@ class BinaryNetwork(TrainedModel):
         if x.dtype != self.input_dtype():
             raise ConfigError(f"this network takes {self.input_dtype()} inputs, got {x.dtype}")
         x = as_map(x)
-        m = self.image_layer.forward(x)
+        m = self.image_layer.forward(self.image_layer.inputs(None, 0, x))
         bits = self.image_layer.n_filters
         for layer in self.layers:
             m = layer.forward(layer.inputs(m, bits, x))
@@ -185,8 +185,12 @@ def check_network(net):
     sequence = len(net.in_shape) == 2
     pools = (None, "or") if sequence else (None, "or", "majority")
     for i, la in enumerate([il] + net.layers):
-        kh, kw = la.window
-        if kh < 1 or kw < 1 or kh % 2 == 0 or kw % 2 == 0 or (kh != 1 if sequence else kh != kw):
+        try:
+            kh, kw = check_window(la.window)
+        except ConfigError as e:
+            problems.append(f"layer {i}: {e}")
+            continue
+        if (kh != 1) if sequence else (kh != kw):
             problems.append(f"layer {i} has a {kh}x{kw} window for inputs of shape {net.in_shape}")
     if problems:
         return problems
@@ -216,7 +220,7 @@ def check_network(net):
     if problems:
         return problems
     h, w = net.last_map_size()
-    if net.regions < 0 or net.regions > (w if h == 1 else min(h, w)):
+    if net.regions < 0 or net.regions > max_regions(h, w):
         problems.append(f"{net.regions} regions on a last map of {h}x{w} pixels")
         return problems
     d, k = net.head_size(), net.n_classes

@@ -33,7 +33,7 @@ from greedy.methods.base import LayerwiseMethod
 from greedy.methods.binary.filters import (BINARIZE, PARTITIONS, SPLIT_CONTEXTS, THRESHOLDS, activation_histogram,
                                            choose_filters, flat_sample, map_patch_sample, set_thresholds)
 from greedy.methods.binary.layers import (ByteLayer, ConvLayer, ImageLayer, head_features, layer_spec, parse_arch,
-                                          pool_shape_of, region_grid, window_of)
+                                          max_regions, pool_shape_of, window_of)
 from greedy.methods.binary.network import BinaryNetwork, as_map
 from greedy.methods.binary.stats import colour_levels, fit_ncm, image_levels, series_scale, shard_ranges
 from greedy.methods.layerwise import BlockTrainer
@@ -92,7 +92,7 @@ def layer_input(block, shard):
     """The input map of ``block`` on one ``Shard``: its inputs for the first layer, else the previous bit map
     with the colour feed appended."""
     if isinstance(block, (ImageLayer, ByteLayer)):
-        return shard.images
+        return block.inputs(None, 0, shard.images)
     return block.inputs(shard.bits, block.n_bits - block.colour_bits, shard.images)
 
 
@@ -115,8 +115,8 @@ class BinaryTrainer(BlockTrainer):
     def start(self, x, x_eval, rng):
         c = self.config
         self.cpu0 = time.process_time()
-        self.set_inputs(x.shape[1:], x.dtype)
-        x = check_inputs(x, "training inputs")
+        x, in_shape = check_inputs(x, "training inputs"), x.shape[1:]
+        self.set_inputs(in_shape, x.dtype)
         if x_eval is not None:
             x_eval = check_inputs(x_eval, "evaluation inputs")
             if x_eval.shape[1:] != x.shape[1:] or x_eval.dtype != x.dtype:
@@ -213,8 +213,7 @@ class BinaryTrainer(BlockTrainer):
         if layer == len(self.specs) - 1:
             return None
         n_bits, (h, w) = self.specs[layer][0], x[0].bits.shape[1:3]
-        regions = min(self.config.regions or CURVE_REGIONS, w if h == 1 else min(h, w))
-        region_grid(h, w, regions)
+        regions = min(self.config.regions or CURVE_REGIONS, max_regions(h, w))
         n_shards = int(np.searchsorted(np.cumsum([len(s.images) for s in x]), CURVE_TRAIN_IMAGES)) + 1
         means = fit_ncm((head_features(s.bits, n_bits, regions) for s in x[:n_shards]), self.labels[:n_shards],
                         self.n_classes)
