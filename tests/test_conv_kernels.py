@@ -264,3 +264,9 @@ def test_gather_patches_equals_the_matching_im2col_rows():
     row[:2], col[:2] = 0, [0, 5]  # corners: padded windows
     got = ik.gather_patches(x, img, row, col, 3, 3, 1)
     assert np.array_equal(got, cols[(img * 5 + row) * 6 + col])
+    half = ik.gather_patches(x.astype(np.float16), img, row, col, 3, 3, 1)  # a half-precision cache
+    assert half.dtype == np.float16 and np.array_equal(half, got.astype(np.float16))
+    with pytest.raises(ConfigError, match="outside the 3 images"):
+        ik.gather_patches(x, np.array([0, 3]), row[:2], col[:2], 3, 3, 1)
+    with pytest.raises(ConfigError, match="one length"):
+        ik.gather_patches(x, img, row[:3], col, 3, 3, 1)

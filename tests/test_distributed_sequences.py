@@ -193,3 +193,11 @@ def test_binary_on_sites_refuses_sequences_in_one_line_before_the_run_folder(log
         run_sites("binary", str(tmp_path / "sites" / "manifest.json"), {}, str(tmp_path / "dist"), verbose=False,
                   processes=False, timeout=30)
     assert "\n" not in str(e.value) and not (tmp_path / "dist").exists()
+
+
+def test_code_images_on_sites_is_refused_in_one_line_before_the_run_folder(logs, tmp_path):
+    write_shards(logs, "loghub:system", str(tmp_path / "sites"), 2, "iid", seed=0)
+    with pytest.raises(ConfigError, match="--code-images draws from one training set") as e:
+        run_sites("patchbag", str(tmp_path / "sites" / "manifest.json"), {"code_images": 100},
+                  str(tmp_path / "dist"), verbose=False, processes=False, timeout=30)
+    assert "\n" not in str(e.value) and not (tmp_path / "dist").exists()

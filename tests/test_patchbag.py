@@ -95,6 +95,60 @@ def test_codes_count_every_position_and_regions_partition_the_image():
     assert 1 <= stats["distinct_centroids_per_image"] <= 35
 
 
+def test_encoding_chosen_rows_equals_encoding_those_images():
+    x = small_images(n=9, h=6, w=5)
+    pre, centers = exact_dictionary(x)
+    rows = np.array([7, 0, 3, 4])
+    chosen, stats = encode(x, pre, centers, side=2, chunk_bytes=1, rows=rows)
+    taken, taken_stats = encode(x[rows], pre, centers, side=2)
+    assert len(chosen) == 4 and stats == taken_stats
+    for a, b in zip(chosen.parts, taken.parts):
+        assert (a != b).nnz == 0
+
+
+def test_code_rows_draw_nothing_unless_they_sample():
+    from greedy.methods.patchbag import code_rows
+    rng = np.random.default_rng(0)
+    assert code_rows(50, 0, rng) is None and code_rows(50, 50, rng) is None and code_rows(50, 80, rng) is None
+    assert rng.integers(1000) == np.random.default_rng(0).integers(1000)  # no number was drawn
+    rows = code_rows(50, 20, np.random.default_rng(1))
+    assert len(rows) == 20 and len(np.unique(rows)) == 20 and (np.diff(rows) > 0).all() and rows.max() < 50
+
+
+def test_patchbag_trains_each_block_on_the_codes_of_code_images_and_propagates_all(monkeypatch):
+    import greedy.methods.patchbag as pb
+    from greedy.data import load_dataset
+    d = load_dataset("synthetic", synthetic_size=(600, 200))
+    seen = []
+    real_encode = pb.encode
+
+    def spy(x, pre, centers, side=1, rows=None):
+        seen.append((len(x), None if rows is None else len(rows)))
+        return real_encode(x, pre, centers, side, rows=rows)
+
+    monkeypatch.setattr(pb, "encode", spy)
+    opts = dict(arch="c8k3-relu-max2-c8k3-relu", clusters=16, patch_sample=3000, layer_budget="2e", seed=0)
+    import greedy
+    clf = greedy.LayerwiseClassifier(method="patchbag", random_state=0, code_images=150, **{
+        k: v for k, v in opts.items() if k != "seed"}).fit(d.x_train, d.y_train)
+    train_calls = [s for s in seen if s[0] == 600]
+    assert train_calls == [(600, 150), (600, 150)]  # each block: 150 of the 600 images' codes
+    assert clf.score(d.x_test, d.y_test) > 0.2  # ten classes: chance is 0.1
+    layers = [e for e in clf.history_ if e.get("phase") == "propagate"]
+    assert len(layers) == 2
+
+
+def test_centred_patches_are_the_float64_difference_rounded_once():
+    from greedy.cluster.patches import centred_patches
+    rng = np.random.default_rng(3)
+    p = (rng.standard_normal((101, 18)) * 1e3 + 7).astype(np.float32)
+    mu = p.mean(axis=0, dtype=np.float64)
+    got = centred_patches(p, 4, mu)
+    assert got.dtype == np.float32 and np.array_equal(got, (p[::4] - mu).astype(np.float32))
+    with pytest.raises(ConfigError, match="mu \\(D,\\)"):
+        centred_patches(p, 4, mu[:5])
+
+
 def test_preprocessing_folds_into_the_conv():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 3, 8, 8)).astype(np.float32)

@@ -50,18 +50,19 @@ class RegionCodes:
         return np.hstack([p.toarray() for p in self.parts])
 
 
-def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32):
+def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32, rows=None):
     """Assign every patch of every image to its nearest centroid, streamed in image chunks.
 
     x (N, C, H, W) float (or sequences (N, C, L) with ``side`` segments); pre a fitted PatchPreprocessor;
-    centers (k, d) float32.
+    centers (k, d) float32; rows: indices (M,) of the images to encode, in the order of the codes
+    (None: all of x; a chunk of x is gathered at a time, so x is never copied whole).
     Chunks hold images whose 3x3 patches would take ``chunk_bytes``; the patches
     are projected by a convolution (``PatchPreprocessor.transform_images``), so
     at most that much (d/9C of it for the projections, plus the distance blocks
     of ``assign``) is in memory at once.
     Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
     """
-    n, c = x.shape[:2]
+    n = len(x) if rows is None else len(rows)
     h, w = x.shape[2:] if x.ndim == 4 else (None, x.shape[2])
     n_regions, positions = (side * side, h * w) if h else (side, w)
     k = len(centers)
@@ -72,7 +73,7 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     parts = [[] for _ in range(n_regions)]
     inertia, distinct = 0.0, 0
     for start in range(0, n, step):
-        xb = x[start:start + step]
+        xb = x[start:start + step] if rows is None else x[rows[start:start + step]]
         labels, dist = assign(pre.transform_images(xb), centers, sq)
         counts = np.zeros((len(xb), n_regions, k), dtype)
         if h:

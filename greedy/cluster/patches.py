@@ -25,6 +25,7 @@ import numpy as np
 from greedy.kernels.conv import conv2d_forward
 from greedy.kernels.conv1d import conv1d_forward
 from greedy.kernels.im2col import gather_patches, im2col
+from greedy.kernels.pointwise import centred_rows
 from greedy.errors import ConfigError
 
 
@@ -57,8 +58,9 @@ def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
     """A uniform random sample of ``n_patches`` patches from images x (N, C, H, W) (or windows from
     sequences x (N, C, L)), gathered image-chunk by chunk.
 
-    Only the sampled windows are read (no full patch matrix), so a chunk costs
-    ``chunk_images`` images converted to float32. Returns (n_patches, C*size*size) float32
+    Only the sampled windows are read (no full patch matrix): image patches straight from a float16
+    or float32 x, windows from a chunk of ``chunk_images`` sequences converted to float32; each
+    chunk's patches are written into the one output array. Returns (n_patches, C*size*size) float32
     ((n_patches, C*size) for sequences).
     """
     n = len(x)
@@ -67,17 +69,33 @@ def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
     picks = rng.choice(n * positions, size=min(n_patches, n * positions), replace=False)
     picks.sort()
     img, pos = picks // positions, picks % positions
-    out = []
-    for start in range(0, n, chunk_images):
-        sel = (img >= start) & (img < start + chunk_images)
-        if not sel.any():
+    starts = np.arange(0, n, chunk_images)
+    bounds = np.searchsorted(img, np.append(starts, n))
+    out = np.empty((len(picks), x.shape[1] * size ** (x.ndim - 2)), np.float32)
+    for start, a, b in zip(starts, bounds[:-1], bounds[1:]):
+        if a == b:
             continue
-        xb = np.ascontiguousarray(x[start:start + chunk_images], dtype=np.float32)
         if x.ndim == 3:
-            out.append(gather_windows(xb, img[sel] - start, pos[sel], size))
+            xb = np.ascontiguousarray(x[start:start + chunk_images], dtype=np.float32)
+            out[a:b] = gather_windows(xb, img[a:b] - start, pos[a:b], size)
             continue
-        out.append(gather_patches(xb, img[sel] - start, pos[sel] // w, pos[sel] % w, size, size, size // 2))
-    return np.concatenate(out)
+        xb = x[start:start + chunk_images]
+        if xb.dtype not in (np.float16, np.float32):
+            xb = xb.astype(np.float32)
+        out[a:b] = gather_patches(xb, img[a:b] - start, pos[a:b] // w, pos[a:b] % w, size, size, size // 2)
+    return out
+
+
+def centred_patches(patches, step, mu):
+    """Every ``step``-th row of patches (n, D) minus mu (D,) float64, as float32 (ceil(n / step), D)."""
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    mu = np.ascontiguousarray(mu, dtype=np.float64)
+    if patches.ndim != 2 or mu.shape != (patches.shape[1],) or step < 1:
+        raise ConfigError(f"centred_patches needs patches (n, D), mu (D,) and step >= 1, got {patches.shape}, "
+                          f"{mu.shape} and {step}")
+    out = np.empty((-(-len(patches) // step), patches.shape[1]), np.float32)
+    centred_rows(patches, int(step), mu, out)
+    return out
 
 
 def mean_removal_matrix(channels, size=3, ndim=2):
@@ -118,10 +136,12 @@ class PatchPreprocessor:
         mu = patches.mean(axis=0, dtype=np.float64) @ a
         cov = None
         if self.whiten == "pca":
-            sub = patches[::-(-len(patches) // self.cov_samples)]
+            step = -(-len(patches) // self.cov_samples)
             if self.remove_mean:
-                sub = sub.astype(np.float64) @ a  # 9C is small on the only layer that removes means
-            sub = (sub - mu).astype(np.float32)
+                sub = patches[::step].astype(np.float64) @ a  # 9C is small on the only layer that removes means
+                sub = (sub - mu).astype(np.float32)
+            else:
+                sub = centred_patches(patches, step, mu)
             cov = (sub.T @ sub).astype(np.float64) / max(len(sub) - 1, 1)
         return self._fit_map(a, mu, cov)
 

@@ -45,22 +45,27 @@ def _im2col_kernel(x, kh, kw, stride, pad, ho, wo, out):
                                 out[r, j + b] = zero
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def _gather_patches_kernel(x, img, row, col, kh, kw, pad, out):
     """out[j] = the (C, kh, kw) window of image img[j] at output pixel (row[j], col[j]), stride 1, zero padding.
 
-    Serial: it runs once per dictionary, on a sample of patches.
+    prange over the patches; each writes its own row of out.
     """
     n, c, h, w = x.shape
-    for j in range(len(img)):
+    zero = out.dtype.type(0)
+    for j in prange(len(img)):
         s = img[j]
-        for ci in range(c):
-            for a in range(kh):
-                hh = row[j] - pad + a
-                for b in range(kw):
-                    ww = col[j] - pad + b
-                    inside = hh >= 0 and hh < h and ww >= 0 and ww < w
-                    out[j, (ci * kh + a) * kw + b] = x[s, ci, hh, ww] if inside else 0
+        for a in range(kh):
+            hh = row[j] - pad + a
+            row_inside = hh >= 0 and hh < h
+            for b in range(kw):
+                ww = col[j] - pad + b
+                if row_inside and ww >= 0 and ww < w:
+                    for ci in range(c):
+                        out[j, (ci * kh + a) * kw + b] = x[s, ci, hh, ww]
+                else:
+                    for ci in range(c):
+                        out[j, (ci * kh + a) * kw + b] = zero
 
 
 @numba.njit(parallel=True, cache=True)
@@ -109,13 +114,25 @@ def im2col(x, kh, kw, stride=1, pad=0):
 def gather_patches(x, img, row, col, kh, kw, pad):
     """Rows of ``im2col(x, kh, kw, 1, pad)`` for the given (image, output row, output column) triples only.
 
-    x (N, C, H, W) float; img, row, col (M,) int. Returns (M, C*kh*kw) in x's dtype.
+    x (N, C, H, W) float16, float32 or float64; img, row, col (M,) int. Returns (M, C*kh*kw) in x's
+    dtype. A float16 x (a half-precision layer cache) is copied as its bit patterns, so it is read
+    without being converted whole.
     """
-    x = validate.float_array(x, "x", 4)
+    half = isinstance(x, np.ndarray) and x.dtype == np.float16
+    if half:
+        if x.ndim != 4:
+            raise ConfigError(f"x must have 4 dimensions, got shape {x.shape}")
+        x = np.ascontiguousarray(x).view(np.uint16)
+    else:
+        x = validate.float_array(x, "x", 4)
     img, row, col = (np.ascontiguousarray(a, dtype=np.int64) for a in (img, row, col))
+    if not len(img) == len(row) == len(col):
+        raise ConfigError(f"img, row and col must have one length, got {len(img)}, {len(row)}, {len(col)}")
+    if len(img) and (img.min() < 0 or img.max() >= len(x)):
+        raise ConfigError(f"img holds indices outside the {len(x)} images of x")
     out = np.empty((len(img), x.shape[1] * kh * kw), x.dtype)
     _gather_patches_kernel(x, img, row, col, kh, kw, pad, out)
-    return out
+    return out.view(np.float16) if half else out
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, pad=0):

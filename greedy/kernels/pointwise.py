@@ -1,5 +1,5 @@
-"""Numba kernels for the per-element layers: ReLU, the tanh gradient, batch normalisation, and the column
-statistics of the final classifier's features.
+"""Numba kernels for the per-element layers: ReLU, the tanh gradient, batch normalisation, the column
+statistics of the final classifier's features, and the centred patch rows of a whitening fit.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
 is one or two passes over the data, threaded where the arrays are large enough to
@@ -170,3 +170,14 @@ def row_range_sums(x, shift, parts):
                 s[p, j] += v
                 s2[p, j] += v * v
     return s, s2
+
+
+@numba.njit(parallel=True, cache=True)
+def centred_rows(x, step, mu, out):
+    """out[i] = x[i * step] - mu, the difference taken in float64 and stored in out's dtype (what NumPy's
+    ``(x[::step] - mu).astype(out.dtype)`` gives, without its float64 temporary): x (N, D) float32,
+    mu (D,) float64, out (ceil(N / step), D)."""
+    for i in prange(out.shape[0]):
+        r = i * step
+        for j in range(x.shape[1]):
+            out[i, j] = np.float64(x[r, j]) - mu[j]

@@ -195,6 +195,9 @@ class PatchbagConfig(LayerwiseConfig):
     byte_buckets: int = option(8192, "Codes of --byte-codes hash.", "patch bags", POSITIVE_INT)
     image_clusters: int = option(0, "Train on this many prototypes per class (0: every image).", "patch bags",
                                  NON_NEGATIVE_INT)
+    code_images: int = option(0, "Encode and train each block on the codes of this many training images, drawn "
+                                 "at random for each block; every image is still propagated (0: all).",
+                              "patch bags", NON_NEGATIVE_INT)
     activation: str = option("relu", "Activation of the default blocks.", "patch bags",
                              click.Choice(["tanh", "relu"]))
     colour_norm: bool = option(True, "Subtract each 3x3 patch's mean colour (first layer).", "patch bags", bool)

@@ -70,6 +70,14 @@ def block_embedding(block):
     return block.layers[0] if isinstance(block.layers[0], ByteEmbedding) else None
 
 
+def code_rows(n, code_images, rng):
+    """Sorted indices of ``code_images`` of n images drawn without replacement from rng, or None (all
+    images, and nothing drawn) when ``code_images`` is 0 or at least n."""
+    if not code_images or code_images >= n:
+        return None
+    return np.sort(rng.choice(n, code_images, replace=False))
+
+
 class PatchbagTrainer(ConvBlockTrainer):
     """Fit a dictionary of the block's input patches, encode, train on codes, fold into the conv."""
 
@@ -88,13 +96,15 @@ class PatchbagTrainer(ConvBlockTrainer):
                                 whiten=None if c.whiten == "none" else c.whiten,
                                 n_components=c.n_components, ndim=ndim).fit(sample)
         side = c.regions
+        rows = code_rows(len(x), c.code_images, rng)
+        y_codes = y if rows is None else y[rows]
         if embedding is not None and c.byte_codes == "hash":
             centers, counts = bucket_centroids(raw, x, pre, size, c.byte_buckets)
             monitor.log("fit_dictionary", layer=layer, seconds_in_phase=time.perf_counter() - t,
                         codes_used=int((counts > 0).sum()), patch_dim=int(pre.A_.shape[1]),
                         explained_variance=pre.explained_variance_ratio_)
             t = time.perf_counter()
-            codes = hashed_codes(raw, size, c.byte_buckets, side)
+            codes = hashed_codes(raw if rows is None else raw[rows], size, c.byte_buckets, side)
             codes_eval = None if raw_eval is None else hashed_codes(raw_eval, size, c.byte_buckets, side)
             stats = {"codes_per_sequence": codes.nnz / len(codes),
                      "code_density": codes.nnz / (len(codes) * side * c.byte_buckets)}
@@ -106,11 +116,11 @@ class PatchbagTrainer(ConvBlockTrainer):
                         kmeans_inertia=float(km.inertia_) / len(sample), kmeans_iterations=int(km.n_iter_),
                         patch_dim=int(pre.A_.shape[1]), explained_variance=pre.explained_variance_ratio_)
             t = time.perf_counter()
-            codes, stats = encode(x, pre, centers, side)
+            codes, stats = encode(x, pre, centers, side, rows=rows)
             codes_eval = None if x_eval is None else encode(x_eval, pre, centers, side)[0]
             stats["kmeans_inertia"] = float(km.inertia_) / len(sample)
         monitor.log("encode", layer=layer, seconds_in_phase=time.perf_counter() - t, **stats)
-        acc = self.train_on_codes(layer, conv, activation, pre, centers, codes, y,
+        acc = self.train_on_codes(layer, conv, activation, pre, centers, codes, y_codes,
                                   None if codes_eval is None else (codes_eval, y_eval), budget, rng, monitor)
         return dict(stats, head_accuracy=acc)
 
