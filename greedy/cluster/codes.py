@@ -56,10 +56,10 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     x (N, C, H, W) float (or sequences (N, C, L) with ``side`` segments); pre a fitted PatchPreprocessor;
     centers (k, d) float32; rows: indices (M,) of the images to encode, in the order of the codes
     (None: all of x; a chunk of x is gathered at a time, so x is never copied whole).
-    Chunks hold images whose 3x3 patches would take ``chunk_bytes``; the patches
-    are projected by a convolution (``PatchPreprocessor.transform_images``), so
-    at most that much (d/9C of it for the projections, plus the distance blocks
-    of ``assign``) is in memory at once.
+    The patches are projected by a convolution (``PatchPreprocessor.transform_images``), so the
+    (N*H*W, 9C) patch matrix is never built. A chunk holds as many images as take ``chunk_bytes``
+    for their float32 input, their d projections (twice: the conv's output and its transpose) and
+    their counts; the conv's and ``assign``'s own scratch blocks come on top.
     Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
     """
     n = len(x) if rows is None else len(rows)
@@ -67,7 +67,7 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     n_regions, positions = (side * side, h * w) if h else (side, w)
     k = len(centers)
     sizes = region_sizes(h, w, side).astype(dtype)
-    per_image = positions * pre.A_.shape[0] * 4
+    per_image = (positions * (x.shape[1] + 2 * pre.A_.shape[1]) + n_regions * k) * 4
     step = max(1, chunk_bytes // per_image)
     sq = (centers.astype(np.float32) ** 2).sum(axis=1)
     parts = [[] for _ in range(n_regions)]

@@ -26,6 +26,7 @@ from greedy.kernels.conv import conv2d_forward
 from greedy.kernels.conv1d import conv1d_forward
 from greedy.kernels.im2col import gather_patches, im2col
 from greedy.kernels.pointwise import centred_rows
+from greedy.kernels.taps import conv_taps
 from greedy.errors import ConfigError
 
 
@@ -187,8 +188,11 @@ class PatchPreprocessor:
         """Preprocessed patches at every position of x (N, C, H, W): (N*H*W, d) float32, rows image-major
         (sequences x (N, C, L): (N*L, d)).
 
-        Equal to ``transform(extract_patches(x))`` but computed as a convolution
-        with d filters, so the (N*H*W, 9C) patch matrix is never built.
+        Equal to ``transform(extract_patches(x))`` (up to float rounding) but computed as a
+        convolution with d filters, so the (N*H*W, 9C) patch matrix is never built. Images of
+        at least 2d channels take the channels-last tap convolution (``greedy.kernels.taps``),
+        which writes 9d values a pixel instead of an im2col's 9C (measured: 1.4 to 2.4 times
+        faster from C = 2d on, no faster at C = d).
         """
         d = self.A_.shape[1]
         if self.ndim == 1:
@@ -196,6 +200,8 @@ class PatchPreprocessor:
             y = conv1d_forward(np.ascontiguousarray(x, dtype=np.float32), w, self.c_, 1, self.size // 2)
             return y.transpose(0, 2, 1).reshape(-1, d)
         w = np.ascontiguousarray(self.A_.T.reshape(d, self.channels, self.size, self.size))
+        if self.channels >= 2 * d:
+            return conv_taps(np.asarray(x), w, self.c_).reshape(-1, d)
         y = conv2d_forward(np.ascontiguousarray(x, dtype=np.float32), w, self.c_, 1, self.size // 2)
         return y.transpose(0, 2, 3, 1).reshape(-1, d)
 
