@@ -94,9 +94,11 @@ def run_sites(method_name, manifest_path, values, out, threads=1, scheduler=None
     if method_name == "binary" and family in ("series", "text"):
         raise ConfigError(f"binary networks on sites train on uint8 images (N, C, H, W); {dataset} holds sequences, "
                           f"which train in one process (without --sites)")
-    if getattr(config, "code_images", 0):
+    if values.get("code_images"):  # a family default (MNIST's) does not apply: sites encode every image
         raise ConfigError("--code-images draws from one training set; on sites every site encodes all its images "
                           "(--share prototypes sends fewer)")
+    if hasattr(config, "code_images"):
+        config.code_images = 0
     per_class = getattr(config, "image_clusters", 0) or PROTOTYPES_PER_CLASS
     n_train = sum(s.get("samples", 0) for s in manifest["sites"]) or None
     run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": None,
