@@ -1,4 +1,5 @@
-"""Patch-bag costs: one epoch on codes against one epoch of explicit conv + pool + head, per layer shape."""
+"""Patch-bag costs: one epoch on codes against one epoch of explicit conv + pool + head, per layer shape; the patch
+projection of `encode` on its two paths."""
 import time
 
 import numpy as np
@@ -13,6 +14,10 @@ from greedy.nn.optim import Adam
 from greedy.methods.patchbag import CodeLayer, encode
 from greedy.cluster.patches import PatchPreprocessor, extract_patches
 from greedy.cluster.kmeans import KMeans
+from greedy.kernels.conv import conv2d_forward
+from greedy.kernels.taps import conv_taps
+
+from conftest import record
 
 # (channels, size) of the default CIFAR-10 patch-bag layers' inputs
 SHAPES = [(3, 32), (256, 16), (256, 8)]
@@ -61,3 +66,28 @@ def test_code_epoch_vs_image_epoch(benchmark, rng, channels, size, activation):
         .build((channels, size, size), 0)
 
     bench_code_epoch_against(benchmark, layer, codes, image_model, x, y, "image")
+
+
+@pytest.mark.parametrize("channels, size, d", [(32, 14, 16), (64, 7, 16), (128, 16, 32), (256, 8, 32)])
+@pytest.mark.parametrize("path", ["taps", "im2col"])
+def test_patch_projection(benchmark, channels, size, d, path):
+    """Projecting every 3x3 patch of 256 float16-cached maps onto d components, as ``encode`` does: the
+    channels-last tap convolution (``greedy.kernels.taps``, the path of inputs with at least 2d channels)
+    against the im2col convolution it replaced there. Both are 2*N*H*W*9C*d flops."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, channels, size, size), dtype=np.float32).astype(np.float16)
+    w = rng.standard_normal((d, channels, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(d).astype(np.float32)
+
+    def taps():
+        return conv_taps(x, w, b).reshape(-1, d)
+
+    def im2col():
+        y = conv2d_forward(np.ascontiguousarray(x, dtype=np.float32), w, b, 1, 1)
+        return y.transpose(0, 2, 3, 1).reshape(-1, d)
+
+    fn = taps if path == "taps" else im2col
+    np.testing.assert_allclose(fn(), (im2col if path == "taps" else taps)(), rtol=1e-3, atol=1e-3)
+    benchmark.pedantic(fn, rounds=10, warmup_rounds=2)
+    pixels = 256 * size * size
+    record(benchmark, 2.0 * pixels * 9 * channels * d, pixels, 9 * channels, d)
