@@ -108,6 +108,7 @@ class Run(Monitor):
         super().__init__(verbose=verbose, method=method)
         self.out_dir, self.dataset, self.folder = out_dir, dataset, out_dir
         self.stop_signal, self.saved, self.saved_info, self.data = None, None, None, ""
+        self.stop_at_once = False
         self._metrics = self._lock = None
         with writing(out_dir):
             os.makedirs(out_dir, exist_ok=True)
@@ -166,6 +167,7 @@ class Run(Monitor):
         self.data = digest
 
     def record(self, event):
+        self._raise_if_stopped_at_once()
         with writing(self.path("metrics.jsonl")):
             self._metrics.write(json.dumps(event) + "\n")
             self._metrics.flush()
@@ -180,6 +182,7 @@ class Run(Monitor):
 
     def checkpoint(self, make_state):
         """Write ``make_state()`` to checkpoint.npz; then, if a signal asked the run to stop, stop it."""
+        self._raise_if_stopped_at_once()
         state = make_state()
         checkpoint.save(self.path(checkpoint.FILE), state,
                         {"method": self.method, "seconds": self.seconds(), "data": self.data})
@@ -188,6 +191,13 @@ class Run(Monitor):
             name = signal.Signals(self.stop_signal).name
             raise RunInterrupted(self.stop_signal, f"{name}: stopped with {state.progress()} (checkpoint "
                                                    f"{self.path(checkpoint.FILE)}); {resume_hint(self.out_dir)}")
+
+    def _raise_if_stopped_at_once(self):
+        """Raise the second SIGINT's KeyboardInterrupt again at the run's own safe points: the code it first
+        lands in may drop it (an exception in a weakref callback, such as a freed ThreadPoolExecutor's, or in
+        a ``__del__`` is printed and ignored)."""
+        if self.stop_at_once:
+            raise KeyboardInterrupt
 
     def progress(self):
         """What the last checkpoint holds, e.g. '2 of 3 blocks done' ('nothing done yet' without one)."""
@@ -216,16 +226,21 @@ class Run(Monitor):
 def stop_on_signals(run):
     """While inside: SIGINT or SIGTERM asks ``run`` to stop at its next checkpoint (``Run.checkpoint``
     raises RunInterrupted there). A second SIGINT raises KeyboardInterrupt as soon as Python runs
-    again (after the running kernel returns); a second SIGTERM ends the process. Only in the main
+    again (after the running kernel returns), and again at the run's next log or checkpoint should the
+    code it landed in have dropped it; a second SIGTERM ends the process. Only in the main
     thread; elsewhere signals keep their handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    def at_once(signum, frame):
+        run.stop_at_once = True
+        raise KeyboardInterrupt
+
     def handler(signum, frame):
         run.stop_signal = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, at_once)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print(f"{signal.Signals(signum).name}: stopping at the next checkpoint (end of the block or epoch); "
               f"press Ctrl-C again to stop at once", file=sys.stderr, flush=True)

@@ -97,6 +97,32 @@ def test_a_second_sigint_stops_at_once_and_leaves_no_half_written_file(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.json", "metrics.jsonl"]
 
 
+def test_a_second_sigint_dropped_by_the_code_it_landed_in_is_raised_at_the_next_log_or_checkpoint(tmp_path):
+    run = runs.Run(str(tmp_path / "run"), "aux", "mnist", {"seed": 0})
+    with runs.stop_on_signals(run):
+        signal.raise_signal(signal.SIGINT)  # the first: stop at the next checkpoint
+        assert run.stop_signal == signal.SIGINT and not run.stop_at_once
+
+        def callback(*_):  # an exception in a weakref callback is printed and dropped
+            signal.raise_signal(signal.SIGINT)
+
+        import weakref
+
+        class Executor:
+            pass
+
+        executor = Executor()
+        ref = weakref.ref(executor, callback)
+        del executor  # the callback runs here and swallows the second SIGINT's KeyboardInterrupt
+        assert ref() is None and run.stop_at_once
+        with pytest.raises(KeyboardInterrupt):
+            run.log("epoch", layer=0)
+        with pytest.raises(KeyboardInterrupt):
+            run.checkpoint(lambda: pytest.fail("no state is made once the run stops at once"))
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    run.close()
+
+
 # ---------------------------------------------------------------- folders that hold a run, and locks
 
 def test_out_on_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
