@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import greedy
+import greedy.methods.patchbag as patchbag
+from greedy.data import load_dataset
 from greedy.errors import ConfigError
 from greedy.nn.activations import Tanh
 from greedy.nn.layers import Conv2d, Dense
@@ -11,7 +14,8 @@ from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
 from greedy.cluster.codes import RegionCodes, cluster_images, encode, region_sizes
 from greedy.nn.codelayer import CodeLayer
-from greedy.cluster.patches import PatchPreprocessor, extract_patches, fold_into_conv, mean_removal_matrix, sample_patches
+from greedy.cluster.patches import (PatchPreprocessor, centred_patches, extract_patches, fold_into_conv,
+                                   mean_removal_matrix, sample_patches)
 
 from gradcheck import numeric_grad, rel_error
 
@@ -107,30 +111,26 @@ def test_encoding_chosen_rows_equals_encoding_those_images():
 
 
 def test_code_rows_draw_nothing_unless_they_sample():
-    from greedy.methods.patchbag import code_rows
     rng = np.random.default_rng(0)
-    assert code_rows(50, 0, rng) is None and code_rows(50, 50, rng) is None and code_rows(50, 80, rng) is None
+    assert patchbag.code_rows(50, 0, rng) is None and patchbag.code_rows(50, 50, rng) is None and patchbag.code_rows(50, 80, rng) is None
     assert rng.integers(1000) == np.random.default_rng(0).integers(1000)  # no number was drawn
-    rows = code_rows(50, 20, np.random.default_rng(1))
+    rows = patchbag.code_rows(50, 20, np.random.default_rng(1))
     assert len(rows) == 20 and len(np.unique(rows)) == 20 and (np.diff(rows) > 0).all() and rows.max() < 50
 
 
 def test_patchbag_trains_each_block_on_the_codes_of_code_images_and_propagates_all(monkeypatch):
-    import greedy.methods.patchbag as pb
-    from greedy.data import load_dataset
     d = load_dataset("synthetic", synthetic_size=(600, 200))
     seen = []
-    real_encode = pb.encode
+    real_encode = patchbag.encode
 
     def spy(x, pre, centers, side=1, rows=None):
         seen.append((len(x), None if rows is None else len(rows)))
         return real_encode(x, pre, centers, side, rows=rows)
 
-    monkeypatch.setattr(pb, "encode", spy)
-    opts = dict(arch="c8k3-relu-max2-c8k3-relu", clusters=16, patch_sample=3000, layer_budget="2e", seed=0)
-    import greedy
-    clf = greedy.LayerwiseClassifier(method="patchbag", random_state=0, code_images=150, **{
-        k: v for k, v in opts.items() if k != "seed"}).fit(d.x_train, d.y_train)
+    monkeypatch.setattr(patchbag, "encode", spy)
+    clf = greedy.LayerwiseClassifier(method="patchbag", random_state=0, code_images=150,
+                                     arch="c8k3-relu-max2-c8k3-relu", clusters=16, patch_sample=3000,
+                                     layer_budget="2e").fit(d.x_train, d.y_train)
     train_calls = [s for s in seen if s[0] == 600]
     assert train_calls == [(600, 150), (600, 150)]  # each block: 150 of the 600 images' codes
     assert clf.score(d.x_test, d.y_test) > 0.2  # ten classes: chance is 0.1
@@ -139,7 +139,6 @@ def test_patchbag_trains_each_block_on_the_codes_of_code_images_and_propagates_a
 
 
 def test_centred_patches_are_the_float64_difference_rounded_once():
-    from greedy.cluster.patches import centred_patches
     rng = np.random.default_rng(3)
     p = (rng.standard_normal((101, 18)) * 1e3 + 7).astype(np.float32)
     mu = p.mean(axis=0, dtype=np.float64)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,6 @@ def test_a_second_sigint_dropped_by_the_code_it_landed_in_is_raised_at_the_next_
 
         def callback(*_):  # an exception in a weakref callback is printed and dropped
             signal.raise_signal(signal.SIGINT)
-
-        import weakref
 
         class Executor:
             pass

@@ -81,7 +81,7 @@ def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
             out[a:b] = gather_windows(xb, img[a:b] - start, pos[a:b], size)
             continue
         xb = x[start:start + chunk_images]
-        if xb.dtype not in (np.float16, np.float32):
+        if xb.dtype.kind != "f":
             xb = xb.astype(np.float32)
         out[a:b] = gather_patches(xb, img[a:b] - start, pos[a:b] // w, pos[a:b] % w, size, size, size // 2)
     return out
@@ -191,8 +191,8 @@ class PatchPreprocessor:
         Equal to ``transform(extract_patches(x))`` (up to float rounding) but computed as a
         convolution with d filters, so the (N*H*W, 9C) patch matrix is never built. Images of
         at least 2d channels take the channels-last tap convolution (``greedy.kernels.taps``),
-        which writes 9d values a pixel instead of an im2col's 9C (measured: 1.4 to 2.4 times
-        faster from C = 2d on, no faster at C = d).
+        which writes 9d values a pixel instead of an im2col's 9C (2.0 to 4.5 times faster on the
+        patch-bag layer shapes, perf/README.md; no faster at C = d).
         """
         d = self.A_.shape[1]
         if self.ndim == 1:
