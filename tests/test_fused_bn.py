@@ -15,6 +15,7 @@ SPECS = [
     ("c3k3-bn-relu-max3", (2, 11, 10)),                 # a pool of 3 that drops the last row
     ("c5k5-bn-relu-max4-c4k3-bn-relu-max2", (3, 37)),    # sequences: the pool drops the last position
     ("c4k3-bn-relu-max3s2", (2, 16)),                   # overlapping windows: stride 2, window 3
+    ("c3k3-bn-relu-max2", (2, 13, 11)),                 # the unrolled 2x2 path, dropping a row and a column
 ]
 
 
@@ -105,5 +106,10 @@ def test_the_kernels_check_their_inputs():
     inv_std, gamma = np.ones(3), np.ones(3, np.float32)
     with pytest.raises(ConfigError, match="positions"):
         bnpool.bn_relu_maxpool_backward(x, y, y, argmax + 16, mean, inv_std, gamma)
+    with pytest.raises(ConfigError, match="positions in 0..15; 1 are not"):
+        bnpool.bn_relu_maxpool_backward(x, y, y, np.where(np.arange(argmax.size).reshape(argmax.shape) == 5, -1,
+                                                           argmax).astype(np.int32), mean, inv_std, gamma)
+    with pytest.raises(ConfigError, match="int32"):
+        bnpool.bn_relu_maxpool_backward(x, y, y, argmax.astype(np.int64), mean, inv_std, gamma)
     with pytest.raises(ConfigError, match="must be equal"):
         bnpool.bn_relu_maxpool_backward(x, y[:, :2], y, argmax, mean, inv_std, gamma)

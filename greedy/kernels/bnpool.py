@@ -22,7 +22,11 @@ from greedy.kernels.pointwise import batchnorm_channel_grads, batchnorm_plane_dx
 
 @numba.njit(parallel=True, cache=True)
 def _forward_kernel(x, mean, scale, shift, ph, pw, sh, sw, y, argmax):
-    """y[s, c, oh, ow] = max over the window of relu(float(x - mean) * scale + shift); argmax = h*W + w."""
+    """y[s, c, oh, ow] = max over the window of relu(float(x - mean) * scale + shift); argmax = h*W + w.
+
+    Each plane is normalised and clipped once into a scratch plane, then pooled from it; 2x2 windows
+    of stride 2 (the usual pool) take an unrolled path.
+    """
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     zero = y.dtype.type(0)
@@ -30,47 +34,83 @@ def _forward_kernel(x, mean, scale, shift, ph, pw, sh, sw, y, argmax):
         s = t // c
         ci = t - s * c
         m, a, b = np.float64(mean[ci]), np.float64(scale[ci]), np.float64(shift[ci])
+        z = np.empty((h, w), y.dtype)
+        for r in range(h):
+            xr, zr = x[s, ci, r], z[r]
+            for q in range(w):
+                v = y.dtype.type((np.float64(xr[q]) - m) * a + b)
+                zr[q] = v if v > zero else zero
+        if ph == 2 and pw == 2 and sh == 2 and sw == 2:
+            _pool2(z, y[s, ci], argmax[s, ci])
+            continue
         for oh in range(ho):
             for ow in range(wo):
                 h0 = oh * sh
                 w0 = ow * sw
-                best = zero
-                idx = 0
+                best = z[h0, w0]
+                idx = h0 * w + w0
                 for p in range(ph):
                     for q in range(pw):
-                        z = y.dtype.type((np.float64(x[s, ci, h0 + p, w0 + q]) - m) * a + b)
-                        r = z if z > zero else zero
-                        if (p == 0 and q == 0) or r > best:
-                            best = r
+                        if z[h0 + p, w0 + q] > best:
+                            best = z[h0 + p, w0 + q]
                             idx = (h0 + p) * w + w0 + q
                 y[s, ci, oh, ow] = best
                 argmax[s, ci, oh, ow] = idx
 
 
 @numba.njit(nogil=True, cache=True)
+def _pool2(z, y, argmax):
+    """y, argmax (Ho, Wo) = the maximum of each 2x2 window of stride 2 of z (H, W) and its flat index, the
+    first in row-major window order among equal values."""
+    w = z.shape[1]
+    for oh in range(y.shape[0]):
+        r0, r1 = z[2 * oh], z[2 * oh + 1]
+        yo, ao = y[oh], argmax[oh]
+        base = 2 * oh * w
+        for ow in range(y.shape[1]):
+            c0 = 2 * ow
+            best, idx = r0[c0], base + c0
+            if r0[c0 + 1] > best:
+                best, idx = r0[c0 + 1], base + c0 + 1
+            if r1[c0] > best:
+                best, idx = r1[c0], base + w + c0
+            if r1[c0 + 1] > best:
+                best, idx = r1[c0 + 1], base + w + c0 + 1
+            yo[ow] = best
+            ao[ow] = idx
+
+
+@numba.njit(nogil=True, cache=True)
 def _plane_gradient(dy, y, argmax, g):
-    """g (P,) = the gradient at the batch norm's output of one plane: dy (Q,) routed to argmax (Q,) where y > 0."""
+    """g (P,) = the gradient at the batch norm's output of one plane: dy (Q,) routed to argmax (Q,) where
+    y > 0. Returns how many argmax entries lie outside 0..P-1 (those are skipped)."""
     zero = g.dtype.type(0)
     g[:] = zero
+    bad = 0
     for o in range(dy.shape[0]):
-        g[argmax[o]] += dy[o]
-    for o in range(dy.shape[0]):
-        if not y[o] > zero:
-            g[argmax[o]] = zero
+        at = argmax[o]
+        if at < 0 or at >= g.shape[0]:
+            bad += 1
+        elif y[o] > zero:
+            g[at] += dy[o]
+    return bad
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward_kernel(x, dy, y, argmax, mean, inv_std, gamma, dx, dgamma, dbeta):
-    """x, dx (n, C, P); dy, y, argmax (n, C, Q); mean, inv_std, gamma, dgamma, dbeta (C,): see the module."""
+def _backward_kernel(x, dy, y, argmax, mean, inv_std, gamma, dx, dgamma, dbeta, bad):
+    """x, dx (n, C, P); dy, y, argmax (n, C, Q); mean, inv_std, gamma, dgamma, dbeta (C,): see the module.
+    bad (C,) int64 gets the number of argmax entries of each channel outside 0..P-1."""
     n, c, p = x.shape
     for j in prange(c):
         g = np.empty(p, dx.dtype)
         sd = 0.0
         sdx = 0.0
         m, s = np.float64(mean[j]), np.float64(inv_std[j])
+        wrong = 0
         for i in range(n):
-            _plane_gradient(dy[i, j], y[i, j], argmax[i, j], g)
+            wrong += _plane_gradient(dy[i, j], y[i, j], argmax[i, j], g)
             sd, sdx = batchnorm_plane_sums(x[i, j], g, m, s, sd, sdx)
+        bad[j] = wrong
         a, b, scale = batchnorm_channel_grads(j, sd, sdx, n * p, gamma, s, dgamma, dbeta)
         for i in range(n):
             _plane_gradient(dy[i, j], y[i, j], argmax[i, j], g)
@@ -94,7 +134,7 @@ def _channel_vectors(c, **vectors):
 
 
 def bn_relu_maxpool_forward(x, mean, scale, shift, window, stride):
-    """Pooled map (N, C, Ho, Wo) of x's dtype and argmax (N, C, Ho, Wo) int64 (flat h*W + w in the plane).
+    """Pooled map (N, C, Ho, Wo) of x's dtype and argmax (N, C, Ho, Wo) int32 (flat h*W + w in the plane).
 
     x (N, C, H, W) float32 or float64; mean, scale (C,) float64 (scale = gamma * inv_std); shift (C,) of
     x's dtype (beta). Ho = (H - window[0]) // stride[0] + 1, likewise Wo.
@@ -106,7 +146,7 @@ def bn_relu_maxpool_forward(x, mean, scale, shift, window, stride):
     _channel_vectors(c, mean=mean, scale=scale, shift=shift)
     ho, wo = _window(x, tuple(window), tuple(stride))
     y = np.empty(x.shape[:2] + (ho, wo), x.dtype)
-    argmax = np.empty(y.shape, np.int64)
+    argmax = np.empty(y.shape, np.int32)
     _forward_kernel(x, mean, scale, shift, int(window[0]), int(window[1]), int(stride[0]), int(stride[1]),
                     y, argmax)
     return y, argmax
@@ -124,8 +164,8 @@ def bn_relu_maxpool_backward(x, dy, y, argmax, mean, inv_std, gamma):
         raise ConfigError(f"dy {dy.shape}, pooled map {y.shape} and argmax {argmax.shape} must be equal "
                           f"(N, C, Ho, Wo) with N, C = {n}, {c}")
     p = x.shape[2] * x.shape[3]
-    if argmax.dtype != np.int64 or (argmax.size and (argmax.min() < 0 or argmax.max() >= p)):
-        raise ConfigError(f"argmax must be int64 positions in 0..{p - 1}")
+    if argmax.dtype != np.int32:
+        raise ConfigError(f"argmax must be int32 positions in 0..{p - 1}")
     mean, inv_std = (np.ascontiguousarray(v, np.float64) for v in (mean, inv_std))
     gamma = np.ascontiguousarray(gamma, x.dtype)
     _channel_vectors(c, mean=mean, inv_std=inv_std, gamma=gamma)
@@ -134,6 +174,9 @@ def bn_relu_maxpool_backward(x, dy, y, argmax, mean, inv_std, gamma):
     dy3 = np.ascontiguousarray(dy, x.dtype).reshape(flat)
     dx = np.empty_like(x3)
     dgamma, dbeta = np.empty(c, x.dtype), np.empty(c, x.dtype)
-    _backward_kernel(x3, dy3, np.ascontiguousarray(y).reshape(flat), argmax.reshape(flat), mean, inv_std, gamma,
-                     dx, dgamma, dbeta)
+    bad = np.zeros(c, np.int64)
+    _backward_kernel(x3, dy3, np.ascontiguousarray(y).reshape(flat), np.ascontiguousarray(argmax).reshape(flat),
+                     mean, inv_std, gamma, dx, dgamma, dbeta, bad)
+    if bad.any():
+        raise ConfigError(f"argmax must be int32 positions in 0..{p - 1}; {int(bad.sum())} are not")
     return dx.reshape(x.shape), dgamma, dbeta
