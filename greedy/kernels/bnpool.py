@@ -17,6 +17,7 @@ from numba import prange
 
 from greedy.errors import ConfigError
 from greedy import validate
+from greedy.kernels.convpool import _window2_argmax
 from greedy.kernels.pointwise import batchnorm_channel_grads, batchnorm_plane_dx, batchnorm_plane_sums
 
 
@@ -25,7 +26,7 @@ def _forward_kernel(x, mean, scale, shift, ph, pw, sh, sw, y, argmax):
     """y[s, c, oh, ow] = max over the window of relu(float(x - mean) * scale + shift); argmax = h*W + w.
 
     Each plane is normalised and clipped once into a scratch plane, then pooled from it; 2x2 windows
-    of stride 2 (the usual pool) take an unrolled path.
+    of stride 2 (the usual pool) take the conv's unrolled path (``convpool._window2_argmax``).
     """
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
@@ -41,7 +42,9 @@ def _forward_kernel(x, mean, scale, shift, ph, pw, sh, sw, y, argmax):
                 v = y.dtype.type((np.float64(xr[q]) - m) * a + b)
                 zr[q] = v if v > zero else zero
         if ph == 2 and pw == 2 and sh == 2 and sw == 2:
-            _pool2(z, y[s, ci], argmax[s, ci])
+            flat = z.reshape(h * w)
+            for oh in range(ho):
+                _window2_argmax(flat, zero, 2 * oh * w, w, wo, False, y[s, ci, oh], argmax[s, ci, oh])
             continue
         for oh in range(ho):
             for ow in range(wo):
@@ -56,28 +59,6 @@ def _forward_kernel(x, mean, scale, shift, ph, pw, sh, sw, y, argmax):
                             idx = (h0 + p) * w + w0 + q
                 y[s, ci, oh, ow] = best
                 argmax[s, ci, oh, ow] = idx
-
-
-@numba.njit(nogil=True, cache=True)
-def _pool2(z, y, argmax):
-    """y, argmax (Ho, Wo) = the maximum of each 2x2 window of stride 2 of z (H, W) and its flat index, the
-    first in row-major window order among equal values."""
-    w = z.shape[1]
-    for oh in range(y.shape[0]):
-        r0, r1 = z[2 * oh], z[2 * oh + 1]
-        yo, ao = y[oh], argmax[oh]
-        base = 2 * oh * w
-        for ow in range(y.shape[1]):
-            c0 = 2 * ow
-            best, idx = r0[c0], base + c0
-            if r0[c0 + 1] > best:
-                best, idx = r0[c0 + 1], base + c0 + 1
-            if r1[c0] > best:
-                best, idx = r1[c0], base + w + c0
-            if r1[c0 + 1] > best:
-                best, idx = r1[c0 + 1], base + w + c0 + 1
-            yo[ow] = best
-            ao[ow] = idx
 
 
 @numba.njit(nogil=True, cache=True)
