@@ -52,3 +52,21 @@ def test_conv_forward_backward(benchmark, shape):
     dx, dw, db = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
     record(benchmark, 3 * flops, m, k, n)
+
+
+# the frozen blocks' pass of patch bags on MNIST (greedy.methods.blocks.propagate): small maps, ReLU
+# and 2x2 max pool applied to each chunk's GEMM output
+PROPAGATION_SHAPES = [
+    (1024, 32, 64, 14, 3, 1),
+    (1024, 64, 128, 7, 3, 1),
+]
+
+
+@pytest.mark.parametrize("shape", PROPAGATION_SHAPES, ids=lambda s: f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px")
+def test_conv_relu_pool_forward(benchmark, shape):
+    x, w, b, _, pad, (m, k, n), flops = setup(shape)
+    fn = lambda: ck.conv2d_forward(x, w, b, 1, pad, relu=True, pool=2)  # noqa: E731
+    fn()
+    y = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    assert y.shape == (x.shape[0], w.shape[0], x.shape[2] // 2, x.shape[3] // 2)
+    record(benchmark, flops, m, k, n)

@@ -60,50 +60,35 @@ def _valid_range(b, stride, pad, w, wo):
 
 @numba.njit(nogil=True, cache=True)
 def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
-    """x (n, C, H, W) -> out (C*kh*kw, n, ho*wo): patch rows by (c, kh, kw), then sample, then position."""
+    """x (n, C, H, W) -> out (C*kh*kw, n, ho*wo): patch rows by (c, kh, kw), then sample, then position.
+
+    Each input plane is first copied into the middle of a zero-padded plane, so every tap then copies
+    runs of ``wo`` values without bounds checks or zeroing (on 7 x 7 maps 1.9x faster than clearing
+    the padding of every tap row; perf/README.md, "im2col").
+    """
     n, c, h, w = x.shape
-    for i in range(c * kh * kw * n):
-        j = i // n
-        s = i - j * n
-        ci = j // (kh * kw)
-        a = (j // kw) % kh
-        b = j % kw
-        lo, hi = _valid_range(b, stride, pad, w, wo)
-        orow = out[j, s]
-        if stride == 1 and wo == w:
-            # rows of out and x have the same length: the patch column is x shifted by d,
-            # copied as one run, then the columns that fall into the padding are cleared
-            oh0 = min(ho, max(0, pad - a))
-            oh1 = max(oh0, min(ho, h + pad - a))
-            d = (a - pad) * w + b - pad
-            t0 = max(oh0 * w, -d)
-            t1 = max(t0, min(oh1 * w, h * w - d))
-            src = x[s, ci].reshape(h * w)[t0 + d:t1 + d]
-            dst = orow[t0:t1]
-            orow[:t0] = 0
-            for q in range(t1 - t0):
-                dst[q] = src[q]
-            orow[t1:] = 0
-            for oh in range(oh0, oh1):
-                orow[oh * wo:oh * wo + lo] = 0
-                orow[oh * wo + hi:(oh + 1) * wo] = 0
-            continue
-        for oh in range(ho):
-            hh = oh * stride - pad + a
-            dst = orow[oh * wo:(oh + 1) * wo]
-            if hh < 0 or hh >= h:
-                dst[:] = 0
-                continue
-            dst[:lo] = 0
-            src = x[s, ci, hh, lo * stride + b - pad:]
-            mid = dst[lo:hi]
-            if stride == 1:
-                for q in range(hi - lo):
-                    mid[q] = src[q]
-            else:
-                for q in range(hi - lo):
-                    mid[q] = src[q * stride]
-            dst[hi:] = 0
+    wp = w + 2 * pad
+    plane = np.zeros((h + 2 * pad) * wp, out.dtype)
+    for i in range(n * c):
+        s = i // c
+        ci = i - s * c
+        xs = x[s, ci]
+        for r in range(h):
+            row = plane[(r + pad) * wp + pad:]
+            for q in range(w):
+                row[q] = xs[r, q]
+        for a in range(kh):
+            for b in range(kw):
+                orow = out[(ci * kh + a) * kw + b, s]
+                for oh in range(ho):
+                    src = plane[(oh * stride + a) * wp + b:]
+                    dst = orow[oh * wo:]
+                    if stride == 1:
+                        for q in range(wo):
+                            dst[q] = src[q]
+                    else:
+                        for q in range(wo):
+                            dst[q] = src[q * stride]
 
 
 @numba.njit(nogil=True, cache=True)
