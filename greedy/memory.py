@@ -8,6 +8,7 @@ slows down instead of being killed by the kernel's out-of-memory killer. ``cache
 disk space is freed with the cache, and nothing is left behind by a run that is killed.
 """
 import errno
+import mmap
 import os
 import resource
 import sys
@@ -23,6 +24,9 @@ CACHE_MODES = ("auto", "memory", "disk")
 # a cache goes to disk when it needs more than this share of the available memory: the rest is
 # left for the training of the block that reads it and for the next cache, written while it lives
 AVAILABLE_SHARE = 0.6
+
+# caches of at least this many bytes in memory are mapped in small pages (``memory_array``)
+SMALL_PAGES_MIN_BYTES = 64 * 1024**2
 
 
 def available_bytes():
@@ -73,9 +77,26 @@ class CacheStore:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if not self.on_disk(nbytes):
-            return np.empty(shape, dtype)
+            return memory_array(shape, dtype) if nbytes >= SMALL_PAGES_MIN_BYTES else np.empty(shape, dtype)
         self.spilled += 1
         return disk_array(shape, dtype, self.folder)
+
+
+def memory_array(shape, dtype):
+    """An uninitialised array of ``shape`` and ``dtype`` in an anonymous memory mapping of its own, in
+    small (4 KiB) pages; the mapping is released with the array.
+
+    NumPy asks for transparent huge pages for every large array. A cache is written once and then read
+    in batches, so huge pages gain it little, and the first write to fresh huge pages can be slow: on a
+    2-core KVM guest, writing 1.76 GB took 0.50-4.0 s in huge pages and 0.70-0.79 s in small ones
+    (perf/README.md, "Cache memory").
+    """
+    dtype = np.dtype(dtype)
+    nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+    area = mmap.mmap(-1, nbytes)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        area.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(area, dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
 
 
 def disk_array(shape, dtype, folder=None):

@@ -44,6 +44,22 @@ def test_propagate_streams_and_switches_to_float16_for_large_caches(monkeypatch)
     assert small.dtype == np.float16 and np.allclose(small, full, atol=1e-2)
 
 
+def test_propagate_sizes_its_batches_by_bytes(monkeypatch):
+    block = Sequential.from_spec("c4k3-relu-max2").build((2, 8, 8), 0)
+    x = np.random.default_rng(0).standard_normal((50, 2, 8, 8)).astype(np.float32)
+    seen = []
+    predict_batch = block.predict_batch
+    monkeypatch.setattr(block, "predict_batch", lambda xb: seen.append(len(xb)) or predict_batch(xb))
+    # a row is 2 x 8 x 8 float32 in (512 bytes), 4 x 4 x 4 out: 5,000 bytes make 9 rows a batch
+    monkeypatch.setattr(blocks, "PROPAGATE_BATCH_BYTES", 5000)
+    out = propagate(block, x)
+    assert seen == [1] + [9] * 5 + [5] and np.array_equal(out, propagate(block, x, batch_size=50))
+    monkeypatch.setattr(blocks, "PROPAGATE_BATCH_BYTES", 10)
+    seen.clear()
+    propagate(block, x[:3])
+    assert seen == [1, 1, 1, 1]
+
+
 def test_linear_classifier_folds_its_standardisation():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)

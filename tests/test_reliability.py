@@ -2,6 +2,7 @@
 import errno
 import fcntl
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -306,6 +307,13 @@ def test_the_cache_store_spills_only_what_does_not_fit(tmp_path):
     large[...] = 3.0
     assert large.dtype == np.float16 and float(large.sum()) == 3000.0 and list(tmp_path.iterdir()) == []
     assert not isinstance(memory.CacheStore("auto", available=lambda: None).empty((10**4,), np.float32), np.memmap)
+    big = memory.CacheStore("memory").empty((memory.SMALL_PAGES_MIN_BYTES // 2 + 1, 2), np.float16)
+    base = big
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert isinstance(base.obj, mmap.mmap) and not isinstance(big, np.memmap) and big.flags.writeable
+    big[-1] = 5.0
+    assert big.shape == (memory.SMALL_PAGES_MIN_BYTES // 2 + 1, 2) and float(big[-1].sum()) == 10.0
     with pytest.raises(Exception, match="cache must be one of"):
         memory.CacheStore("ram")
     assert memory.available_bytes() > 0

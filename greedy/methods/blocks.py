@@ -22,6 +22,10 @@ from greedy.nn.optim import make_optimizer
 from greedy.nn.pooling import Tap
 
 CACHE_FLOAT32_BYTES = 2 * 1024**3
+# A propagation batch's float32 input or output stays below glibc's largest mmap threshold (32 MiB),
+# so its arrays come back from the heap instead of fresh pages on every batch.
+PROPAGATE_BATCH_BYTES = 24 * 1024**2
+PROPAGATE_BATCH_MAX = 4096
 # Fewer elements than this are copied by the calling thread: a thread pool hand-off costs more.
 COPY_ROWS_MIN_SIZE = 1 << 18
 
@@ -148,7 +152,7 @@ def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
     return parse_spec("-".join(tokens + [f"fc{n_classes}"]), spec_ndim(shape))
 
 
-def propagate(block, x, batch_size=256, store=None):
+def propagate(block, x, batch_size=None, store=None):
     """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) or (N, C, L) -> outputs, stored
     float16 if large.
 
@@ -156,9 +160,14 @@ def propagate(block, x, batch_size=256, store=None):
     output comes from ``store`` (a ``greedy.memory.CacheStore``: in memory, or a memory-mapped file
     when it would not fit), or is an ordinary array without one. Each batch is converted to float32
     on the way in and to the cache's dtype on the way out by one thread per core (``copy_rows``).
+    ``batch_size`` rows at a time, by default as many as keep a batch's float32 input and output
+    each within ``PROPAGATE_BATCH_BYTES`` (24 MiB; at least one row, at most 4,096).
     """
     first = block.predict_batch(_as32(x[:1]))
     n = len(x)
+    if batch_size is None:
+        row_bytes = 4 * max(first[0].size, int(np.prod(x.shape[1:])))
+        batch_size = max(1, min(PROPAGATE_BATCH_MAX, PROPAGATE_BATCH_BYTES // row_bytes))
     dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
     shape = (n,) + first.shape[1:]
     out = np.empty(shape, dtype) if store is None else store.empty(shape, dtype)
