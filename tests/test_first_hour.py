@@ -82,3 +82,25 @@ def test_help_groups_options_and_shows_per_method_defaults():
     assert result.exit_code == 0
     for method in ("aux", "cosine", "kl", "patchbag", "binary", "e2e"):
         assert f"\n{method}\n" in "\n" + result.output
+
+
+def test_importing_numpy_before_greedy_warns_that_openblas_threads_spin():
+    import os
+    import subprocess
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+
+    def stderr(code):
+        return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True,
+                              text=True, check=True).stderr
+
+    threaded_openblas = any(p.get("internal_api") == "openblas" and p.get("num_threads", 1) > 1
+                            for p in threadpool_info())
+    late = stderr("import numpy; import greedy")
+    assert ("NumPy was imported before greedy" in late and "OPENBLAS_THREAD_TIMEOUT=4" in late) == threaded_openblas
+    assert "NumPy was imported before greedy" not in stderr("import greedy; import numpy")
+    env["OPENBLAS_THREAD_TIMEOUT"] = "4"
+    assert "NumPy was imported before greedy" not in stderr("import numpy; import greedy")
