@@ -89,18 +89,19 @@ def test_importing_numpy_before_greedy_warns_that_openblas_threads_spin():
     import subprocess
     import sys
 
-    from threadpoolctl import threadpool_info
+    # thread settings of the test process (dask's workers set some) would change the child's OpenBLAS
+    thread_vars = ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in thread_vars}
+    threaded = ("from threadpoolctl import threadpool_info; print(any(p.get('internal_api') == 'openblas' and "
+                "p.get('num_threads', 1) > 1 for p in threadpool_info()))")
 
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    def run(code):
+        done = subprocess.run([sys.executable, "-W", "always", "-c", f"{code}; {threaded}"], env=env,
+                              capture_output=True, text=True, check=True)
+        return done.stderr, done.stdout.strip() == "True"
 
-    def stderr(code):
-        return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True,
-                              text=True, check=True).stderr
-
-    threaded_openblas = any(p.get("internal_api") == "openblas" and p.get("num_threads", 1) > 1
-                            for p in threadpool_info())
-    late = stderr("import numpy; import greedy")
+    late, threaded_openblas = run("import numpy; import greedy")
     assert ("NumPy was imported before greedy" in late and "OPENBLAS_THREAD_TIMEOUT=4" in late) == threaded_openblas
-    assert "NumPy was imported before greedy" not in stderr("import greedy; import numpy")
+    assert "NumPy was imported before greedy" not in run("import greedy; import numpy")[0]
     env["OPENBLAS_THREAD_TIMEOUT"] = "4"
-    assert "NumPy was imported before greedy" not in stderr("import numpy; import greedy")
+    assert "NumPy was imported before greedy" not in run("import numpy; import greedy")[0]
