@@ -50,14 +50,6 @@ _threadpools = None
 # ---------------------------------------------------------------- kernels
 
 
-@numba.njit(cache=True)
-def _valid_range(b, stride, pad, w, wo):
-    """Output columns [lo, hi) whose input column ow*stride - pad + b lies inside [0, w)."""
-    lo = min(wo, max(0, -((b - pad) // stride)))
-    hi = max(lo, min(wo, (w + pad - b - 1) // stride + 1))
-    return lo, hi
-
-
 @numba.njit(nogil=True, cache=True)
 def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
     """x (n, C, H, W) -> out (C*kh*kw, n, ho*wo): patch rows by (c, kh, kw), then sample, then position.
@@ -93,28 +85,37 @@ def _im2colt_kernel(x, kh, kw, stride, pad, ho, wo, out):
 
 @numba.njit(nogil=True, cache=True)
 def _col2imt_kernel(cols, kh, kw, stride, pad, ho, wo, dx):
-    """Adds cols (C*kh*kw, n, ho*wo) into dx (n, C, H, W)."""
+    """Writes into dx (n, C, H, W) the sum of the patch columns cols (C*kh*kw, n, ho*wo): the adjoint of
+    ``_im2colt_kernel``.
+
+    Each plane's taps are added into a zero-padded scratch plane by runs of ``wo`` values, without
+    bounds checks, and its middle is copied out (7-30 % faster than adding into dx tap by tap with
+    the padding cut off; perf/README.md, "im2col").
+    """
     n, c, h, w = dx.shape
+    wp = w + 2 * pad
+    plane = np.empty((h + 2 * pad) * wp, dx.dtype)
     for i in range(n * c):
         s = i // c
         ci = i - s * c
+        plane[:] = 0
         for a in range(kh):
             for b in range(kw):
-                j = (ci * kh + a) * kw + b
-                lo, hi = _valid_range(b, stride, pad, w, wo)
-                crow = cols[j, s]
+                crow = cols[(ci * kh + a) * kw + b, s]
                 for oh in range(ho):
-                    hh = oh * stride - pad + a
-                    if hh < 0 or hh >= h:
-                        continue
-                    src = crow[oh * wo + lo:oh * wo + hi]
-                    dst = dx[s, ci, hh, lo * stride + b - pad:]
+                    dst = plane[(oh * stride + a) * wp + b:]
+                    src = crow[oh * wo:]
                     if stride == 1:
-                        for q in range(hi - lo):
+                        for q in range(wo):
                             dst[q] += src[q]
                     else:
-                        for q in range(hi - lo):
+                        for q in range(wo):
                             dst[q * stride] += src[q]
+        xs = dx[s, ci]
+        for r in range(h):
+            row = plane[(r + pad) * wp + pad:]
+            for q in range(w):
+                xs[r, q] = row[q]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -314,7 +315,7 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True, argmax=None):
         _check_argmax(argmax, dy, n, f, p)
     wm = w.reshape(f, k)
     dbpart = np.empty((n, f), np.float64)
-    dx = np.zeros(x.shape, dt) if input_grad else None
+    dx = np.empty(x.shape, dt) if input_grad else None
     nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
 
     def task(n0, m, buf):

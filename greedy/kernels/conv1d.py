@@ -33,9 +33,16 @@ from numba import prange
 from greedy import validate
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
-from greedy.kernels.conv import _valid_range
 
 # ---------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True)
+def _valid_range(b, stride, pad, w, wo):
+    """Output columns [lo, hi) whose input column ow*stride - pad + b lies inside [0, w)."""
+    lo = min(wo, max(0, -((b - pad) // stride)))
+    hi = max(lo, min(wo, (w + pad - b - 1) // stride + 1))
+    return lo, hi
 
 
 @numba.njit(nogil=True, cache=True)
