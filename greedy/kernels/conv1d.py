@@ -37,52 +37,57 @@ from greedy.kernels import conv as ck
 # ---------------------------------------------------------------- kernels
 
 
-@numba.njit(cache=True)
-def _valid_range(b, stride, pad, w, wo):
-    """Output columns [lo, hi) whose input column ow*stride - pad + b lies inside [0, w)."""
-    lo = min(wo, max(0, -((b - pad) // stride)))
-    hi = max(lo, min(wo, (w + pad - b - 1) // stride + 1))
-    return lo, hi
-
-
 @numba.njit(nogil=True, cache=True)
 def _im2colt_kernel(x, k, stride, pad, dil, lo_len, out):
-    """x (n, C, L) -> out (C*k, n, Lo): out[c*k + j, s, o] = x[s, c, o*stride - pad + j*dil], zero outside."""
+    """x (n, C, L) -> out (C*k, n, Lo): out[c*k + j, s, o] = x[s, c, o*stride - pad + j*dil], zero outside.
+
+    Each row is copied once into the middle of a zero-padded scratch row; every tap then copies
+    ``Lo`` values from it without bounds checks (as ``conv._im2colt_kernel``; 2-5x faster on rows of
+    12-48 values than clearing each tap's padding, perf/README.md "im2col").
+    """
     n, c, length = x.shape
-    for ci in range(c):
+    row = np.zeros(length + 2 * pad, out.dtype)
+    mid = row[pad:]
+    for i in range(n * c):
+        s = i // c
+        ci = i - s * c
+        xs = x[s, ci]
+        for q in range(length):
+            mid[q] = xs[q]
         for j in range(k):
-            r = ci * k + j
-            off = j * dil - pad
-            lo, hi = _valid_range(j * dil, stride, pad, length, lo_len)
-            for s in range(n):
-                dst = out[r, s]
-                dst[:lo] = 0
-                if stride == 1:
-                    dst[lo:hi] = x[s, ci, lo + off:hi + off]
-                else:
-                    src = x[s, ci]
-                    for q in range(lo, hi):
-                        dst[q] = src[q * stride + off]
-                dst[hi:] = 0
+            dst = out[ci * k + j, s]
+            src = row[j * dil:]
+            if stride == 1:
+                for q in range(lo_len):
+                    dst[q] = src[q]
+            else:
+                for q in range(lo_len):
+                    dst[q] = src[q * stride]
 
 
 @numba.njit(nogil=True, cache=True)
 def _col2imt_kernel(cols, k, stride, pad, dil, lo_len, dx):
-    """Adds cols (C*k, n, Lo) into dx (n, C, L): the adjoint of ``_im2colt_kernel``."""
+    """Writes into dx (n, C, L) the sum of the tap rows cols (C*k, n, Lo): the adjoint of
+    ``_im2colt_kernel``, through a zeroed padded scratch row."""
     n, c, length = dx.shape
-    for s in range(n):
-        for ci in range(c):
-            dst = dx[s, ci]
-            for j in range(k):
-                off = j * dil - pad
-                lo, hi = _valid_range(j * dil, stride, pad, length, lo_len)
-                src = cols[ci * k + j, s]
-                if stride == 1:
-                    for q in range(lo, hi):
-                        dst[q + off] += src[q]
-                else:
-                    for q in range(lo, hi):
-                        dst[q * stride + off] += src[q]
+    row = np.empty(length + 2 * pad, dx.dtype)
+    mid = row[pad:]
+    for i in range(n * c):
+        s = i // c
+        ci = i - s * c
+        row[:] = 0
+        for j in range(k):
+            dst = row[j * dil:]
+            src = cols[ci * k + j, s]
+            if stride == 1:
+                for q in range(lo_len):
+                    dst[q] += src[q]
+            else:
+                for q in range(lo_len):
+                    dst[q * stride] += src[q]
+        xs = dx[s, ci]
+        for q in range(length):
+            xs[q] = mid[q]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -282,7 +287,7 @@ def conv1d_backward(x, w, dy, stride=1, pad=0, dilation=1, input_grad=True):
     k = c * kk
     wm = w.reshape(f, k)
     dbpart = np.empty((n, f), np.float64)
-    dx = np.zeros(x.shape, dt) if input_grad else None
+    dx = np.empty(x.shape, dt) if input_grad else None
     per_sample = _per_sample(k, lo)
     nb = ck._chunk(n, lo, k + 1, max(f, k), dt.itemsize, numba.get_num_threads())
 
