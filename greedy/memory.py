@@ -92,11 +92,15 @@ def memory_array(shape, dtype):
     (perf/README.md, "Cache memory").
     """
     dtype = np.dtype(dtype)
-    nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
-    area = mmap.mmap(-1, nbytes)
+    count = int(np.prod(shape, dtype=np.int64))
+    try:
+        area = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    except OSError as e:
+        raise MemoryError(f"cannot map {count * dtype.itemsize / 2**30:.2f} GiB for a cache in memory "
+                          f"({e.strerror}); --cache disk puts caches in the run folder") from None
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         area.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(area, dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    return np.frombuffer(area, dtype, count=count).reshape(shape)
 
 
 def disk_array(shape, dtype, folder=None):
