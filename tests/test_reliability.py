@@ -314,6 +314,9 @@ def test_the_cache_store_spills_only_what_does_not_fit(tmp_path):
     assert isinstance(base.obj, mmap.mmap) and not isinstance(big, np.memmap) and big.flags.writeable
     big[-1] = 5.0
     assert big.shape == (memory.SMALL_PAGES_MIN_BYTES // 2 + 1, 2) and float(big[-1].sum()) == 10.0
+    with pytest.raises(Exception, match="cache must be one of"):
+        memory.CacheStore("ram")
+    assert memory.available_bytes() > 0
 
 
 def test_a_cache_that_cannot_be_mapped_in_memory_is_a_memory_error_naming_its_size(monkeypatch):
@@ -323,9 +326,6 @@ def test_a_cache_that_cannot_be_mapped_in_memory_is_a_memory_error_naming_its_si
     monkeypatch.setattr(memory.mmap, "mmap", refuse)
     with pytest.raises(MemoryError, match=r"cannot map 0\.50 GiB for a cache in memory .*--cache disk"):
         memory.CacheStore("memory").empty((2**27,), np.float32)
-    with pytest.raises(Exception, match="cache must be one of"):
-        memory.CacheStore("ram")
-    assert memory.available_bytes() > 0
 
 
 # ---------------------------------------------------------------- damaged files
