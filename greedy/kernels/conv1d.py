@@ -51,18 +51,9 @@ def _im2colt_kernel(x, k, stride, pad, dil, lo_len, out):
     for i in range(n * c):
         s = i // c
         ci = i - s * c
-        xs = x[s, ci]
-        for q in range(length):
-            mid[q] = xs[q]
+        ck.copy_run(mid, x[s, ci], length, 1)
         for j in range(k):
-            dst = out[ci * k + j, s]
-            src = row[j * dil:]
-            if stride == 1:
-                for q in range(lo_len):
-                    dst[q] = src[q]
-            else:
-                for q in range(lo_len):
-                    dst[q] = src[q * stride]
+            ck.copy_run(out[ci * k + j, s], row[j * dil:], lo_len, stride)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -77,17 +68,8 @@ def _col2imt_kernel(cols, k, stride, pad, dil, lo_len, dx):
         ci = i - s * c
         row[:] = 0
         for j in range(k):
-            dst = row[j * dil:]
-            src = cols[ci * k + j, s]
-            if stride == 1:
-                for q in range(lo_len):
-                    dst[q] += src[q]
-            else:
-                for q in range(lo_len):
-                    dst[q * stride] += src[q]
-        xs = dx[s, ci]
-        for q in range(length):
-            xs[q] = mid[q]
+            ck.add_run(row[j * dil:], cols[ci * k + j, s], lo_len, stride)
+        ck.copy_run(dx[s, ci], mid, length, 1)
 
 
 @numba.njit(nogil=True, cache=True)
