@@ -77,9 +77,17 @@ class CacheStore:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if not self.on_disk(nbytes):
-            return memory_array(shape, dtype) if nbytes >= SMALL_PAGES_MIN_BYTES else np.empty(shape, dtype)
+            return once_written_array(shape, dtype)
         self.spilled += 1
         return disk_array(shape, dtype, self.folder)
+
+
+def once_written_array(shape, dtype):
+    """An uninitialised array for data written once and then read: in small pages (``memory_array``) from
+    ``SMALL_PAGES_MIN_BYTES`` up, else an ordinary ``np.empty``."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return memory_array(shape, dtype) if nbytes >= SMALL_PAGES_MIN_BYTES else np.empty(shape, dtype)
 
 
 def memory_array(shape, dtype):

@@ -33,11 +33,13 @@ def exact_dictionary(x):
 
 
 @pytest.mark.parametrize("side", [1, 2])
-def test_code_layer_equals_explicit_conv_pool_head(side):
+@pytest.mark.parametrize("dense_max_bytes", [0, 1 << 20], ids=["csr", "array"])
+def test_code_layer_equals_explicit_conv_pool_head(side, dense_max_bytes):
     x = small_images()
     y = np.array([0, 1, 2, 0, 1, 2])
     pre, centers = exact_dictionary(x)
-    codes, stats = encode(x, pre, centers, side, dtype=np.float64)
+    codes, stats = encode(x, pre, centers, side, dtype=np.float64, dense_max_bytes=dense_max_bytes)
+    assert (codes.array is None) == (dense_max_bytes == 0)
     assert stats["inertia_per_patch"] == pytest.approx(0.0, abs=1e-4)
     rng = np.random.default_rng(1)
     layer = CodeLayer(centers.astype(np.float64), 4, 3, side * side, "tanh", rng, np.float64)
@@ -66,11 +68,13 @@ def test_code_layer_equals_explicit_conv_pool_head(side):
     assert rel_error(layer.grads["v"][order], model.layers[3].grads["w"]) < 1e-10
 
 
-def test_code_layer_gradients_match_finite_differences():
+@pytest.mark.parametrize("storage", ["csr", "array"])
+def test_code_layer_gradients_match_finite_differences(storage):
     rng = np.random.default_rng(0)
     centroids = rng.standard_normal((7, 5))
     counts = rng.integers(0, 3, (4, 2, 7)).astype(np.float64)
-    codes = RegionCodes([sp.csr_matrix(counts[:, r] / 9.0) for r in range(2)])
+    codes = RegionCodes([sp.csr_matrix(counts[:, r] / 9.0) for r in range(2)]) if storage == "csr" \
+        else RegionCodes(array=counts / 9.0)
     y = np.array([0, 1, 1, 2])
     for act in ("tanh", "relu"):
         layer = CodeLayer(centroids, 3, 3, 2, act, rng, np.float64)
@@ -85,10 +89,11 @@ def test_code_layer_gradients_match_finite_differences():
             assert rel_error(layer.grads[key].copy(), numeric_grad(loss, layer.params[key])) < 1e-6, (act, key)
 
 
-def test_codes_count_every_position_and_regions_partition_the_image():
+@pytest.mark.parametrize("dense_max_bytes", [0, 1 << 20], ids=["csr", "array"])
+def test_codes_count_every_position_and_regions_partition_the_image(dense_max_bytes):
     x = small_images(n=5, h=7, w=5)
     pre, centers = exact_dictionary(x)
-    codes, stats = encode(x, pre, centers, side=2, chunk_bytes=1)  # one image per chunk
+    codes, stats = encode(x, pre, centers, side=2, chunk_bytes=1, dense_max_bytes=dense_max_bytes)  # one image per chunk
     sizes = region_sizes(7, 5, 2)
     assert sizes.sum() == 35
     for r, part in enumerate(codes.parts):
@@ -108,6 +113,23 @@ def test_encoding_chosen_rows_equals_encoding_those_images():
     assert len(chosen) == 4 and stats == taken_stats
     for a, b in zip(chosen.parts, taken.parts):
         assert (a != b).nnz == 0
+
+
+def test_dense_and_sparse_codes_hold_the_same_frequencies_and_index_alike():
+    x = small_images(n=9, h=6, w=5)
+    pre, centers = exact_dictionary(x)
+    sparse, sparse_stats = encode(x, pre, centers, side=2, chunk_bytes=1, dense_max_bytes=0)
+    dense, dense_stats = encode(x, pre, centers, side=2, chunk_bytes=1)
+    assert sparse.array is None and dense.array.shape == (9, 4, len(centers)) and sparse_stats == dense_stats
+    assert np.array_equal(sparse.dense(), dense.dense()) and sparse.nnz == dense.nnz
+    rows = np.array([8, 2, 2, 5])
+    assert np.array_equal(sparse[rows].dense(), dense[rows].dense())
+    for a, b in zip(sparse.parts, dense.parts):
+        assert (a != b).nnz == 0
+    with pytest.raises(ValueError, match="either parts or array"):
+        RegionCodes()
+    with pytest.raises(ValueError, match=r"\(N, R, k\)"):
+        RegionCodes(array=np.zeros((3, 4)))
 
 
 def test_code_rows_draw_nothing_unless_they_sample():

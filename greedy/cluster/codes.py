@@ -10,9 +10,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from greedy.cluster.kmeans import KMeans, assign
+from greedy.errors import ConfigError
 from greedy.kernels.codes import count_codes, count_codes_1d
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
+# Codes up to this size are kept as one dense (N, R, k) array, larger ones as CSR matrices.
+DENSE_CODES_MAX_BYTES = 256 * 1024**2
 
 def region_sizes(h, w, side):
     """Number of positions in each of the side x side regions of an h x w map (same split as count_codes);
@@ -25,32 +28,54 @@ def region_sizes(h, w, side):
 
 
 class RegionCodes:
-    """Centroid frequencies of N images in R regions: ``parts`` is a list of R CSR matrices (N, k), float32.
+    """Centroid frequencies of N images in R regions over k centroids, float32.
 
-    Row i of part r holds image i's centroid counts in region r divided by the number of
-    positions in that region, so each row sums to one. Indexable by an index array.
+    Row i of region r holds image i's centroid counts in region r divided by the number of
+    positions in that region, so each row sums to one. Held either as ``parts``, a list of R CSR
+    matrices (N, k) (what sites send, and codes of many centroids such as hashed byte codes), or as
+    one dense ``array`` (N, R, k) (small dictionaries: a batch is then one gather and one GEMM).
+    Give exactly one of them; ``parts`` of an array-backed instance are made on first use.
+    Indexable by an index array.
     """
 
-    def __init__(self, parts, weights=None):
-        self.parts = parts
+    def __init__(self, parts=None, weights=None, array=None):
+        if (parts is None) == (array is None):
+            raise ConfigError("RegionCodes needs either parts or array")
+        if array is not None and array.ndim != 3:
+            raise ConfigError(f"a RegionCodes array is (N, R, k), got shape {array.shape}")
+        self._parts = parts
+        self.array = array
         self.weights = weights
 
+    @property
+    def parts(self):
+        if self._parts is None:
+            self._parts = [sp.csr_matrix(self.array[:, r]) for r in range(self.array.shape[1])]
+        return self._parts
+
     def __len__(self):
-        return self.parts[0].shape[0]
+        return len(self.array) if self.array is not None else self._parts[0].shape[0]
 
     def __getitem__(self, idx):
-        return RegionCodes([p[idx] for p in self.parts])
+        if self.array is not None:
+            return RegionCodes(array=self.array[idx])
+        return RegionCodes([p[idx] for p in self._parts])
 
     @property
     def nnz(self):
-        return sum(p.nnz for p in self.parts)
+        if self.array is not None:
+            return int(np.count_nonzero(self.array))
+        return sum(p.nnz for p in self._parts)
 
     def dense(self):
         """(N, R*k) dense array of all regions side by side."""
-        return np.hstack([p.toarray() for p in self.parts])
+        if self.array is not None:
+            return self.array.reshape(len(self.array), -1)
+        return np.hstack([p.toarray() for p in self._parts])
 
 
-def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32, rows=None):
+def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32, rows=None,
+           dense_max_bytes=DENSE_CODES_MAX_BYTES):
     """Assign every patch of every image to its nearest centroid, streamed in image chunks.
 
     x (N, C, H, W) float (or sequences (N, C, L) with ``side`` segments); pre a fitted PatchPreprocessor;
@@ -60,6 +85,8 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     (N*H*W, 9C) patch matrix is never built. A chunk holds as many images as take ``chunk_bytes``
     for their float32 input, their d projections (twice: the conv's output and its transpose) and
     their counts; the conv's and ``assign``'s own scratch blocks come on top.
+    The codes are one dense (M, R, k) array when it takes at most ``dense_max_bytes``, else R CSR
+    matrices (M, k) built chunk by chunk.
     Returns (RegionCodes of ``dtype``, stats dict with inertia per patch and mean distinct centroids per image).
     """
     n = len(x) if rows is None else len(rows)
@@ -70,12 +97,14 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
     per_image = (positions * (x.shape[1] + 2 * pre.A_.shape[1]) + n_regions * k) * 4
     step = max(1, chunk_bytes // per_image)
     sq = (centers.astype(np.float32) ** 2).sum(axis=1)
+    array = np.zeros((n, n_regions, k), dtype) if n * n_regions * k * np.dtype(dtype).itemsize <= dense_max_bytes \
+        else None
     parts = [[] for _ in range(n_regions)]
     inertia, distinct = 0.0, 0
     for start in range(0, n, step):
         xb = x[start:start + step] if rows is None else x[rows[start:start + step]]
         labels, dist = assign(pre.transform_images(xb), centers, sq)
-        counts = np.zeros((len(xb), n_regions, k), dtype)
+        counts = np.zeros((len(xb), n_regions, k), dtype) if array is None else array[start:start + len(xb)]
         if h:
             count_codes(labels.astype(np.int64), len(xb), h, w, side, k, counts)
         else:
@@ -83,9 +112,10 @@ def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.flo
         inertia += float(dist.sum())
         distinct += int((counts.sum(axis=1) > 0).sum())
         counts /= sizes[None, :, None]
-        for r in range(n_regions):
-            parts[r].append(sp.csr_matrix(counts[:, r]))
-    codes = RegionCodes([sp.vstack(p, format="csr") for p in parts])
+        if array is None:
+            for r in range(n_regions):
+                parts[r].append(sp.csr_matrix(counts[:, r]))
+    codes = RegionCodes(array=array) if array is not None else RegionCodes([sp.vstack(p, format="csr") for p in parts])
     stats = {"inertia_per_patch": inertia / (n * positions), "distinct_centroids_per_image": distinct / n,
              "code_density": codes.nnz / (n * n_regions * k)}
     return codes, stats

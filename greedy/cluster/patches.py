@@ -27,6 +27,7 @@ from greedy.kernels.conv1d import conv1d_forward
 from greedy.kernels.im2col import gather_patches, im2col
 from greedy.kernels.pointwise import centred_rows
 from greedy.kernels.taps import conv_taps
+from greedy.memory import once_written_array
 from greedy.errors import ConfigError
 
 
@@ -72,7 +73,7 @@ def sample_patches(x, n_patches, rng, size=3, chunk_images=2048):
     img, pos = picks // positions, picks % positions
     starts = np.arange(0, n, chunk_images)
     bounds = np.searchsorted(img, np.append(starts, n))
-    out = np.empty((len(picks), x.shape[1] * size ** (x.ndim - 2)), np.float32)
+    out = once_written_array((len(picks), x.shape[1] * size ** (x.ndim - 2)), np.float32)
     for start, a, b in zip(starts, bounds[:-1], bounds[1:]):
         if a == b:
             continue

@@ -48,14 +48,21 @@ class CodeLayer(Model):
         return np.tanh(pre) if self.activation == "tanh" else np.maximum(pre, 0)
 
     def pooled(self, parts):
-        """Regional average-pooled features (N, R*F) of the layer on code parts."""
+        """Regional average-pooled features (N, R*F) of the layer on code parts: a list of R (N, k)
+        matrices, or one (N, R, k) array."""
         self.act = self.centroid_activations()
+        if isinstance(parts, np.ndarray):
+            n, r, k = parts.shape
+            return (parts.reshape(n * r, k) @ self.act).reshape(n, -1)
         return np.hstack([np.asarray(part @ self.act) for part in parts])
 
     def forward(self, codes, train=False):
-        # a batch denser than a few percent multiplies faster as a dense BLAS product
-        self.parts = [p.toarray() if sp.issparse(p) and p.nnz > DENSE_BATCH_DENSITY * p.shape[0] * p.shape[1]
-                      else p for p in codes.parts]
+        if codes.array is not None:
+            self.parts = np.ascontiguousarray(codes.array, dtype=self.centroids.dtype)
+        else:
+            # a batch denser than a few percent multiplies faster as a dense BLAS product
+            self.parts = [p.toarray() if sp.issparse(p) and p.nnz > DENSE_BATCH_DENSITY * p.shape[0] * p.shape[1]
+                          else p for p in codes.parts]
         self.g = self.pooled(self.parts)
         return self.g @ self.params["v"] + self.params["a"]
 
@@ -64,7 +71,11 @@ class CodeLayer(Model):
         self.grads["v"][...] = self.g.T @ dlogits
         self.grads["a"][...] = dlogits.sum(axis=0)
         dg = dlogits @ self.params["v"].T
-        dact = sum(np.asarray(part.T @ dg[:, r * f:(r + 1) * f]) for r, part in enumerate(self.parts))
+        if isinstance(self.parts, np.ndarray):
+            n, r, k = self.parts.shape
+            dact = self.parts.reshape(n * r, k).T @ dg.reshape(n * r, f)
+        else:
+            dact = sum(np.asarray(part.T @ dg[:, r * f:(r + 1) * f]) for r, part in enumerate(self.parts))
         dpre = dact * (1 - self.act * self.act) if self.activation == "tanh" else dact * (self.act > 0)
         self.grads["w"][...] = self.centroids.T @ dpre
         self.grads["b"][...] = dpre.sum(axis=0)
