@@ -13,6 +13,8 @@ import os
 import resource
 import sys
 import tempfile
+import threading
+import weakref
 
 import numpy as np
 
@@ -27,6 +29,8 @@ AVAILABLE_SHARE = 0.6
 
 # caches of at least this many bytes in memory are mapped in small pages (``memory_array``)
 SMALL_PAGES_MIN_BYTES = 64 * 1024**2
+# mappings of dead arrays kept for reuse by ``memory_array``, at most this share of physical memory
+KEEP_FREE_SHARE = 0.25
 
 
 def available_bytes():
@@ -70,7 +74,8 @@ class CacheStore:
         if self.mode != "auto":
             return self.mode == "disk"
         free = (self.available or available_bytes)()
-        return free is not None and nbytes > AVAILABLE_SHARE * free
+        # mappings kept for reuse are not counted as available by the system, but a cache may take them
+        return free is not None and nbytes > AVAILABLE_SHARE * (free + free_area_bytes())
 
     def empty(self, shape, dtype):
         """An uninitialised array of ``shape`` and ``dtype``: an ndarray, or an np.memmap on disk."""
@@ -90,25 +95,87 @@ def once_written_array(shape, dtype):
     return memory_array(shape, dtype) if nbytes >= SMALL_PAGES_MIN_BYTES else np.empty(shape, dtype)
 
 
+class _Area:
+    """An anonymous mapping of ``memory_array``'s and whether an array still uses it."""
+
+    def __init__(self, nbytes):
+        self.map = mmap.mmap(-1, nbytes)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            self.map.madvise(mmap.MADV_NOHUGEPAGE)
+        self.nbytes, self.in_use = nbytes, False
+
+
+_areas = []
+_areas_lock = threading.RLock()  # re-entrant: a finalizer may run in a thread holding it
+
+
 def memory_array(shape, dtype):
-    """An uninitialised array of ``shape`` and ``dtype`` in an anonymous memory mapping of its own, in
-    small (4 KiB) pages; the mapping is released with the array.
+    """An uninitialised array of ``shape`` and ``dtype`` in an anonymous memory mapping in small
+    (4 KiB) pages, reused after the array is gone.
 
     NumPy asks for transparent huge pages for every large array. A cache is written once and then read
     in batches, so huge pages gain it little, and the first write to fresh huge pages can be slow: on a
     2-core KVM guest, writing 1.76 GB took 0.50-4.0 s in huge pages and 0.70-0.79 s in small ones
-    (perf/README.md, "Cache memory").
+    (perf/README.md, "Cache memory"). Memory given back to the system costs again when it is next
+    written (the kernel clears it; a virtual machine's host may have taken it back: 4 GiB took 7.8 s
+    to write fresh, 1.6 s again at once and 5.2 s again after 6 s idle, against 0 s in a mapping
+    kept). So when the array and its views are gone the mapping is kept, and the next request it
+    can hold takes it (the smallest such); mappings no array uses are unmapped, largest first, once
+    they pass ``KEEP_FREE_SHARE`` of physical memory, and all of them by ``release_free_areas``.
     """
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
+    nbytes = max(count * dtype.itemsize, 1)
+    with _areas_lock:
+        fits = [a for a in _areas if not a.in_use and a.nbytes >= nbytes]
+        area = min(fits, key=lambda a: a.nbytes) if fits else None
+        if area is None:
+            try:
+                area = _Area(nbytes)
+            except OSError as e:
+                raise MemoryError(f"cannot map {nbytes / 2**30:.2f} GiB for a cache in memory "
+                                  f"({e.strerror}); --cache disk puts caches in the run folder") from None
+            _areas.append(area)
+        area.in_use = True
+    flat = np.frombuffer(area.map, dtype, count=count)
+    weakref.finalize(flat, _free_area, area)
+    return flat.reshape(shape)
+
+
+def _free_area(area):
+    with _areas_lock:
+        area.in_use = False
+        _unmap_free(_keep_free_bytes())
+
+
+def _keep_free_bytes():
     try:
-        area = mmap.mmap(-1, max(count * dtype.itemsize, 1))
-    except OSError as e:
-        raise MemoryError(f"cannot map {count * dtype.itemsize / 2**30:.2f} GiB for a cache in memory "
-                          f"({e.strerror}); --cache disk puts caches in the run folder") from None
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        area.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(area, dtype, count=count).reshape(shape)
+        return int(KEEP_FREE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _unmap_free(keep):
+    """Drop free areas, largest first, until those left take at most ``keep`` bytes (lock held)."""
+    free = sorted((a for a in _areas if not a.in_use), key=lambda a: a.nbytes, reverse=True)
+    total = sum(a.nbytes for a in free)
+    for area in free:
+        if total <= keep:
+            break
+        _areas.remove(area)  # unmapped when the last reference goes: the dead array's buffer may hold one
+        total -= area.nbytes
+
+
+def release_free_areas():
+    """Unmap every mapping of ``memory_array`` no array uses any more (the end of a run)."""
+    with _areas_lock:
+        _unmap_free(0)
+
+
+def free_area_bytes():
+    """Bytes of ``memory_array`` mappings kept for reuse."""
+    with _areas_lock:
+        return sum(a.nbytes for a in _areas if not a.in_use)
 
 
 def disk_array(shape, dtype, folder=None):

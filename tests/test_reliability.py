@@ -319,6 +319,30 @@ def test_the_cache_store_spills_only_what_does_not_fit(tmp_path):
     assert memory.available_bytes() > 0
 
 
+def test_mappings_of_dead_arrays_are_reused_smallest_first_and_released(monkeypatch):
+    memory.release_free_areas()
+    big, small = memory.memory_array((1 << 20,), np.float32), memory.memory_array((1 << 18,), np.float32)
+    big[:], small[:] = 1.0, 2.0
+    view = big[10:20]
+    del big
+    assert memory.free_area_bytes() == 0  # a view keeps the mapping in use
+    del view, small
+    assert memory.free_area_bytes() == (1 << 22) + (1 << 20)
+    again = memory.memory_array((100, 100), np.float64)  # 80,000 bytes: the smaller free mapping
+    assert again.shape == (100, 100) and memory.free_area_bytes() == 1 << 22
+    again[:] = 5.0
+    assert float(again.sum()) == 50000.0
+    # what is kept for reuse counts as available when a cache's place is chosen
+    store = memory.CacheStore("auto", available=lambda: 1 << 20)
+    assert not store.on_disk(1 << 21) and store.on_disk(1 << 23)
+    monkeypatch.setattr(memory, "KEEP_FREE_SHARE", 0.0)
+    del again
+    assert memory.free_area_bytes() == 0  # past the share: nothing is kept
+    memory.memory_array((10,), np.float32)
+    memory.release_free_areas()
+    assert memory.free_area_bytes() == 0
+
+
 def test_a_cache_that_cannot_be_mapped_in_memory_is_a_memory_error_naming_its_size(monkeypatch):
     def refuse(*args):
         raise OSError(errno.ENOMEM, "Cannot allocate memory")

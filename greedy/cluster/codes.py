@@ -15,7 +15,7 @@ from greedy.kernels.codes import count_codes, count_codes_1d
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
 # Codes up to this size are kept as one dense (N, R, k) array, larger ones as CSR matrices.
-DENSE_CODES_MAX_BYTES = 256 * 1024**2
+DENSE_CODES_MAX_BYTES = 1024**3
 
 def region_sizes(h, w, side):
     """Number of positions in each of the side x side regions of an h x w map (same split as count_codes);

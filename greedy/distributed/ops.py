@@ -22,7 +22,8 @@ from greedy.cluster.kmeans import KMeans, _assign, _sq_norms
 from greedy.cluster.patches import sample_patches
 from greedy.distributed.cluster import current_site
 from greedy.distributed.shard import save_npy
-from greedy.methods.blocks import _as32, pool_maps, propagate, spec_ndim
+from greedy.kernels.cast import as_float32
+from greedy.methods.blocks import pool_maps, propagate, spec_ndim
 from greedy.nn.fit import predict
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.network import Normalizer
@@ -213,9 +214,9 @@ def final_features(run_key, n_layers, pool, tap_layers, share, per_class, n_clas
     x = site.load(run_key, f"layer-{n_layers}.npy")
     if pool:
         pooler = Sequential(parse_spec(pool, spec_ndim(x.shape[1:]))).build(x.shape[1:])
-        last = predict(pooler, x, _as32)
+        last = predict(pooler, x, as_float32)
     else:
-        last = _as32(np.asarray(x))
+        last = as_float32(np.asarray(x))
     parts = [np.asarray(site.load(run_key, f"tap-{t}.npy")) for t in tap_layers]
     feats = np.concatenate(parts + [last.reshape(len(x), -1)], axis=1)
     y = np.asarray(site.y)

@@ -6,6 +6,7 @@ from the CLI or the estimator straight into ``Method.fit``.
 """
 import numpy as np
 
+from greedy.memory import release_free_areas
 from greedy.methods import config as configs
 from greedy.methods.layerwise import train_layerwise
 
@@ -40,4 +41,8 @@ class LayerwiseMethod(Method):
         trainer = self.trainer_class(config, n_classes)
         trainer.store.folder = monitor.folder
         monitor.log("options", blocks=trainer.block_specs(), layer_budget=getattr(config, "layer_budget", None))
-        return train_layerwise(trainer, x, y, eval_set, monitor, rng)
+        try:
+            return train_layerwise(trainer, x, y, eval_set, monitor, rng)
+        finally:
+            trainer = None
+            release_free_areas()

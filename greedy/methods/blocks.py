@@ -7,13 +7,12 @@ or (C, L). Feature caches are float32 up to ``CACHE_FLOAT32_BYTES`` and float16 
 the training-set cache of a block needs at most N x C x H x W x 4 bytes, or half of that for
 large blocks (about 3.3 GB for 50,000 images of 128 x 16 x 16).
 """
-import concurrent.futures
 import re
 
-import numba
 import numpy as np
 
 from greedy.errors import ConfigError
+from greedy.kernels.cast import as_float32, cast_into
 from greedy.nn.fit import fit, predict
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.layers1d import Tap1d
@@ -26,8 +25,6 @@ CACHE_FLOAT32_BYTES = 2 * 1024**3
 # so its arrays come back from the heap instead of fresh pages on every batch.
 PROPAGATE_BATCH_BYTES = 24 * 1024**2
 PROPAGATE_BATCH_MAX = 4096
-# Fewer elements than this are copied by the calling thread: a thread pool hand-off costs more.
-COPY_ROWS_MIN_SIZE = 1 << 18
 
 EMBEDDING_TOKEN = r"emb\d+(?:v\d+)?"
 
@@ -138,9 +135,9 @@ def pool_maps(x, tap, batch_size=500):
     or "gapmax", ``tap_layer``) keeps them, flattened: (N, D) float32."""
     pool = tap_layer(tap, x.ndim).pool
     if pool is None:
-        return _as32(x).reshape(len(x), -1)
+        return as_float32(x).reshape(len(x), -1)
     pooler = Sequential([pool]).build(x.shape[1:])
-    return predict(pooler, x, _as32, batch_size).reshape(len(x), -1)
+    return predict(pooler, x, as_float32, batch_size).reshape(len(x), -1)
 
 
 def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
@@ -159,11 +156,11 @@ def propagate(block, x, batch_size=None, store=None):
     Uses the fused inference pass (``greedy.inference``): no full-size conv map is written. The
     output comes from ``store`` (a ``greedy.memory.CacheStore``: in memory, or a memory-mapped file
     when it would not fit), or is an ordinary array without one. Each batch is converted to float32
-    on the way in and to the cache's dtype on the way out by one thread per core (``copy_rows``).
+    on the way in and to the cache's dtype on the way out on all cores (``greedy.kernels.cast``).
     ``batch_size`` rows at a time, by default as many as keep a batch's float32 input and output
     each within ``PROPAGATE_BATCH_BYTES`` (24 MiB; at least one row, at most 4,096).
     """
-    first = block.predict_batch(_as32(x[:1]))
+    first = block.predict_batch(as_float32(x[:1]))
     n = len(x)
     if batch_size is None:
         row_bytes = 4 * max(first[0].size, int(np.prod(x.shape[1:])))
@@ -171,30 +168,13 @@ def propagate(block, x, batch_size=None, store=None):
     dtype = np.float32 if n * first[0].size * 4 <= CACHE_FLOAT32_BYTES else np.float16
     shape = (n,) + first.shape[1:]
     out = np.empty(shape, dtype) if store is None else store.empty(shape, dtype)
-    threads = numba.get_num_threads()
     inputs = None if x.dtype == np.float32 else np.empty((min(n, batch_size),) + x.shape[1:], np.float32)
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for i in range(0, n, batch_size):
-            xb = x[i:i + batch_size]
-            if inputs is not None:
-                xb = copy_rows(inputs[:len(xb)], xb, pool, threads)
-            copy_rows(out[i:i + batch_size], block.predict_batch(xb), pool, threads)
+    for i in range(0, n, batch_size):
+        xb = x[i:i + batch_size]
+        if inputs is not None:
+            xb = cast_into(inputs[:len(xb)], xb)
+        cast_into(out[i:i + batch_size], block.predict_batch(xb))
     return out
-
-
-def copy_rows(dst, src, pool, parts):
-    """dst[...] = src, cast to dst's dtype, the rows shared out among ``parts`` tasks of the thread ``pool``
-    (NumPy's copies and casts release the GIL; a float16 cast runs at about 0.5 ns an element a core).
-    Returns dst."""
-    step = -(-len(src) // parts)
-    if parts == 1 or src.size < COPY_ROWS_MIN_SIZE:
-        np.copyto(dst, src, casting="unsafe")
-        return dst
-    tasks = [pool.submit(np.copyto, dst[a:a + step], src[a:a + step], casting="unsafe")
-             for a in range(0, len(src), step)]
-    for task in tasks:
-        task.result()
-    return dst
 
 
 def normalize_cache(normalizer, x, store=None, batch_size=4096):
@@ -204,10 +184,6 @@ def normalize_cache(normalizer, x, store=None, batch_size=4096):
     for i in range(0, len(x), batch_size):
         out[i:i + batch_size] = normalizer(x[i:i + batch_size])
     return out
-
-
-def _as32(xb):
-    return xb if xb.dtype == np.float32 else xb.astype(np.float32)
 
 
 def parse_budget(text, n_layers):
@@ -245,6 +221,6 @@ def fit_block(model, x, y, config, budget, rng, loss_fn=None, label="block", on_
     kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
     epochs = amount if unit == "e" else 1e6
     return fit(model, x, y, opt, epochs=epochs, batch_size=config.batch_size,
-               prepare=_as32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
+               prepare=as_float32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
                time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=progress,
                label=label, augment=augment, **kwargs)

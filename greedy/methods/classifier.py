@@ -8,7 +8,7 @@ import numpy as np
 
 from greedy.errors import ConfigError
 from greedy.kernels import pointwise
-from greedy.methods.blocks import _as32
+from greedy.kernels.cast import as_float32
 from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.fit import accuracy, fit
 from greedy.nn.layers import Dense
@@ -21,7 +21,7 @@ STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
 def _row_chunks(x):
     rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * x[0].size))
     for i in range(0, len(x), rows):
-        yield i, _as32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
+        yield i, as_float32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
 
 
 def column_mean_std(x, parts=None):
@@ -33,7 +33,7 @@ def column_mean_std(x, parts=None):
     ranges' sums are then added in order (shorter float64 chains than one running sum).
     """
     parts = parts or numba.get_num_threads()
-    shift = _as32(x[:1]).reshape(-1).astype(np.float64)
+    shift = as_float32(x[:1]).reshape(-1).astype(np.float64)
     total, total2 = np.zeros_like(shift), np.zeros_like(shift)
     for _, chunk in _row_chunks(x):
         sums, sums2 = pointwise.row_range_sums(chunk, shift, parts)

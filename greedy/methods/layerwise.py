@@ -30,8 +30,9 @@ import numpy as np
 
 from greedy.checkpoint import build_within, float_values
 from greedy.errors import CheckpointError, ConfigError
+from greedy.kernels.cast import as_float32
 from greedy.memory import CacheStore, cache_fields
-from greedy.methods.blocks import (_as32, block_shapes, input_normalizer, normalize_cache, parse_budget, pool_maps,
+from greedy.methods.blocks import (block_shapes, input_normalizer, normalize_cache, parse_budget, pool_maps,
                                    pooling_token, propagate, spec_ndim, tap_layer, tap_pool_sizes)
 from greedy.methods.classifier import train_classifier
 from greedy.methods.resume import (layerwise_state, restore_blocks, restore_classifier, restore_sequential,
@@ -271,10 +272,10 @@ class ConvBlockTrainer(BlockTrainer):
                 self.cat[0].taps = self.taps
                 pooled_shape = self.pooler.out_shape if self.pooler else self.shape
                 self.cat[0].build(pooled_shape, rng)
-        feats = predict(self.pooler, x, _as32) if self.pooler else x
+        feats = predict(self.pooler, x, as_float32) if self.pooler else x
         if self.taps:
             tapped = self.tapped if which == "train" else self.tapped_eval
-            feats = np.concatenate([_as32(f) for f in tapped] + [_as32(feats).reshape(len(feats), -1)], axis=1)
+            feats = np.concatenate([as_float32(f) for f in tapped] + [as_float32(feats).reshape(len(feats), -1)], axis=1)
         return feats
 
     def assemble(self, blocks, classifier, state):
@@ -285,7 +286,7 @@ class ConvBlockTrainer(BlockTrainer):
         if c.final_classifier == "last-head":
             head = state["heads"][-1]
             extra["retrained_classifier_accuracy"] = acc
-            acc = None if state["cache_eval"] is None else accuracy(head, state["cache_eval"], state["y_eval"], _as32)
+            acc = None if state["cache_eval"] is None else accuracy(head, state["cache_eval"], state["y_eval"], as_float32)
             model = Sequential(body + head.layers)
         else:
             model = Sequential(body + self.pool_layers + self.cat + classifier)

@@ -13,8 +13,9 @@
 import functools
 
 from greedy.cluster.divergence import class_kl_matrix
+from greedy.kernels.cast import as_float32
 from greedy.methods.base import LayerwiseMethod
-from greedy.methods.blocks import _as32, fit_block, head_layers, pooling_token
+from greedy.methods.blocks import fit_block, head_layers, pooling_token
 from greedy.methods.layerwise import ConvBlockTrainer
 from greedy.nn import objectives
 from greedy.nn.augment import random_crop_flip
@@ -55,7 +56,7 @@ class ObjectiveTrainer(ConvBlockTrainer):
         def on_epoch(epoch, loss, train_acc):
             fields = {"train_loss": loss}
             if model is not None and x_eval is not None:
-                fields["head_accuracy"] = on_epoch.last_accuracy = accuracy(model, x_eval, y_eval, _as32)
+                fields["head_accuracy"] = on_epoch.last_accuracy = accuracy(model, x_eval, y_eval, as_float32)
             monitor.log("train_layer", layer=layer, epoch=epoch, n_epochs=n_epochs, **fields)
         on_epoch.last_accuracy = None
         return on_epoch
@@ -74,7 +75,7 @@ class AuxTrainer(ObjectiveTrainer):
                   augment=self.augment(block.in_shape), on_epoch=logger)
         acc = logger.last_accuracy
         if acc is None and x_eval is not None:
-            acc = accuracy(model, x_eval, y_eval, _as32)
+            acc = accuracy(model, x_eval, y_eval, as_float32)
         return {"head_accuracy": acc, "head": head}
 
 
@@ -100,8 +101,8 @@ class FeatureObjectiveTrainer(ObjectiveTrainer):
         if x_eval is None:
             return {}
         n = min(len(x), CENTROID_SAMPLES)
-        f_train = predict(model, x[:n], _as32).reshape(n, -1)
-        f_eval = predict(model, x_eval, _as32).reshape(len(x_eval), -1)
+        f_train = predict(model, x[:n], as_float32).reshape(n, -1)
+        f_eval = predict(model, x_eval, as_float32).reshape(len(x_eval), -1)
         centroids = objectives.class_centroids(f_train, y[:n], self.n_classes)
         info = {"head_accuracy": float((objectives.cosine_predict(f_eval, centroids) == y_eval).mean())}
         _, info["knn_kl_mean"] = class_kl_matrix(f_eval, y_eval, k=1, max_per_class=300)
