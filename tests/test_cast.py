@@ -62,3 +62,24 @@ def test_cast_into_refuses_arrays_of_different_shapes():
         cast.cast_into(np.empty((3, 4), np.float32), np.empty((4, 3), np.float16))
     with pytest.raises(ConfigError, match="two arrays of one shape, got .*list"):
         cast.cast_into(np.empty(3, np.float32), [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("shape", [(3, 40, 5, 7), (2, 3, 17, 16), (1, 1, 1, 1)])
+def test_to_channels_last_moves_and_converts_every_value(dtype, shape):
+    x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
+    out = cast.to_channels_last(x, np.full((shape[0], shape[2], shape[3], shape[1]), np.nan, np.float32))
+    assert np.array_equal(out, x.transpose(0, 2, 3, 1).astype(np.float32))
+    strided = x[:, ::2]
+    assert np.array_equal(cast.to_channels_last(strided, np.empty(out.shape[:3] + (strided.shape[1],), np.float32)),
+                          strided.transpose(0, 2, 3, 1).astype(np.float32))
+
+
+def test_to_channels_last_refuses_what_it_would_write_past():
+    x = np.zeros((2, 3, 4, 5), np.float16)
+    with pytest.raises(ConfigError, match=r"dst must be .* shape \(2, 4, 5, 3\), got float32 of shape \(2, 4, 5, 2\)"):
+        cast.to_channels_last(x, np.empty((2, 4, 5, 2), np.float32))
+    with pytest.raises(ConfigError, match=r"dst must be .*got float64"):
+        cast.to_channels_last(x, np.empty((2, 4, 5, 3), np.float64))
+    with pytest.raises(ConfigError, match=r"src must be a float16 or float32 \(N, C, H, W\) array, got int32"):
+        cast.to_channels_last(np.zeros((2, 3, 4, 5), np.int32), np.empty((2, 4, 5, 3), np.float32))

@@ -13,6 +13,7 @@ from numba import prange
 
 from greedy import validate
 from greedy.errors import ConfigError
+from greedy.kernels.cast import to_channels_last
 
 # The tap values of this many bytes are made by one GEMM and summed before the next.
 TAPS_CHUNK_BYTES = 16 * 1024**2
@@ -49,7 +50,10 @@ def conv_taps(x, w, b):
     y = np.empty((n, h, wd, f), np.float32)
     for s in range(0, n, m):
         e = min(n, s + m)
-        np.copyto(pixels[:e - s], x[s:e].transpose(0, 2, 3, 1))
+        if x.dtype == np.float64:
+            np.copyto(pixels[:e - s], x[s:e].transpose(0, 2, 3, 1))
+        else:
+            to_channels_last(x[s:e], pixels[:e - s])
         block = taps[:(e - s) * h * wd]
         np.matmul(pixels[:e - s].reshape(-1, c), wcat, out=block)
         shift_sum(block.reshape(e - s, h, wd, taps_per_pixel), kh, kw, b, y[s:e])
