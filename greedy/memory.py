@@ -5,7 +5,8 @@ float32 or float16 values). ``CacheStore.empty`` allocates one: in memory when i
 memory-mapped file in the run folder (``cache="auto"``), so that a run too large for the machine
 slows down instead of being killed by the kernel's out-of-memory killer. ``cache="memory"`` and
 ``cache="disk"`` force either place. The file is unlinked as soon as it is mapped: the cache's
-disk space is freed with the cache, and nothing is left behind by a run that is killed.
+disk space is freed with the cache, and nothing is left behind by a run that is killed. Caches in
+memory are mappings of their own, kept for the next cache when they die (``memory_array``).
 """
 import errno
 import mmap
@@ -121,7 +122,8 @@ def memory_array(shape, dtype):
     to write fresh, 1.6 s again at once and 5.2 s again after 6 s idle, against 0 s in a mapping
     kept). So when the array and its views are gone the mapping is kept, and the next request it
     can hold takes it (the smallest such); mappings no array uses are unmapped, largest first, once
-    they pass ``KEEP_FREE_SHARE`` of physical memory, and all of them by ``release_free_areas``.
+    they pass ``KEEP_FREE_SHARE`` of physical memory or the memory still available, and all of them by
+    ``release_free_areas``.
     """
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
@@ -149,10 +151,14 @@ def _free_area(area):
 
 
 def _keep_free_bytes():
+    """Bytes of free mappings to keep: ``KEEP_FREE_SHARE`` of physical memory, and no more than the
+    memory the system still has available (so that kept mappings never push it towards swapping)."""
     try:
-        return int(KEEP_FREE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        share = int(KEEP_FREE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 0
+    available = available_bytes()
+    return 0 if available is None else min(share, available)
 
 
 def _unmap_free(keep):

@@ -335,8 +335,12 @@ def test_mappings_of_dead_arrays_are_reused_smallest_first_and_released(monkeypa
     # what is kept for reuse counts as available when a cache's place is chosen
     store = memory.CacheStore("auto", available=lambda: 1 << 20)
     assert not store.on_disk(1 << 21) and store.on_disk(1 << 23)
-    monkeypatch.setattr(memory, "KEEP_FREE_SHARE", 0.0)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 16)
     del again
+    assert memory.free_area_bytes() == 0  # more than the system has available: nothing is kept
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(memory, "KEEP_FREE_SHARE", 0.0)
+    memory.memory_array((10,), np.float32)
     assert memory.free_area_bytes() == 0  # past the share: nothing is kept
     memory.memory_array((10,), np.float32)
     memory.release_free_areas()
