@@ -4,6 +4,7 @@ import pytest
 
 from greedy.errors import ConfigError
 from greedy.kernels import cast
+from greedy.memory import disk_array
 
 
 def test_every_float16_converts_exactly():
@@ -83,3 +84,12 @@ def test_to_channels_last_refuses_what_it_would_write_past():
         cast.to_channels_last(x, np.empty((2, 4, 5, 3), np.float64))
     with pytest.raises(ConfigError, match=r"src must be a float16 or float32 \(N, C, H, W\) array, got int32"):
         cast.to_channels_last(np.zeros((2, 3, 4, 5), np.int32), np.empty((2, 4, 5, 3), np.float32))
+
+
+def test_disk_caches_are_cast_in_place_both_ways(tmp_path):
+    cache = disk_array((cast.PARALLEL_MIN_SIZE // 64 + 1, 8, 8), np.float16, str(tmp_path))
+    x = np.random.default_rng(4).standard_normal(cache.shape).astype(np.float32)
+    cast.cast_into(cache, x)  # a propagation batch into a cache on disk
+    assert np.array_equal(np.asarray(cache), x.astype(np.float16))
+    back = cast.as_float32(cache[3:])
+    assert type(back) is np.ndarray and np.array_equal(back, x[3:].astype(np.float16).astype(np.float32))
