@@ -65,7 +65,7 @@ def test_cast_into_refuses_arrays_of_different_shapes():
         cast.cast_into(np.empty(3, np.float32), [1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 40, 5, 7), (2, 3, 17, 16), (1, 1, 1, 1)])
 def test_to_channels_last_moves_and_converts_every_value(dtype, shape):
     x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
@@ -82,7 +82,7 @@ def test_to_channels_last_refuses_what_it_would_write_past():
         cast.to_channels_last(x, np.empty((2, 4, 5, 2), np.float32))
     with pytest.raises(ConfigError, match=r"dst must be .*got float64"):
         cast.to_channels_last(x, np.empty((2, 4, 5, 3), np.float64))
-    with pytest.raises(ConfigError, match=r"src must be a float16 or float32 \(N, C, H, W\) array, got int32"):
+    with pytest.raises(ConfigError, match=r"src must be a float16, float32 or float64 \(N, C, H, W\) array, got int32"):
         cast.to_channels_last(np.zeros((2, 3, 4, 5), np.int32), np.empty((2, 4, 5, 3), np.float32))
 
 

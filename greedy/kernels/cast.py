@@ -47,10 +47,10 @@ def cast_into(dst, src):
 
 
 def to_channels_last(src, dst):
-    """dst (N, H, W, C) float32 = src (N, C, H, W) float16 or float32 moved channels-last (and converted);
-    returns dst. Images run in parallel."""
-    if not isinstance(src, np.ndarray) or src.ndim != 4 or src.dtype not in (np.float16, np.float32):
-        raise ConfigError(f"src must be a float16 or float32 (N, C, H, W) array, got "
+    """dst (N, H, W, C) float32 = src (N, C, H, W) float16, float32 or float64 moved channels-last (and
+    converted); returns dst. Images run in parallel."""
+    if not isinstance(src, np.ndarray) or src.ndim != 4 or src.dtype not in (np.float16, np.float32, np.float64):
+        raise ConfigError(f"src must be a float16, float32 or float64 (N, C, H, W) array, got "
                           f"{getattr(src, 'dtype', type(src).__name__)} of shape {getattr(src, 'shape', None)}")
     n, c, h, w = src.shape
     if not isinstance(dst, np.ndarray) or dst.dtype != np.float32 or dst.shape != (n, h, w, c) \
@@ -59,9 +59,9 @@ def to_channels_last(src, dst):
                           f"{getattr(dst, 'dtype', None)} of shape {getattr(dst, 'shape', None)}")
     src = np.ascontiguousarray(src).reshape(n, c, h * w)
     if src.dtype == np.float16:
-        _half_to_channels_last(src.view(np.uint16), HALF_TO_FLOAT, dst.reshape(n, h * w, c))
+        _to_channels_last(src.view(np.uint16), HALF_TO_FLOAT, dst.reshape(n, h * w, c))
     else:
-        _to_channels_last(src, dst.reshape(n, h * w, c))
+        _to_channels_last(src, None, dst.reshape(n, h * w, c))
     return dst
 
 
@@ -129,24 +129,16 @@ TILE = 16
 
 
 @numba.njit(parallel=True, cache=True)
-def _half_to_channels_last(bits, table, out):
-    """out (N, P, C) float32 = float16 bit patterns bits (N, C, P) uint16, transposed per image in tiles."""
-    n, c, p = bits.shape
-    for i in prange(n):
-        for p0 in range(0, p, TILE):
-            for c0 in range(0, c, TILE):
-                for q in range(p0, min(p, p0 + TILE)):
-                    for ch in range(c0, min(c, c0 + TILE)):
-                        out[i, q, ch] = table[bits[i, ch, q]]
-
-
-@numba.njit(parallel=True, cache=True)
-def _to_channels_last(src, out):
-    """out (N, P, C) = src (N, C, P), transposed per image in tiles."""
+def _to_channels_last(src, table, out):
+    """out (N, P, C) float32 = src (N, C, P) transposed per image in tiles; src holds float16 bit patterns
+    (uint16) read through ``table`` (65536,), or values when ``table`` is None (a branch Numba prunes)."""
     n, c, p = src.shape
     for i in prange(n):
         for p0 in range(0, p, TILE):
             for c0 in range(0, c, TILE):
                 for q in range(p0, min(p, p0 + TILE)):
                     for ch in range(c0, min(c, c0 + TILE)):
-                        out[i, q, ch] = src[i, ch, q]
+                        if table is None:
+                            out[i, q, ch] = src[i, ch, q]
+                        else:
+                            out[i, q, ch] = table[src[i, ch, q]]

@@ -50,10 +50,7 @@ def conv_taps(x, w, b):
     y = np.empty((n, h, wd, f), np.float32)
     for s in range(0, n, m):
         e = min(n, s + m)
-        if x.dtype == np.float64:
-            np.copyto(pixels[:e - s], x[s:e].transpose(0, 2, 3, 1))
-        else:
-            to_channels_last(x[s:e], pixels[:e - s])
+        to_channels_last(x[s:e], pixels[:e - s])
         block = taps[:(e - s) * h * wd]
         np.matmul(pixels[:e - s].reshape(-1, c), wcat, out=block)
         shift_sum(block.reshape(e - s, h, wd, taps_per_pixel), kh, kw, b, y[s:e])
