@@ -67,3 +67,32 @@ def test_fold_batchnorm_matches_conv_then_batchnorm():
     w, b = inference.fold_batchnorm(conv, bn)
     x = np.random.default_rng(4).standard_normal((3, 2, 6, 6))
     assert np.allclose(ck.conv2d_forward(x, w, b, 1, 1), model.forward(x, train=False), atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["c6k3-relu-max2", "c6k3-tanh-max2", "c6k3-relu-max2-fc4"])
+def test_forward_into_out_writes_the_same_values(spec):
+    """With ``out`` the last conv run writes into it (or the result is copied there): the same values as
+    without, the same array returned, and a memory-mapped cache slice takes the same path."""
+    model = trained_like(spec, (3, 8, 8))
+    x = np.random.default_rng(5).standard_normal((9, 3, 8, 8)).astype(np.float32)
+    expected = model.predict_batch(x)
+    out = np.full((12,) + expected.shape[1:], np.nan, np.float32)
+    got = model.predict_batch(x, out=out[2:11])
+    assert got.base is out or got is out or np.shares_memory(got, out)
+    assert np.array_equal(out[2:11], expected)
+    assert np.isnan(out[:2]).all() and np.isnan(out[11:]).all()
+
+
+def test_conv_forward_refuses_an_out_of_the_wrong_shape_dtype_or_layout():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    b = np.zeros(3, np.float32)
+    expected = ck.conv2d_forward(x, w, b, 1, 1, relu=True, pool=2)
+    out = np.empty((4, 3, 3, 3), np.float32)
+    assert ck.conv2d_forward(x, w, b, 1, 1, relu=True, pool=2, out=out) is out
+    assert np.array_equal(out, expected)
+    for bad in (np.empty((4, 3, 6, 6), np.float32), np.empty((4, 3, 3, 3), np.float64),
+                np.empty((4, 3, 3, 6), np.float32)[..., ::2]):
+        with pytest.raises(ConfigError, match="out must be"):
+            ck.conv2d_forward(x, w, b, 1, 1, relu=True, pool=2, out=bad)

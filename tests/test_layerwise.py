@@ -49,7 +49,7 @@ def test_propagate_sizes_its_batches_by_bytes(monkeypatch):
     x = np.random.default_rng(0).standard_normal((50, 2, 8, 8)).astype(np.float32)
     seen = []
     predict_batch = block.predict_batch
-    monkeypatch.setattr(block, "predict_batch", lambda xb: seen.append(len(xb)) or predict_batch(xb))
+    monkeypatch.setattr(block, "predict_batch", lambda xb, out=None: seen.append(len(xb)) or predict_batch(xb, out))
     # a row is 2 x 8 x 8 float32 in (512 bytes), 4 x 4 x 4 out: 5,000 bytes make 9 rows a batch
     monkeypatch.setattr(blocks, "PROPAGATE_BATCH_BYTES", 5000)
     out = propagate(block, x)

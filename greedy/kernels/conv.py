@@ -171,6 +171,18 @@ def _out_size(h, w, kh, kw, stride, pad, what):
     return ho, wo
 
 
+def _output(out, shape, dtype):
+    """``out`` checked to be a C-contiguous ``dtype`` array of ``shape`` (as a plain ndarray view), or a
+    new array when it is None: kernels write into it without bounds checks."""
+    if out is None:
+        return np.empty(shape, dtype)
+    out = np.asarray(out)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ConfigError(f"out must be a C-contiguous {np.dtype(dtype)} array of shape {shape}, got "
+                          f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not contiguous)'}")
+    return out
+
+
 def _conv_args(x, w, stride, pad):
     x = validate.float_array(x, "x", 4)
     w = validate.float_array(w, "w", 4)
@@ -256,7 +268,7 @@ def _run_chunks(task, n, nb, nbytes):
 # ---------------------------------------------------------------- public API
 
 
-def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1, keep_argmax=False):
+def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1, keep_argmax=False, out=None):
     """Cross-correlation y = conv(x, w) + b with zero padding; optionally ReLU and max pooling fused in.
 
     x (N, C, H, W), w (F, C, KH, KW), b (F,), one float dtype.
@@ -266,6 +278,8 @@ def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1, keep_argmax=Fal
     without writing the full-size y. With ``keep_argmax`` it returns (that map,
     argmax) instead, argmax int32 of the same shape (``greedy.kernels.convpool``):
     what ``conv2d_backward(..., argmax=argmax)`` needs to take the pooled map's gradient.
+    ``out``, a C-contiguous array of the returned map's shape and dtype (a slice of a feature cache,
+    say), receives the map instead of a new array.
     """
     x, w, stride, pad, ho, wo = _conv_args(x, w, stride, pad)
     b = validate.float_array(b, "b", 1)
@@ -280,7 +294,7 @@ def conv2d_forward(x, w, b, stride=1, pad=0, relu=False, pool=1, keep_argmax=Fal
     p, k = ho * wo, c * kh * kw
     wm = w.reshape(f, k)
     fused = relu or pool > 1
-    y = np.empty((n, f, ho // pool, wo // pool), dt)
+    y = _output(out, (n, f, ho // pool, wo // pool), dt)
     argmax = np.empty(y.shape, np.int32) if keep_argmax else None
     nb = _chunk(n, p, k, f, dt.itemsize, numba.get_num_threads())
 

@@ -105,11 +105,11 @@ def channel_mean_var(x):
 def channel_normalise(x, mean, scale, shift, y):
     """y[:, c] = (x[:, c] - mean[c]) * scale[c] + shift[c] for x, y (N, C, P), computed in float64."""
     n, c, p = x.shape
-    for t in prange(n * c):
-        i, j = t // c, t % c
-        m, a, b = np.float64(mean[j]), np.float64(scale[j]), np.float64(shift[j])
-        for k in range(p):
-            y[i, j, k] = (np.float64(x[i, j, k]) - m) * a + b
+    for i in prange(n):
+        for j in range(c):
+            m, a, b = np.float64(mean[j]), np.float64(scale[j]), np.float64(shift[j])
+            for k in range(p):
+                y[i, j, k] = (np.float64(x[i, j, k]) - m) * a + b
 
 
 @numba.njit(parallel=True, cache=True)

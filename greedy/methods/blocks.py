@@ -156,7 +156,8 @@ def propagate(block, x, batch_size=None, store=None):
     Uses the fused inference pass (``greedy.inference``): no full-size conv map is written. The
     output comes from ``store`` (a ``greedy.memory.CacheStore``: in memory, or a memory-mapped file
     when it would not fit), or is an ordinary array without one. Each batch is converted to float32
-    on the way in and to the cache's dtype on the way out on all cores (``greedy.kernels.cast``).
+    on the way in and to the cache's dtype on the way out on all cores (``greedy.kernels.cast``);
+    a float32 cache is written by the block's last convolution itself.
     ``batch_size`` rows at a time, by default as many as keep a batch's float32 input and output
     each within ``PROPAGATE_BATCH_BYTES`` (24 MiB; at least one row, at most 4,096).
     """
@@ -173,7 +174,10 @@ def propagate(block, x, batch_size=None, store=None):
         xb = x[i:i + batch_size]
         if inputs is not None:
             xb = cast_into(inputs[:len(xb)], xb)
-        cast_into(out[i:i + batch_size], block.predict_batch(xb))
+        if out.dtype == np.float32:
+            block.predict_batch(xb, out=out[i:i + batch_size])
+        else:
+            cast_into(out[i:i + batch_size], block.predict_batch(xb))
     return out
 
 

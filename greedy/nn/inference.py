@@ -18,6 +18,7 @@ nothing for a backward pass.
 """
 import numpy as np
 
+from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
 from greedy.kernels import conv1d as k1
 from greedy.nn.activations import ReLU, Tanh
@@ -62,19 +63,30 @@ def _conv_group(layers, i):
     return w, b, conv, act, pool, j
 
 
-def forward(layers, x):
-    """Inference output of ``layers`` applied in order to x (N, C, H, W) or (N, C, L), with conv runs fused."""
-    i = 0
+def forward(layers, x, out=None):
+    """Inference output of ``layers`` applied in order to x (N, C, H, W) or (N, C, L), with conv runs fused.
+
+    ``out`` (an array of the output's shape and dtype) receives the output: written by the last conv
+    run itself when it ends ``layers`` with a ReLU or no activation, copied into otherwise."""
+    i, written = 0, False
     while i < len(layers):
         if not isinstance(layers[i], (Conv2d, Conv1d)):
             x = layers[i].forward(x, train=False)
             i += 1
             continue
         w, b, conv, act, pool, i = _conv_group(layers, i)
+        target = out if i == len(layers) and act != "tanh" and not isinstance(conv, Conv1d) else None
         if isinstance(conv, Conv1d):
             x = k1.conv1d_forward(x, w, b, conv.stride, conv.padding, conv.dilation, relu=act == "relu", pool=pool)
         else:
-            x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool)
+            x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool, out=target)
+            written = target is not None
         if act == "tanh":
             np.tanh(x, out=x)
-    return x
+    if out is None:
+        return x
+    if not written:
+        if x.shape != out.shape:
+            raise ConfigError(f"out has shape {out.shape} but the layers' output has {x.shape}")
+        np.copyto(out, x)
+    return out

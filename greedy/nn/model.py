@@ -134,7 +134,8 @@ class Model:
     ``forward(x, train=False) -> y``; ``backward(dy, input_grad=True)`` writes the gradients of
     ``parameters()`` into ``gradients()`` (two lists of arrays in the same fixed order) and
     returns dL/dx, or None when not ``input_grad``; ``predict_batch(x)`` is the inference output
-    of one batch (by default ``forward(x)``).
+    of one batch (by default ``forward(x)``), written into ``out`` when given (an array of its shape
+    and dtype).
     """
 
     def forward(self, x, train=False):
@@ -149,8 +150,12 @@ class Model:
     def gradients(self):
         raise NotImplementedError
 
-    def predict_batch(self, x):
-        return self.forward(x, train=False)
+    def predict_batch(self, x, out=None):
+        y = self.forward(x, train=False)
+        if out is None:
+            return y
+        np.copyto(out, y)
+        return out
 
     def n_parameters(self):
         return int(sum(p.size for p in self.parameters()))
@@ -255,10 +260,11 @@ class Sequential(Model):
         return [(f"{i}/{k}", layer.params[k]) for i, layer in enumerate(self.layers)
                 for k in sorted(layer.params)]
 
-    def predict_batch(self, x):
+    def predict_batch(self, x, out=None):
         """Inference output for one batch x (N, ...), with conv runs fused (``greedy.nn.inference``);
-        keeps nothing for backward."""
-        return inference.forward(self.layers, x)
+        keeps nothing for backward. ``out`` (the output's shape and dtype) receives it, see
+        ``inference.forward``."""
+        return inference.forward(self.layers, x, out)
 
     def predict_logits(self, x, batch_size=500):
         """Logits (N, K) for float inputs x (N, ...), in batches."""
@@ -282,9 +288,10 @@ class Stack(Model):
             dy = self.parts[i].backward(dy, input_grad=input_grad or i > 0)
         return dy
 
-    def predict_batch(self, x):
-        """Inference output for one batch, with conv runs fused (``greedy.nn.inference``)."""
-        return inference.forward([lay for p in self.parts for lay in p.layers], x)
+    def predict_batch(self, x, out=None):
+        """Inference output for one batch, with conv runs fused (``greedy.nn.inference``); ``out`` as in
+        ``Sequential.predict_batch``."""
+        return inference.forward([lay for p in self.parts for lay in p.layers], x, out)
 
     def parameters(self):
         return [q for p in self.parts for q in p.parameters()]
