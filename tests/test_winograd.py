@@ -1,0 +1,85 @@
+"""Winograd F(2x2, 3x3) inference convolution against the im2col convolution and float64 NumPy."""
+import numpy as np
+import pytest
+
+from greedy.errors import ConfigError
+from greedy.kernels import conv as ck
+from greedy.kernels import pool as pk
+from greedy.kernels import winograd as wg
+from greedy.nn import inference
+from greedy.nn.model import Sequential
+
+
+def direct(x, w, b, pad):
+    """The cross-correlation in float64 with NumPy alone."""
+    n, c, h, wd = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
+    y = np.zeros((n, w.shape[0], ho, wo)) + b.astype(np.float64)[:, None, None]
+    for a in range(3):
+        for c2 in range(3):
+            y += np.einsum("nchw,fc->nfhw", xp[:, :, a:a + ho, c2:c2 + wo], w[:, :, a, c2].astype(np.float64))
+    return y
+
+
+@pytest.mark.parametrize("shape,pad", [((3, 4, 8, 8), 1), ((2, 3, 7, 9), 1), ((2, 5, 6, 5), 0), ((2, 2, 5, 6), 2),
+                                       ((1, 2, 3, 3), 1), ((3, 2, 1, 1), 1), ((2, 3, 4, 3), 0)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("pool", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_equals_the_direct_convolution(shape, pad, relu, pool, dtype):
+    rng = np.random.default_rng(sum(shape) + pad)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((6, shape[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    ref = direct(x, w, b, pad)
+    if min(ref.shape[2:]) < pool:
+        with pytest.raises(ConfigError, match="Winograd"):
+            wg.conv_forward(x, w, b, pad, relu, pool)
+        return
+    ref = np.maximum(ref, 0) if relu else ref
+    ref = pk.maxpool2d_forward(ref, pool, pool, with_argmax=False)[0] if pool > 1 else ref
+    got = wg.conv_forward(x, w, b, pad, relu, pool)
+    assert got.dtype == dtype and got.shape == ref.shape
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_winograd_chunks_write_every_sample_into_out(monkeypatch):
+    """Small chunks (many per worker) and an ``out`` slice: every sample lands in its place, nothing beyond."""
+    monkeypatch.setattr(wg, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((37, 32, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((8, 32, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    out = np.full((40, 8, 3, 3), np.nan, np.float32)
+    assert wg.conv_forward(x, w, b, 1, True, 2, out=out[1:38]).base is not None
+    expected = ck.conv2d_forward(x, w, b, 1, 1, relu=True, pool=2)
+    assert np.allclose(out[1:38], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert np.isnan(out[0]).all() and np.isnan(out[38:]).all()
+
+
+def test_winograd_refuses_what_it_cannot_compute():
+    x = np.zeros((2, 32, 8, 8), np.float32)
+    b = np.zeros(4, np.float32)
+    for w, pad, pool in [(np.zeros((4, 32, 5, 5), np.float32), 1, 1), (np.zeros((4, 32, 3, 3), np.float32), 3, 1),
+                         (np.zeros((4, 32, 3, 3), np.float32), 1, 3)]:
+        with pytest.raises(ConfigError, match="Winograd"):
+            wg.conv_forward(x, w, b, pad, False, pool)
+    with pytest.raises(ConfigError, match="b has 3 entries"):
+        wg.conv_forward(x, np.zeros((4, 32, 3, 3), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ConfigError, match="share one dtype"):
+        wg.conv_forward(x, np.zeros((4, 32, 3, 3)), b)
+
+
+def test_inference_takes_winograd_only_where_it_pays(monkeypatch):
+    """Wide enough 3x3 stride-1 convs go through Winograd, and the fused pass still equals the layers."""
+    calls = []
+    forward = wg.conv_forward
+    monkeypatch.setattr(wg, "conv_forward", lambda *a, **k: calls.append(a[1].shape) or forward(*a, **k))
+    model = Sequential.from_spec("c32k3-relu-max2-c40k3-relu-c8k3s2-relu-c8k5").build((3, 16, 16), 0)
+    x = np.random.default_rng(2).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    expected = model.forward(x, train=False)
+    got = inference.forward(model.layers, x)
+    assert calls == [(40, 32, 3, 3)]
+    assert np.allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
