@@ -9,6 +9,7 @@ import pytest
 from conftest import record
 
 from greedy.kernels import conv as ck
+from greedy.kernels import winograd as wg
 
 # (N, C, F, H=W, K, pad)
 SHAPES = [
@@ -54,19 +55,33 @@ def test_conv_forward_backward(benchmark, shape):
     record(benchmark, 3 * flops, m, k, n)
 
 
-# the frozen blocks' pass of patch bags on MNIST (greedy.methods.blocks.propagate): small maps, ReLU
-# and 2x2 max pool applied to each chunk's GEMM output
+# the frozen blocks' pass of patch bags (greedy.methods.blocks.propagate): MNIST's small maps with ReLU
+# and 2x2 max pool applied to each chunk's GEMM output, and CIFAR-10's second and third blocks;
+# (N, C, F, H=W, K, pad, pool)
 PROPAGATION_SHAPES = [
-    (1024, 32, 64, 14, 3, 1),
-    (1024, 64, 128, 7, 3, 1),
+    (1024, 32, 64, 14, 3, 1, 2),
+    (1024, 64, 128, 7, 3, 1, 2),
+    (256, 128, 256, 16, 3, 1, 2),
+    (256, 256, 256, 8, 3, 1, 1),
 ]
 
 
-@pytest.mark.parametrize("shape", PROPAGATION_SHAPES, ids=lambda s: f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px")
-def test_conv_relu_pool_forward(benchmark, shape):
-    x, w, b, _, pad, (m, k, n), flops = setup(shape)
-    fn = lambda: ck.conv2d_forward(x, w, b, 1, pad, relu=True, pool=2)  # noqa: E731
+def _propagation_id(s):
+    return f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px-pool{s[6]}"
+
+
+@pytest.mark.parametrize("shape", PROPAGATION_SHAPES, ids=_propagation_id)
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_conv_relu_pool_forward(benchmark, shape, algorithm):
+    """The im2col convolution and Winograd F(2x2, 3x3) (``greedy.kernels.winograd``) on the same shape;
+    GFLOP/s count the direct convolution's multiply-adds for both."""
+    x, w, b, _, pad, (m, k, n), flops = setup(shape[:6])
+    pool = shape[6]
+    if algorithm == "winograd":
+        fn = lambda: wg.conv_forward(x, w, b, pad, relu=True, pool=pool)  # noqa: E731
+    else:
+        fn = lambda: ck.conv2d_forward(x, w, b, 1, pad, relu=True, pool=pool)  # noqa: E731
     fn()
     y = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
-    assert y.shape == (x.shape[0], w.shape[0], x.shape[2] // 2, x.shape[3] // 2)
+    assert y.shape == (x.shape[0], w.shape[0], x.shape[2] // pool, x.shape[3] // pool)
     record(benchmark, flops, m, k, n)
