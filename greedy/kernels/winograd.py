@@ -81,38 +81,46 @@ def _input_tiles(x, pad, th, tw, v):
                     o3[t0 + b] = row[q + 1] - row[q + 3]
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _tile_rows(m, k, t):
+    """The two rows (r0j, r1j) of A^T M of tile t of filter k, M = m[:, k, t] as 4x4."""
+    r00 = m[0, k, t] + m[4, k, t] + m[8, k, t]
+    r01 = m[1, k, t] + m[5, k, t] + m[9, k, t]
+    r02 = m[2, k, t] + m[6, k, t] + m[10, k, t]
+    r03 = m[3, k, t] + m[7, k, t] + m[11, k, t]
+    r10 = m[4, k, t] - m[8, k, t] - m[12, k, t]
+    r11 = m[5, k, t] - m[9, k, t] - m[13, k, t]
+    r12 = m[6, k, t] - m[10, k, t] - m[14, k, t]
+    r13 = m[7, k, t] - m[11, k, t] - m[15, k, t]
+    return r00 + r01 + r02, r01 - r02 - r03, r10 + r11 + r12, r11 - r12 - r13
+
+
 @numba.njit(nogil=True, cache=True)
 def _output_tiles(m, bias, th, tw, relu, pool, y):
     """m (16, F, n*th*tw) -> y (n, F, Ho, Wo): A^T M A + bias of every tile, then ReLU if ``relu``; with
-    ``pool`` 2 the max of each tile is y[s, f, a, b] (y is the pooled map), with 1 the tile's values
-    within Ho x Wo are written."""
+    ``pool`` 2 the max of each tile is y[s, f, a, b] (y is the pooled map, th x tw), with 1 the tile's
+    values within Ho x Wo are written."""
     f, n = m.shape[1], y.shape[0]
     ho, wo = y.shape[2], y.shape[3]
+    tiles = th * tw
     lo = m.dtype.type(0) if relu else m.dtype.type(-np.inf)
     for k in range(f):
         bk = bias[k]
         for s in range(n):
+            if pool == 2:  # tile t of sample s is pooled value t - s * tiles of its plane: one run
+                dst = y[s, k].reshape(tiles)
+                t0 = s * tiles
+                for q in range(tiles):
+                    o00, o01, o10, o11 = _tile_rows(m, k, t0 + q)
+                    dst[q] = max(max(max(o00, o01), max(o10, o11)) + bk, lo)
+                continue
             dst = y[s, k]
             for a in range(th):
                 t0 = (s * th + a) * tw
+                r = 2 * a
                 for b in range(tw):
-                    t = t0 + b
-                    r00 = m[0, k, t] + m[4, k, t] + m[8, k, t]
-                    r01 = m[1, k, t] + m[5, k, t] + m[9, k, t]
-                    r02 = m[2, k, t] + m[6, k, t] + m[10, k, t]
-                    r03 = m[3, k, t] + m[7, k, t] + m[11, k, t]
-                    r10 = m[4, k, t] - m[8, k, t] - m[12, k, t]
-                    r11 = m[5, k, t] - m[9, k, t] - m[13, k, t]
-                    r12 = m[6, k, t] - m[10, k, t] - m[14, k, t]
-                    r13 = m[7, k, t] - m[11, k, t] - m[15, k, t]
-                    o00 = r00 + r01 + r02
-                    o01 = r01 - r02 - r03
-                    o10 = r10 + r11 + r12
-                    o11 = r11 - r12 - r13
-                    if pool == 2:
-                        dst[a, b] = max(max(max(o00, o01), max(o10, o11)) + bk, lo)
-                        continue
-                    r, q = 2 * a, 2 * b
+                    o00, o01, o10, o11 = _tile_rows(m, k, t0 + b)
+                    q = 2 * b
                     dst[r, q] = max(o00 + bk, lo)
                     if q + 1 < wo:
                         dst[r, q + 1] = max(o01 + bk, lo)
