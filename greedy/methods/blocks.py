@@ -149,7 +149,7 @@ def head_layers(shape, n_classes, pool, hidden_convs=0, width=None):
     return parse_spec("-".join(tokens + [f"fc{n_classes}"]), spec_ndim(shape))
 
 
-def propagate(block, x, batch_size=None, store=None):
+def propagate(block, x, batch_size=None, store=None, each_batch=None):
     """Apply a frozen block (a Sequential) to cached inputs x (N, C, H, W) or (N, C, L) -> outputs, stored
     float16 if large.
 
@@ -157,7 +157,8 @@ def propagate(block, x, batch_size=None, store=None):
     output comes from ``store`` (a ``greedy.memory.CacheStore``: in memory, or a memory-mapped file
     when it would not fit), or is an ordinary array without one. Each batch is converted to float32
     on the way in and to the cache's dtype on the way out on all cores (``greedy.kernels.cast``);
-    a float32 cache is written by the block's last convolution itself.
+    a float32 cache is written by the block's last convolution itself. ``each_batch(i, rows)`` is called
+    with the output rows [i, i + len(rows)) as stored, once written, while they are in cache memory.
     ``batch_size`` rows at a time, by default as many as keep a batch's float32 input and output
     each within ``PROPAGATE_BATCH_BYTES`` (24 MiB; at least one row, at most 4,096).
     """
@@ -178,6 +179,8 @@ def propagate(block, x, batch_size=None, store=None):
             block.predict_batch(xb, out=out[i:i + batch_size])
         else:
             cast_into(out[i:i + batch_size], block.predict_batch(xb))
+        if each_batch is not None:
+            each_batch(i, out[i:i + batch_size])
     return out
 
 

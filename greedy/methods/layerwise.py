@@ -215,7 +215,7 @@ class ConvBlockTrainer(BlockTrainer):
         shapes = block_shapes(self.block_specs(), self.shape)
         self.pool = pooling_token(shapes[-1], c.final_pool)
         self.tap_sizes = tap_pool_sizes(shapes, self.pool) if c.final_features == "all" else None
-        self.taps, self.tapped, self.tapped_eval = [], [], []
+        self.taps, self.tapped, self.tapped_eval, self.pooled = [], [], [], []
         return (normalize_cache(self.normalizer, x, self.store),
                 None if x_eval is None else normalize_cache(self.normalizer, x_eval, self.store))
 
@@ -223,7 +223,19 @@ class ConvBlockTrainer(BlockTrainer):
         return Sequential.from_spec(spec).build(self.shape, rng)
 
     def propagate(self, layer, block, x):
-        return propagate(block, x, store=self.store)
+        """The block's output cache; with a tap after this block, its pooled map too, computed batch by
+        batch as the output is written and kept for ``after_block``."""
+        tap = self.tap_sizes[layer] if self.tap_sizes and layer < len(self.tap_sizes) else None
+        if tap is None:
+            return propagate(block, x, store=self.store)
+        pooled = []
+
+        def keep(i, rows):
+            pooled.append(pool_maps(rows, tap))
+
+        out = propagate(block, x, store=self.store, each_batch=keep)
+        self.pooled.append((out, np.concatenate(pooled) if len(pooled) > 1 else pooled[0]))
+        return out
 
     def block_state(self, layer, block, head):
         arrays, info = sequential_state(block, "block/")
@@ -258,9 +270,14 @@ class ConvBlockTrainer(BlockTrainer):
             self.taps.append(tap_layer(self.tap_sizes[layer], x.ndim))
             self.taps[-1].build(self.shape, rng)
             block.layers.append(self.taps[-1])
-            self.tapped.append(pool_maps(x, self.tap_sizes[layer]))
+            self.tapped.append(self._pooled_of(x))
             if x_eval is not None:
-                self.tapped_eval.append(pool_maps(x_eval, self.tap_sizes[layer]))
+                self.tapped_eval.append(self._pooled_of(x_eval))
+        self.pooled = []
+
+    def _pooled_of(self, cache):
+        """The tap's pooled map of ``cache`` kept by ``propagate``."""
+        return next(pooled for out, pooled in self.pooled if out is cache)
 
     def features(self, x, which, rng):
         if not hasattr(self, "pool_layers"):
