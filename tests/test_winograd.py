@@ -83,3 +83,13 @@ def test_inference_takes_winograd_only_where_it_pays(monkeypatch):
     got = inference.forward(model.layers, x)
     assert calls == [(40, 32, 3, 3)]
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_tiles_are_g_g_gt(dtype):
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    w = np.random.default_rng(7).standard_normal((5, 3, 3, 3)).astype(dtype)
+    u = wg.weight_tiles(w)
+    assert u.dtype == dtype and u.shape == (16, 5, 3)
+    expected = np.einsum("ik,fckl,jl->ijfc", g, w.astype(np.float64), g).reshape(16, 5, 3)
+    assert np.allclose(u, expected, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)

@@ -234,7 +234,7 @@ class ConvBlockTrainer(BlockTrainer):
             pooled.append(pool_maps(rows, tap))
 
         out = propagate(block, x, store=self.store, each_batch=keep)
-        self.pooled.append((out, np.concatenate(pooled) if len(pooled) > 1 else pooled[0]))
+        self.pooled.append((out, np.concatenate(pooled)))
         return out
 
     def block_state(self, layer, block, head):
