@@ -4,6 +4,7 @@ import pytest
 import scipy.sparse as sp
 
 import greedy
+import greedy.methods.layerwise as layerwise
 import greedy.methods.patchbag as patchbag
 from greedy.data import load_dataset
 from greedy.errors import ConfigError
@@ -158,6 +159,33 @@ def test_patchbag_trains_each_block_on_the_codes_of_code_images_and_propagates_a
     assert clf.score(d.x_test, d.y_test) > 0.2  # ten classes: chance is 0.1
     layers = [e for e in clf.history_ if e.get("phase") == "propagate"]
     assert len(layers) == 2
+
+
+def test_mirrors_train_the_blocks_on_the_originals_and_the_classifier_on_both(monkeypatch):
+    d = load_dataset("synthetic", synthetic_size=(300, 100))
+    options = dict(method="patchbag", random_state=0, arch="c8k3-relu-max2-c8k3-relu", clusters=16,
+                   patch_sample=3000, layer_budget="2e")
+    seen = []
+    real_train = layerwise.train_classifier
+
+    def spy(x, y, *args, **kwargs):
+        seen.append((x.copy(), y.copy()))
+        return real_train(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(layerwise, "train_classifier", spy)
+    plain = greedy.LayerwiseClassifier(**options).fit(d.x_train, d.y_train)
+    mirrored = greedy.LayerwiseClassifier(mirrors=True, **options).fit(d.x_train, d.y_train)
+    convs = [[lay.params["w"] for lay in c.model_.model.layers if isinstance(lay, Conv2d)] for c in (plain, mirrored)]
+    assert len(convs[0]) == 2
+    # dictionaries and codes of the originals only; block 2's input is propagated in other batches,
+    # which round differently in the last bits
+    np.testing.assert_array_equal(convs[0][0], convs[1][0])
+    np.testing.assert_allclose(convs[1][1], convs[0][1], rtol=0, atol=1e-4 * np.abs(convs[0][1]).max())
+    (x_plain, y_plain), (x_mirrored, y_mirrored) = seen
+    assert len(x_mirrored) == 600 and (y_mirrored == np.concatenate([d.y_train, d.y_train])).all()
+    np.testing.assert_allclose(x_mirrored[:300], x_plain, rtol=0, atol=1e-3 * np.abs(x_plain).max())
+    assert not np.array_equal(x_mirrored[300:], x_plain)  # the mirror images' own features
+    assert mirrored.score(d.x_test, d.y_test) > 0.2
 
 
 def test_centred_patches_are_the_float64_difference_rounded_once():

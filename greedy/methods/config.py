@@ -198,6 +198,9 @@ class PatchbagConfig(LayerwiseConfig):
     code_images: int = option(0, "Encode and train each block on the codes of this many training images, drawn "
                                  "at random for each block; every image is still propagated (0: all).",
                               "patch bags", NON_NEGATIVE_INT)
+    mirrors: bool = option(False, "Add every training image's mirror image to the training set: each block's "
+                                  "output and the final classifier see both, the dictionaries and codes only "
+                                  "the originals (images only).", "patch bags", bool)
     activation: str = option("relu", "Activation of the default blocks.", "patch bags",
                              click.Choice(["tanh", "relu"]))
     colour_norm: bool = option(True, "Subtract each 3x3 patch's mean colour (first layer).", "patch bags", bool)
@@ -224,6 +227,8 @@ class PatchbagConfig(LayerwiseConfig):
         if self.arch and self.activation_given:
             raise ConfigError("--activation sets the default blocks' activation; with --arch each block "
                               "names its own")
+        if self.mirrors and family not in IMAGE_FAMILIES:
+            raise ConfigError(f"--mirrors adds mirror images; the {family} samples are not images")
         super().finish(family, n_classes)
         self.blocks = [b.format(act=self.activation) for b in self.blocks]
         if self.epochs_per_layer is not None:
@@ -340,6 +345,7 @@ FAMILY_DEFAULTS = {
 CONFIGS = {"e2e": E2EConfig, "aux": AuxConfig, "cosine": CosineConfig, "kl": KLConfig,
            "patchbag": PatchbagConfig, "binary": BinaryConfig}
 
+IMAGE_FAMILIES = ("mnist", "cifar10")
 # Datasets whose classes keep their meaning in a mirror image: test-time flips by default.
 MIRROR_SYMMETRIC = ("cifar10",)
 

@@ -48,12 +48,13 @@ class BlockTrainer:
     """How one kind of block is built, trained, applied and assembled: the loop's only dependency.
 
     ``config`` is the method's resolved config; ``n_classes`` the number of classes. The loop calls
-    ``start``, then for each block ``build``, ``train``, ``propagate`` and ``after_block``, then
+    ``training_set``, ``start``, then for each block ``build``, ``train``, ``propagate`` and ``after_block``, then
     ``features``, trains the classifier on them, and ends with ``assemble``. A run folder's
     checkpoints (``greedy.methods.resume``) save each finished block with ``block_state`` and
     rebuild it with ``restore_block``. ``store`` (``greedy.memory.CacheStore``) allocates caches.
     """
     trains_head = False  # True when train() returns the block's trained head under "head"
+    n_originals = None  # set by a training_set that adds samples: the given ones are the first n_originals
 
     def __init__(self, config, n_classes):
         self.config, self.n_classes = config, n_classes
@@ -65,6 +66,11 @@ class BlockTrainer:
     def budgets(self, n_blocks):
         """One (amount, unit) budget per block."""
         return parse_budget(self.config.layer_budget, n_blocks)
+
+    def training_set(self, x, y):
+        """(x, y): the raw samples (N', ...) and labels (N',) the loop trains on, from the given ones
+        (N, ...), (N,). The default is them; a trainer may add to them (e.g. mirror images)."""
+        return x, y
 
     def start(self, x, x_eval, rng):
         """The first block's input caches (training, evaluation or None) from raw samples."""
@@ -132,6 +138,7 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
     ``rng`` (a Generator) is the run's one stream, drawn from in a fixed order.
     """
     x_eval, y_eval = eval_set if eval_set is not None else (None, None)
+    x, y = trainer.training_set(x, y)
     cache, cache_eval = trainer.start(x, x_eval, rng)
     specs = trainer.block_specs()
     budgets = trainer.budgets(len(specs))
@@ -209,7 +216,7 @@ class ConvBlockTrainer(BlockTrainer):
             raise ConfigError("--final-classifier last-head needs a method whose blocks train a head (aux)")
         if x.ndim == 3 and x.dtype == np.uint8 and not self.block_specs()[0].startswith("emb"):
             raise ConfigError(f"byte sequences need a byte embedding first, e.g. emb16-{self.block_specs()[0]}")
-        self.normalizer = input_normalizer(x)
+        self.normalizer = input_normalizer(x[:self.n_originals])
         self.image_shape = tuple(x.shape[1:])
         self.shape = self.image_shape
         shapes = block_shapes(self.block_specs(), self.shape)

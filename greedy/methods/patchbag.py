@@ -7,7 +7,9 @@ and a softmax head are trained on those codes (``greedy.nn.codelayer.CodeLayer``
 filters are folded back into an ordinary 3x3 conv, which is applied to the *real* input to make
 the next block's input: every block is trained on a proxy of real data, never on a proxy of a
 proxy. Optionally (``image_clusters=m``) each class's codes are clustered into m weighted
-prototypes and the block trains on those.
+prototypes and the block trains on those. With ``mirrors`` the training set also holds every
+image's mirror image: the dictionaries and codes are of the given images, and the mirror images
+are propagated with them and seen by the final classifier.
 
 Sequences (N, C, L) work the same way with windows of k consecutive positions (the block's
 ``c<F>k<k>`` Conv1d) counted per segment of the sequence. On byte sequences the first block
@@ -33,6 +35,7 @@ from greedy.nn.activations import ReLU, Tanh
 from greedy.nn.codelayer import CodeLayer
 from greedy.nn.fit import label_accuracy
 from greedy.nn.model import Sequential
+from greedy.nn.network import mirror
 from greedy.nn.layers import Conv2d
 from greedy.nn.layers1d import AvgPool1d, ByteEmbedding, Conv1d, MaxPool1d
 from greedy.nn.pooling import AvgPool2d, MaxPool2d
@@ -81,10 +84,19 @@ def code_rows(n, code_images, rng):
 class PatchbagTrainer(ConvBlockTrainer):
     """Fit a dictionary of the block's input patches, encode, train on codes, fold into the conv."""
 
+    def training_set(self, x, y):
+        """The images and, with ``mirrors``, their mirror images after them: (2N, C, H, W), (2N,)."""
+        if not self.config.mirrors:
+            return x, y
+        self.n_originals = len(x)
+        return np.concatenate([x, mirror(x)]), np.concatenate([y, y])
+
     def train(self, layer, block, x, y, x_eval, y_eval, budget, rng, monitor):
         c = self.config
         conv, activation = block_activation(block)
         embedding = block_embedding(block)
+        if self.n_originals is not None:
+            x, y = x[:self.n_originals], y[:self.n_originals]
         raw, raw_eval = x, x_eval
         if embedding is not None:
             x, x_eval = (None if a is None else propagate(Sequential([embedding]), a) for a in (x, x_eval))
