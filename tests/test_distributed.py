@@ -259,3 +259,12 @@ def test_the_shard_command_writes_sites_a_test_split_and_a_manifest(tmp_path):
     assert not labels[0] & labels[1] and not labels[1] & labels[2]
     result = CliRunner().invoke(main, ["train", "--scheduler", "tcp://127.0.0.1:1"])
     assert result.exit_code == 2 and "go with --sites" in result.output
+
+
+def test_mirrors_on_sites_are_refused_in_one_line_before_the_run_folder(mnist, tmp_path):
+    from greedy.distributed.train import run_sites
+    write_shards(mnist, "mnist", str(tmp_path / "sites"), 2, "iid", seed=0)
+    with pytest.raises(ConfigError, match="--mirrors adds mirror images to one training set") as e:
+        run_sites("patchbag", str(tmp_path / "sites" / "manifest.json"), {"mirrors": True}, str(tmp_path / "dist"),
+                  verbose=False, processes=False, timeout=30)
+    assert "\n" not in str(e.value) and not (tmp_path / "dist").exists()

@@ -99,6 +99,10 @@ def run_sites(method_name, manifest_path, values, out, threads=1, scheduler=None
                           "(--share prototypes sends fewer)")
     if hasattr(config, "code_images"):
         config.code_images = 0
+    if values.get("mirrors"):  # likewise CIFAR-10's default
+        raise ConfigError("--mirrors adds mirror images to one training set; sites propagate only their own images")
+    if hasattr(config, "mirrors"):
+        config.mirrors = False
     per_class = getattr(config, "image_clusters", 0) or PROTOTYPES_PER_CLASS
     n_train = sum(s.get("samples", 0) for s in manifest["sites"]) or None
     run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": None,
