@@ -173,7 +173,7 @@ def test_mirrors_train_the_blocks_on_the_originals_and_the_classifier_on_both(mo
         return real_train(x, y, *args, **kwargs)
 
     monkeypatch.setattr(layerwise, "train_classifier", spy)
-    plain = greedy.LayerwiseClassifier(**options).fit(d.x_train, d.y_train)
+    plain = greedy.LayerwiseClassifier(mirrors=False, **options).fit(d.x_train, d.y_train)
     mirrored = greedy.LayerwiseClassifier(mirrors=True, **options).fit(d.x_train, d.y_train)
     convs = [[lay.params["w"] for lay in c.model_.model.layers if isinstance(lay, Conv2d)] for c in (plain, mirrored)]
     assert len(convs[0]) == 2
