@@ -48,8 +48,8 @@ class BlockTrainer:
     """How one kind of block is built, trained, applied and assembled: the loop's only dependency.
 
     ``config`` is the method's resolved config; ``n_classes`` the number of classes. The loop calls
-    ``training_set``, ``start``, then for each block ``build``, ``train``, ``propagate`` and ``after_block``, then
-    ``features``, trains the classifier on them, and ends with ``assemble``. A run folder's
+    ``training_set`` and ``start``, then for each block ``build``, ``train``, ``propagate`` and
+    ``after_block``, then ``features``, trains the classifier on them, and ends with ``assemble``. A run folder's
     checkpoints (``greedy.methods.resume``) save each finished block with ``block_state`` and
     rebuild it with ``restore_block``. ``store`` (``greedy.memory.CacheStore``) allocates caches.
     """
