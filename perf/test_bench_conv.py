@@ -71,13 +71,15 @@ def _propagation_id(s):
 
 
 @pytest.mark.parametrize("shape", PROPAGATION_SHAPES, ids=_propagation_id)
-@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
-def test_conv_relu_pool_forward(benchmark, shape, algorithm):
-    """The im2col convolution and Winograd F(2x2, 3x3) (``greedy.kernels.winograd``) on the same shape;
-    GFLOP/s count the direct convolution's multiply-adds for both."""
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd2x2"])
+def test_conv_relu_pool_forward(benchmark, shape, algorithm, monkeypatch):
+    """The im2col convolution and Winograd (``greedy.kernels.winograd``: its own choice of tiles, and
+    F(2x2, 3x3) forced) on the same shape; GFLOP/s count the direct convolution's multiply-adds for all."""
     x, w, b, _, pad, (m, k, n), flops = setup(shape[:6])
     pool = shape[6]
-    if algorithm == "winograd":
+    if algorithm == "winograd2x2":
+        monkeypatch.setattr(wg, "output_tile", lambda ho, wo: 2)
+    if algorithm.startswith("winograd"):
         fn = lambda: wg.conv_forward(x, w, b, pad, relu=True, pool=pool)  # noqa: E731
     else:
         fn = lambda: ck.conv2d_forward(x, w, b, 1, pad, relu=True, pool=pool)  # noqa: E731

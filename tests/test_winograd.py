@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) inference convolution against the im2col convolution and float64 NumPy."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) inference convolution against the im2col convolution and float64 NumPy."""
 import numpy as np
 import pytest
 
@@ -22,8 +22,10 @@ def direct(x, w, b, pad):
     return y
 
 
+# outputs 8x8, 12x8, 16x16 and 4x4 take F(4x4, 3x3), the others F(2x2, 3x3)
 @pytest.mark.parametrize("shape,pad", [((3, 4, 8, 8), 1), ((2, 3, 7, 9), 1), ((2, 5, 6, 5), 0), ((2, 2, 5, 6), 2),
-                                       ((1, 2, 3, 3), 1), ((3, 2, 1, 1), 1), ((2, 3, 4, 3), 0)])
+                                       ((1, 2, 3, 3), 1), ((3, 2, 1, 1), 1), ((2, 3, 4, 3), 0), ((2, 3, 14, 10), 0),
+                                       ((2, 3, 16, 16), 1), ((2, 2, 2, 2), 2)])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("pool", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -41,8 +43,24 @@ def test_winograd_equals_the_direct_convolution(shape, pad, relu, pool, dtype):
     ref = pk.maxpool2d_forward(ref, pool, pool, with_argmax=False)[0] if pool > 1 else ref
     got = wg.conv_forward(x, w, b, pad, relu, pool)
     assert got.dtype == dtype and got.shape == ref.shape
-    tol = 2e-6 if dtype == np.float32 else 1e-13
+    tol = 5e-6 if dtype == np.float32 else 1e-13
     assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_both_tile_sizes_agree_where_both_apply(monkeypatch, pool):
+    """Outputs whose sides are multiples of 4 take the 4x4 tiles; forced to 2x2 tiles they give the same map."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 48, 8, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 48, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    tiles = []
+    monkeypatch.setattr(wg, "weight_tiles", lambda w_, tile=2, f=wg.weight_tiles: tiles.append(tile) or f(w_, tile))
+    four = wg.conv_forward(x, w, b, 1, True, pool)
+    monkeypatch.setattr(wg, "output_tile", lambda ho, wo: 2)
+    two = wg.conv_forward(x, w, b, 1, True, pool)
+    assert tiles == [4, 2]
+    assert np.abs(four - two).max() <= 5e-6 * np.abs(two).max()
 
 
 def test_winograd_chunks_write_every_sample_into_out(monkeypatch):
@@ -52,11 +70,13 @@ def test_winograd_chunks_write_every_sample_into_out(monkeypatch):
     x = rng.standard_normal((37, 32, 6, 6)).astype(np.float32)
     w = rng.standard_normal((8, 32, 3, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    out = np.full((40, 8, 3, 3), np.nan, np.float32)
-    assert wg.conv_forward(x, w, b, 1, True, 2, out=out[1:38]).base is not None
-    expected = ck.conv2d_forward(x, w, b, 1, 1, relu=True, pool=2)
-    assert np.allclose(out[1:38], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-    assert np.isnan(out[0]).all() and np.isnan(out[38:]).all()
+    for side in (6, 8):  # 2x2 and 4x4 tiles
+        out = np.full((40, 8, side // 2, side // 2), np.nan, np.float32)
+        xs = x if side == 6 else rng.standard_normal((37, 32, 8, 8)).astype(np.float32)
+        assert wg.conv_forward(xs, w, b, 1, True, 2, out=out[1:38]).base is not None
+        expected = ck.conv2d_forward(xs, w, b, 1, 1, relu=True, pool=2)
+        assert np.allclose(out[1:38], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        assert np.isnan(out[0]).all() and np.isnan(out[38:]).all()
 
 
 def test_winograd_refuses_what_it_cannot_compute():
@@ -85,12 +105,18 @@ def test_inference_takes_winograd_only_where_it_pays(monkeypatch):
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+G2 = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_tiles_are_g_g_gt(dtype):
-    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+@pytest.mark.parametrize("tile,g", [(2, G2), (4, G4)])
+def test_weight_tiles_are_g_g_gt(dtype, tile, g):
     w = np.random.default_rng(7).standard_normal((5, 3, 3, 3)).astype(dtype)
-    u = wg.weight_tiles(w)
-    assert u.dtype == dtype and u.shape == (16, 5, 3)
-    expected = np.einsum("ik,fckl,jl->ijfc", g, w.astype(np.float64), g).reshape(16, 5, 3)
+    u = wg.weight_tiles(w, tile)
+    e = len(g) ** 2
+    assert u.dtype == dtype and u.shape == (e, 5, 3)
+    expected = np.einsum("ik,fckl,jl->ijfc", g, w.astype(np.float64), g).reshape(e, 5, 3)
     tol = 1e-6 if dtype == np.float32 else 1e-14
     assert np.abs(u - expected).max() <= tol * np.abs(expected).max()

@@ -1,18 +1,24 @@
-"""Winograd F(2x2, 3x3) convolution for inference: 3x3, stride-1 convs with bias, ReLU and 2x2 max pool fused.
+"""Winograd convolution for inference: 3x3, stride-1 convs with bias, ReLU and 2x2 max pool fused.
 
-Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). Each 2x2 output tile of a
-filter is ``A^T [(G g G^T) * (B^T d B)] A`` for its 4x4 input tile d: 16 multiplies per tile and
-input channel instead of 36. Over a chunk of samples with T tiles, the elementwise products summed
+Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). F(2x2, 3x3): each 2x2 output
+tile of a filter is ``A^T [(G g G^T) * (B^T d B)] A`` for its 4x4 input tile d, 16 multiplies per tile
+and input channel instead of 36. Over a chunk of samples with T tiles, the elementwise products summed
 over channels are 16 BLAS multiplies ``M[e] (F, T) = U[e] (F, C) @ V[e] (C, T)``, one per position
 e of the 4x4 transformed tile, with U = G g G^T (``weight_tiles``) and V = B^T d B (``_input_tiles``).
 With a 2x2 max pool the output tiles are the pooling windows, so ``_output_tiles`` writes the pooled
 map straight from M: bias, ReLU and the max in one pass, and no full-size map exists.
 
+Outputs whose sides are multiples of 4 (the 16x16 and 8x8 maps of the CIFAR-10 networks) take F(4x4, 3x3)
+instead (``output_tile``): 6x6 input tiles, 36 multiplies for 16 outputs, 36 BLAS multiplies a chunk;
+a 4x4 tile holds four pooling windows. Its transforms have more terms, and are made a block of tiles at
+a time so that V and M are written and read in runs. On the CIFAR-10 patch-bag layer shapes it takes
+0.76-0.87 of F(2x2, 3x3)'s time (perf/README.md, "Applying a frozen block").
+
 Threads and scratch memory are those of ``greedy.kernels.conv`` (one worker per core, each taking
-whole chunks, single-threaded BLAS): a chunk's V and M take 16 (C + F) values a tile, at most
-``CHUNK_BYTES`` (8 MiB) per worker. The results differ from the direct convolution by rounding only:
-the transforms add and subtract in another order (in float32, within 2e-6 of the largest output in
-``tests/test_winograd.py``).
+whole chunks, single-threaded BLAS): a chunk's V and M take 16 (C + F) values a tile (36 with 4x4
+tiles), at most ``CHUNK_BYTES`` (8 MiB) per worker. The results differ from the direct convolution by
+rounding only: the transforms add and subtract in another order (in float32, within 5e-6 of the largest
+output in ``tests/test_winograd.py``; F(4x4, 3x3)'s larger coefficients round about twice as much).
 """
 import numba
 import numpy as np
@@ -41,15 +47,28 @@ def applies(w, stride, pad, pool, h, wd):
                                                                       wd + 2 * pad - 2)
 
 
-def weight_tiles(w):
-    """U (16, F, C) = G g G^T of every 3x3 filter g of w (F, C, 3, 3), computed in float64, in w's dtype.
+def weight_tiles(w, tile=2):
+    """U (16, F, C) = G g G^T of every 3x3 filter g of w (F, C, 3, 3) for F(2x2, 3x3), or U (36, F, C) with
+    F(4x4, 3x3)'s G for ``tile`` 4; computed in float64, in w's dtype.
 
     Made on every call (block weights may change between calls, and batch norm is folded into new
-    arrays each time), so it is one threaded pass of ``_weight_tiles``: 3.7 ms for 256 x 256 float32
-    filters, where NumPy's einsum took 25 ms, once per propagation batch."""
-    u = np.empty((16,) + w.shape[:2], w.dtype)
-    _weight_tiles(np.ascontiguousarray(w), u)
+    arrays each time), so it is one threaded pass of ``_weight_tiles`` or ``_weight_tiles6``: about 1 ms
+    for 256 x 256 float32 filters on the 2-core EPYC of perf/README.md (NumPy's einsum: 25 ms), once per
+    propagation batch."""
+    w = np.ascontiguousarray(w)
+    if tile == 4:
+        u = np.empty((36,) + w.shape[:2], w.dtype)
+        _weight_tiles6(w, u)
+    else:
+        u = np.empty((16,) + w.shape[:2], w.dtype)
+        _weight_tiles(w, u)
     return u
+
+
+def output_tile(ho, wo):
+    """The output tile side conv_forward uses for an ho x wo output: 4 (F(4x4, 3x3)) when both sides are
+    multiples of 4, else 2."""
+    return 4 if ho % 4 == 0 and wo % 4 == 0 else 2
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -162,9 +181,167 @@ def _output_tiles(m, bias, th, tw, relu, pool, y):
                             dst[r + 1, q + 1] = max(o11 + bk, lo)
 
 
+# F(4x4, 3x3): a 6x6 input tile d gives a 4x4 output tile A^T [(G g G^T) * (B^T d B)] A, 36 multiplies
+# per tile and input channel for 16 outputs (F(2x2, 3x3): 64). Lavin and Gray's matrices:
+# G = (1/4, 0, 0; -1/6, -1/6, -1/6; -1/6, 1/6, -1/6; 1/24, 1/12, 1/6; 1/24, -1/12, 1/6; 0, 0, 1),
+# B^T = (4, 0, -5, 0, 1, 0; 0, -4, -4, 1, 1, 0; 0, 4, -4, -1, 1, 0; 0, -2, -1, 2, 1, 0; 0, 2, -1, -2, 1, 0;
+# 0, 4, 0, -5, 0, 1), A^T = (1, 1, 1, 1, 1, 0; 0, 1, -1, 2, -2, 0; 0, 1, 1, 4, 4, 0; 0, 1, -1, 8, -8, 1).
+# Their integer entries as float32 constants: float32 tiles stay float32, float64 ones float64.
+_2, _4, _5, _8 = np.float32(2), np.float32(4), np.float32(5), np.float32(8)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _g6_rows(g0, g1, g2):
+    """G (g0, g1, g2) for F(4x4, 3x3)'s 6x3 G."""
+    s, sixth = g0 + g2, 1.0 / 6.0
+    return (0.25 * g0, -(s + g1) * sixth, (g1 - s) * sixth, (0.25 * g0 + 0.5 * g1 + g2) * sixth,
+            (0.25 * g0 - 0.5 * g1 + g2) * sixth, g2)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _bt6(p0, p1, p2, p3, p4, p5):
+    """B^T (p0, ..., p5) for F(4x4, 3x3)."""
+    return (_4 * p0 - _5 * p2 + p4, p3 + p4 - _4 * (p1 + p2), _4 * (p1 - p2) + p4 - p3,
+            _2 * (p3 - p1) + p4 - p2, _2 * (p1 - p3) + p4 - p2, _4 * p1 - _5 * p3 + p5)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _at6(m0, m1, m2, m3, m4, m5):
+    """A^T (m0, ..., m5) for F(4x4, 3x3)."""
+    a, b = m1 + m2, m1 - m2
+    c, d = m3 + m4, m3 - m4
+    return m0 + a + c, b + _2 * d, a + _4 * c, b + _8 * d + m5
+
+
+@numba.njit(parallel=True, cache=True)
+def _weight_tiles6(w, u):
+    """u[6i + j, f, c] = (G g G^T)[i, j] for g = w[f, c] and F(4x4, 3x3)'s G, in float64."""
+    f, c = w.shape[0], w.shape[1]
+    for k in prange(f):
+        t = np.empty((6, 3))
+        block = np.empty((36, c), u.dtype)  # filter k's tiles, copied to u's 36 rows in runs
+        for ci in range(c):
+            g = w[k, ci]
+            for col in range(3):  # G g
+                t0, t1, t2, t3, t4, t5 = _g6_rows(np.float64(g[0, col]), np.float64(g[1, col]),
+                                                  np.float64(g[2, col]))
+                t[0, col], t[1, col], t[2, col], t[3, col], t[4, col], t[5, col] = t0, t1, t2, t3, t4, t5
+            for i in range(6):  # (G g) G^T
+                y0, y1, y2, y3, y4, y5 = _g6_rows(t[i, 0], t[i, 1], t[i, 2])
+                block[6 * i, ci], block[6 * i + 1, ci], block[6 * i + 2, ci] = y0, y1, y2
+                block[6 * i + 3, ci], block[6 * i + 4, ci], block[6 * i + 5, ci] = y3, y4, y5
+        for e in range(36):
+            u[e, k] = block[e]
+
+
+# Tiles of F(4x4, 3x3) transformed at a time into a local block before they are copied to (or read from)
+# the 36 rows of V (or M) in runs: written tile by tile, the 36 scattered rows cost 4x the arithmetic.
+TILE_BLOCK = 256
+
+
+@numba.njit(nogil=True, cache=True)
+def _input_tiles6(x, pad, th, tw, v):
+    """x (n, C, H, W) -> v (36, C, n*th*tw): B^T d B of the 6x6 input tile d at rows 4a - pad, columns
+    4b - pad (zero outside x), tiles ordered by (sample, a, b), through a zero-padded scratch plane of
+    (4 th + 2) x (4 tw + 2) values, as ``_input_tiles``. The tiles of ``TILE_BLOCK`` // (th tw) samples
+    of a channel are made in a local block, then copied to v's rows."""
+    n, c, h, w = x.shape
+    hp, wp = 4 * th + 2, 4 * tw + 2
+    rows, cols = min(h, hp - pad), min(w, wp - pad)
+    tiles = th * tw
+    group = max(1, TILE_BLOCK // tiles)
+    plane = np.zeros((hp, wp), v.dtype)
+    t6 = np.empty((6, wp), v.dtype)
+    block = np.empty((36, group * tiles), v.dtype)
+    for ci in range(c):
+        for s0 in range(0, n, group):
+            s1 = min(n, s0 + group)
+            for s in range(s0, s1):
+                for r in range(rows):
+                    for q in range(cols):
+                        plane[r + pad, pad + q] = x[s, ci, r, q]
+                for a in range(th):
+                    p0, p1, p2, p3 = plane[4 * a], plane[4 * a + 1], plane[4 * a + 2], plane[4 * a + 3]
+                    p4, p5 = plane[4 * a + 4], plane[4 * a + 5]
+                    for q in range(wp):  # B^T d: the rows of the strip
+                        r0, r1, r2, r3, r4, r5 = _bt6(p0[q], p1[q], p2[q], p3[q], p4[q], p5[q])
+                        t6[0, q] = r0
+                        t6[1, q] = r1
+                        t6[2, q] = r2
+                        t6[3, q] = r3
+                        t6[4, q] = r4
+                        t6[5, q] = r5
+                    t0 = (s - s0) * tiles + a * tw
+                    for e in range(6):  # (B^T d) B: the columns of each tile
+                        row = t6[e]
+                        for b in range(tw):
+                            q = 4 * b
+                            r0, r1, r2, r3, r4, r5 = _bt6(row[q], row[q + 1], row[q + 2], row[q + 3], row[q + 4],
+                                                          row[q + 5])
+                            block[6 * e, t0 + b] = r0
+                            block[6 * e + 1, t0 + b] = r1
+                            block[6 * e + 2, t0 + b] = r2
+                            block[6 * e + 3, t0 + b] = r3
+                            block[6 * e + 4, t0 + b] = r4
+                            block[6 * e + 5, t0 + b] = r5
+            size = (s1 - s0) * tiles
+            for e in range(36):
+                v[e, ci, s0 * tiles:s0 * tiles + size] = block[e, :size]
+
+
+@numba.njit(nogil=True, cache=True)
+def _output_tiles6(m, bias, th, tw, relu, pool, y):
+    """m (36, F, n*th*tw) -> y (n, F, 4 th / pool, 4 tw / pool): A^T M A + bias of every 4x4 tile, then ReLU
+    if ``relu``, then with ``pool`` 2 the max of each 2x2 window. The tiles of ``TILE_BLOCK`` // (th tw)
+    samples of a filter are transformed together, each stage a loop over the tiles."""
+    f, n = m.shape[1], y.shape[0]
+    tiles = th * tw
+    group = max(1, TILE_BLOCK // tiles)
+    lo = m.dtype.type(0) if relu else m.dtype.type(-np.inf)
+    rows = np.empty((24, group * tiles), m.dtype)  # A^T M: row i, column j at 6 i + j
+    out = np.empty((16, group * tiles), m.dtype)  # A^T M A + bias, then ReLU: row i, column j at 4 i + j
+    for k in range(f):
+        bk = bias[k]
+        for s0 in range(0, n, group):
+            s1 = min(n, s0 + group)
+            size = (s1 - s0) * tiles
+            mk = m[:, k, s0 * tiles:s0 * tiles + size]
+            for j in range(6):
+                for t in range(size):
+                    r0, r1, r2, r3 = _at6(mk[j, t], mk[6 + j, t], mk[12 + j, t], mk[18 + j, t], mk[24 + j, t],
+                                          mk[30 + j, t])
+                    rows[j, t] = r0
+                    rows[6 + j, t] = r1
+                    rows[12 + j, t] = r2
+                    rows[18 + j, t] = r3
+            for i in range(4):
+                for t in range(size):
+                    o0, o1, o2, o3 = _at6(rows[6 * i, t], rows[6 * i + 1, t], rows[6 * i + 2, t], rows[6 * i + 3, t],
+                                          rows[6 * i + 4, t], rows[6 * i + 5, t])
+                    out[4 * i, t] = max(o0 + bk, lo)
+                    out[4 * i + 1, t] = max(o1 + bk, lo)
+                    out[4 * i + 2, t] = max(o2 + bk, lo)
+                    out[4 * i + 3, t] = max(o3 + bk, lo)
+            for s in range(s0, s1):
+                dst = y[s, k]
+                for a in range(th):
+                    for b in range(tw):
+                        t = (s - s0) * tiles + a * tw + b
+                        if pool == 2:
+                            for i in range(2):
+                                for j in range(2):
+                                    e = 8 * i + 2 * j
+                                    dst[2 * a + i, 2 * b + j] = max(max(out[e, t], out[e + 1, t]),
+                                                                    max(out[e + 4, t], out[e + 5, t]))
+                        else:
+                            for i in range(4):
+                                for j in range(4):
+                                    dst[4 * a + i, 4 * b + j] = out[4 * i + j, t]
+
+
 def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
     """maxpool(relu(conv(x, w) + b)) for 3x3 filters, stride 1: ``greedy.kernels.conv.conv2d_forward``'s
-    result up to rounding, by Winograd F(2x2, 3x3).
+    result up to rounding, by Winograd F(4x4, 3x3) or F(2x2, 3x3) (``output_tile``).
 
     x (N, C, H, W), w (F, C, 3, 3), b (F,), one float dtype; ``pool`` 1 or 2 (a 2x2 max pool with stride
     2, flooring odd sides); ``out`` as in ``conv2d_forward``. Returns (N, F, Ho // pool, Wo // pool) with
@@ -175,25 +352,29 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
     _same_dtype(x=x, w=w, b=b)
     pool = validate.integer(pool, "pool", 1)
     if not _computable(w, pad, pool, ho, wo):
-        raise ConfigError(f"Winograd F(2x2, 3x3) takes 3x3 filters, padding 0-2 and pool 1 or 2 fitting the "
+        raise ConfigError(f"Winograd convolution takes 3x3 filters, padding 0-2 and pool 1 or 2 fitting the "
                           f"output, got {w.shape[2]}x{w.shape[3]}, padding {pad}, pool {pool}")
     f, c = w.shape[:2]
     if b.shape[0] != f:
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
     n, dt = x.shape[0], x.dtype
-    th, tw = (ho // 2, wo // 2) if pool == 2 else (-(-ho // 2), -(-wo // 2))
+    tile = output_tile(ho, wo)
+    if tile == 4:
+        th, tw = ho // 4, wo // 4
+    else:
+        th, tw = (ho // 2, wo // 2) if pool == 2 else (-(-ho // 2), -(-wo // 2))
     y = ck._output(out, (n, f, ho // pool, wo // pool), dt)
-    u = weight_tiles(w)
-    tiles = th * tw
-    nb = max(1, min(n, CHUNK_BYTES // (16 * (c + f) * tiles * dt.itemsize)))
+    u = weight_tiles(w, tile)
+    tiles, e_count = th * tw, len(u)
+    nb = max(1, min(n, CHUNK_BYTES // (e_count * (c + f) * tiles * dt.itemsize)))
 
     def task(n0, m, buf):
-        v, mt = _split(buf, dt, 16 * c * m * tiles, 16 * f * m * tiles)
-        v, mt = v.reshape(16, c, m * tiles), mt.reshape(16, f, m * tiles)
-        _input_tiles(x[n0:n0 + m], pad, th, tw, v)
-        for e in range(16):
+        v, mt = _split(buf, dt, e_count * c * m * tiles, e_count * f * m * tiles)
+        v, mt = v.reshape(e_count, c, m * tiles), mt.reshape(e_count, f, m * tiles)
+        (_input_tiles6 if tile == 4 else _input_tiles)(x[n0:n0 + m], pad, th, tw, v)
+        for e in range(e_count):
             np.matmul(u[e], v[e], out=mt[e])
-        _output_tiles(mt, b, th, tw, bool(relu), pool, y[n0:n0 + m])
+        (_output_tiles6 if tile == 4 else _output_tiles)(mt, b, th, tw, bool(relu), pool, y[n0:n0 + m])
 
-    _run_chunks(task, n, nb, _scratch_bytes(dt, 16 * c * nb * tiles, 16 * f * nb * tiles))
+    _run_chunks(task, n, nb, _scratch_bytes(dt, e_count * c * nb * tiles, e_count * f * nb * tiles))
     return y

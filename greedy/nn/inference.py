@@ -4,7 +4,7 @@ A run of ``Conv2d`` [``BatchNorm2d``] [``ReLU`` | ``Tanh``] [``MaxPool2d``] is c
 one convolution whose weights carry the batch norm (folded with its running
 statistics), with the ReLU and the max pool applied to each chunk's GEMM output
 as it is written (``greedy.kernels.conv.conv2d_forward(..., relu, pool)``; 3x3,
-stride-1 convs with no pool or a 2x2 one by Winograd F(2x2, 3x3) instead,
+stride-1 convs with no pool or a 2x2 one by Winograd F(4x4, 3x3) or F(2x2, 3x3) instead,
 ``greedy.kernels.winograd``). Tanh is
 increasing, so it commutes with the max and is applied to the pooled map,
 a quarter of the values for a 2x2 pool. Every other layer runs its own
