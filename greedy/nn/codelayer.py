@@ -5,7 +5,10 @@ layer of F filters with activation ``act`` and regional average pooling computes
 
     pooled_i = (counts_i / n_positions) @ act(centroids @ W + b)
 
-so a training step costs O(nnz x F + k x d x F), whatever the image size.
+and its head ``pooled_i @ V + a``. Pooling and head are both linear, so the layer computes
+``codes_i @ (act(centroids @ W + b) @ V_r)`` instead: each region r's (k, n_classes) product is made
+once a batch, and the codes meet n_classes columns rather than F. A training step costs
+O(nnz x n_classes + k x (d + R x n_classes) x F), whatever the image size and, per image, whatever F.
 """
 import numpy as np
 import scipy.sparse as sp
@@ -50,11 +53,16 @@ class CodeLayer(Model):
     def pooled(self, parts):
         """Regional average-pooled features (N, R*F) of the layer on code parts: a list of R (N, k)
         matrices, or one (N, R, k) array."""
-        self.act = self.centroid_activations()
+        act = self.centroid_activations()
         if isinstance(parts, np.ndarray):
             n, r, k = parts.shape
-            return (parts.reshape(n * r, k) @ self.act).reshape(n, -1)
-        return np.hstack([np.asarray(part @ self.act) for part in parts])
+            return (parts.reshape(n * r, k) @ act).reshape(n, -1)
+        return np.hstack([np.asarray(part @ act) for part in parts])
+
+    def _heads_side_by_side(self):
+        """V (R*F, n_classes) as (F, R*n_classes): the regions' heads side by side."""
+        v = self.params["v"]
+        return v.reshape(self.n_regions, -1, v.shape[1]).transpose(1, 0, 2).reshape(-1, self.n_regions * v.shape[1])
 
     def forward(self, codes, train=False):
         if codes.array is not None:
@@ -63,19 +71,25 @@ class CodeLayer(Model):
             # a batch denser than a few percent multiplies faster as a dense BLAS product
             self.parts = [p.toarray() if sp.issparse(p) and p.nnz > DENSE_BATCH_DENSITY * p.shape[0] * p.shape[1]
                           else p for p in codes.parts]
-        self.g = self.pooled(self.parts)
-        return self.g @ self.params["v"] + self.params["a"]
-
-    def backward(self, dlogits, input_grad=False):
-        f = self.act.shape[1]
-        self.grads["v"][...] = self.g.T @ dlogits
-        self.grads["a"][...] = dlogits.sum(axis=0)
-        dg = dlogits @ self.params["v"].T
+        self.act = self.centroid_activations()
+        q = (self.act @ self._heads_side_by_side()).reshape(len(self.act), self.n_regions, -1)
+        q = np.ascontiguousarray(q.transpose(1, 0, 2))  # (R, k, n_classes): each centroid's vote in each region
         if isinstance(self.parts, np.ndarray):
             n, r, k = self.parts.shape
-            dact = self.parts.reshape(n * r, k).T @ dg.reshape(n * r, f)
+            return self.parts.reshape(n, r * k) @ q.reshape(r * k, -1) + self.params["a"]
+        return sum(np.asarray(part @ q[r]) for r, part in enumerate(self.parts)) + self.params["a"]
+
+    def backward(self, dlogits, input_grad=False):
+        if isinstance(self.parts, np.ndarray):
+            n, r, k = self.parts.shape
+            dq = (self.parts.reshape(n, r * k).T @ dlogits).reshape(r, k, -1)
         else:
-            dact = sum(np.asarray(part.T @ dg[:, r * f:(r + 1) * f]) for r, part in enumerate(self.parts))
+            dq = np.stack([np.asarray(part.T @ dlogits) for part in self.parts])
+        r, k, c = dq.shape
+        dq = dq.transpose(1, 0, 2).reshape(k, r * c)  # the regions' columns side by side, as the heads
+        self.grads["v"][...] = (self.act.T @ dq).reshape(-1, r, c).transpose(1, 0, 2).reshape(-1, c)
+        self.grads["a"][...] = dlogits.sum(axis=0)
+        dact = dq @ self._heads_side_by_side().T
         dpre = dact * (1 - self.act * self.act) if self.activation == "tanh" else dact * (self.act > 0)
         self.grads["w"][...] = self.centroids.T @ dpre
         self.grads["b"][...] = dpre.sum(axis=0)
