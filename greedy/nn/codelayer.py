@@ -50,15 +50,6 @@ class CodeLayer(Model):
         pre = self.centroids @ self.params["w"] + self.params["b"]
         return np.tanh(pre) if self.activation == "tanh" else np.maximum(pre, 0)
 
-    def pooled(self, parts):
-        """Regional average-pooled features (N, R*F) of the layer on code parts: a list of R (N, k)
-        matrices, or one (N, R, k) array."""
-        act = self.centroid_activations()
-        if isinstance(parts, np.ndarray):
-            n, r, k = parts.shape
-            return (parts.reshape(n * r, k) @ act).reshape(n, -1)
-        return np.hstack([np.asarray(part @ act) for part in parts])
-
     def _heads_side_by_side(self):
         """V (R*F, n_classes) as (F, R*n_classes): the regions' heads side by side."""
         v = self.params["v"]
