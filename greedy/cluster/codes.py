@@ -14,9 +14,8 @@ from greedy.errors import ConfigError
 from greedy.kernels.codes import count_codes, count_codes_1d
 
 ENCODE_CHUNK_BYTES = 64 * 1024**2
-# Codes up to this size are kept as one dense (N, R, k) array, larger ones as CSR matrices (CIFAR-10's
-# 50,000 images x 16 regions x 512 centroids take 1.6 GB).
-DENSE_CODES_MAX_BYTES = 2 * 1024**3
+# Codes up to this size are kept as one dense (N, R, k) array, larger ones as CSR matrices.
+DENSE_CODES_MAX_BYTES = 1024**3
 
 def region_sizes(h, w, side):
     """Number of positions in each of the side x side regions of an h x w map (same split as count_codes);
