@@ -90,6 +90,8 @@ def test_winograd_refuses_what_it_cannot_compute():
         wg.conv_forward(x, np.zeros((4, 32, 3, 3), np.float32), np.zeros(3, np.float32))
     with pytest.raises(ConfigError, match="share one dtype"):
         wg.conv_forward(x, np.zeros((4, 32, 3, 3)), b)
+    with pytest.raises(ConfigError, match="2 or 4 pixels wide"):
+        wg.weight_tiles(np.zeros((4, 32, 3, 3), np.float32), 3)
 
 
 def test_inference_takes_winograd_only_where_it_pays(monkeypatch):

@@ -12,7 +12,8 @@ Outputs whose sides are multiples of 4 (the 16x16 and 8x8 maps of the CIFAR-10 n
 instead (``output_tile``): 6x6 input tiles, 36 multiplies for 16 outputs, 36 BLAS multiplies a chunk;
 a 4x4 tile holds four pooling windows. Its transforms have more terms, and are made a block of tiles at
 a time so that V and M are written and read in runs. On the CIFAR-10 patch-bag layer shapes it takes
-0.76-0.87 of F(2x2, 3x3)'s time (perf/README.md, "Applying a frozen block").
+0.76 of F(2x2, 3x3)'s time on the 16x16 map and 0.84-0.97 on the 8x8 one (perf/README.md, "Applying a
+frozen block").
 
 Threads and scratch memory are those of ``greedy.kernels.conv`` (one worker per core, each taking
 whole chunks, single-threaded BLAS): a chunk's V and M take 16 (C + F) values a tile (36 with 4x4
@@ -55,6 +56,8 @@ def weight_tiles(w, tile=2):
     arrays each time), so it is one threaded pass of ``_weight_tiles`` or ``_weight_tiles6``: about 1 ms
     for 256 x 256 float32 filters on the 2-core EPYC of perf/README.md (NumPy's einsum: 25 ms), once per
     propagation batch."""
+    if tile not in (2, 4):
+        raise ConfigError(f"Winograd output tiles are 2 or 4 pixels wide, got {tile!r}")
     w = np.ascontiguousarray(w)
     if tile == 4:
         u = np.empty((36,) + w.shape[:2], w.dtype)
