@@ -98,6 +98,15 @@ def _weight_tiles(w, u):
                 u[4 * i + 3, k, ci] = y3
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _fill_plane(src, pad, rows, cols, plane):
+    """plane[pad + r, pad + q] = src[r, q] for r < rows, q < cols: one input plane (H, W) into the middle
+    of a zero-padded scratch plane whose border stays zero."""
+    for r in range(rows):
+        for q in range(cols):
+            plane[r + pad, pad + q] = src[r, q]
+
+
 @numba.njit(nogil=True, cache=True)
 def _input_tiles(x, pad, th, tw, v):
     """x (n, C, H, W) -> v (16, C, n*th*tw): B^T d B of the 4x4 input tile d at rows 2a - pad, columns
@@ -113,9 +122,7 @@ def _input_tiles(x, pad, th, tw, v):
     for i in range(n * c):  # channel by channel: each of v's 16 rows of a channel is written in order
         ci = i // n
         s = i - ci * n
-        for r in range(rows):
-            for q in range(cols):
-                plane[r + pad, pad + q] = x[s, ci, r, q]
+        _fill_plane(x[s, ci], pad, rows, cols, plane)
         for a in range(th):
             p0, p1, p2, p3 = plane[2 * a], plane[2 * a + 1], plane[2 * a + 2], plane[2 * a + 3]
             for q in range(wp):  # B^T d: the rows of the strip
@@ -260,9 +267,7 @@ def _input_tiles6(x, pad, th, tw, v):
         for s0 in range(0, n, group):
             s1 = min(n, s0 + group)
             for s in range(s0, s1):
-                for r in range(rows):
-                    for q in range(cols):
-                        plane[r + pad, pad + q] = x[s, ci, r, q]
+                _fill_plane(x[s, ci], pad, rows, cols, plane)
                 for a in range(th):
                     p0, p1, p2, p3 = plane[4 * a], plane[4 * a + 1], plane[4 * a + 2], plane[4 * a + 3]
                     p4, p5 = plane[4 * a + 4], plane[4 * a + 5]

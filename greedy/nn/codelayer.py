@@ -63,7 +63,8 @@ class CodeLayer(Model):
             self.parts = [p.toarray() if sp.issparse(p) and p.nnz > DENSE_BATCH_DENSITY * p.shape[0] * p.shape[1]
                           else p for p in codes.parts]
         self.act = self.centroid_activations()
-        q = (self.act @ self._heads_side_by_side()).reshape(len(self.act), self.n_regions, -1)
+        self.heads = self._heads_side_by_side()
+        q = (self.act @ self.heads).reshape(len(self.act), self.n_regions, -1)
         q = np.ascontiguousarray(q.transpose(1, 0, 2))  # (R, k, n_classes): each centroid's vote in each region
         if isinstance(self.parts, np.ndarray):
             n, r, k = self.parts.shape
@@ -80,7 +81,7 @@ class CodeLayer(Model):
         dq = dq.transpose(1, 0, 2).reshape(k, r * c)  # the regions' columns side by side, as the heads
         self.grads["v"][...] = (self.act.T @ dq).reshape(-1, r, c).transpose(1, 0, 2).reshape(-1, c)
         self.grads["a"][...] = dlogits.sum(axis=0)
-        dact = dq @ self._heads_side_by_side().T
+        dact = dq @ self.heads.T
         dpre = dact * (1 - self.act * self.act) if self.activation == "tanh" else dact * (self.act > 0)
         self.grads["w"][...] = self.centroids.T @ dpre
         self.grads["b"][...] = dpre.sum(axis=0)
