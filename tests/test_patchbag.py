@@ -50,7 +50,7 @@ def test_code_layer_equals_explicit_conv_pool_head(side, dense_max_bytes):
     conv = Conv2d(4, 3, 1, 1)
     pool = GlobalAvgPool() if side == 1 else AvgPool2d(3)
     model = Sequential([conv, Tanh(), pool, Dense(3)]).build((2, 6, 6), 0, np.float64)
-    w, b = fold_into_conv(pre, layer.params["w"], layer.params["b"], 2)
+    w, b = fold_into_conv(pre, layer.params["w"], layer.params["b"])
     conv.params["w"][...] = w
     conv.params["b"][...] = b
     # the code layer's head sees regions side by side, the image head sees (C, 2, 2) flattened
@@ -207,7 +207,7 @@ def test_preprocessing_folds_into_the_conv():
     assert z.shape == (20 * 64, 12)
     w = rng.standard_normal((12, 5))
     b = rng.standard_normal(5)
-    cw, cb = fold_into_conv(pre, w, b, 3)
+    cw, cb = fold_into_conv(pre, w, b)
     conv = Conv2d(5, 3, 1, 1)
     out = Sequential([conv]).build((3, 8, 8), 0, np.float64)
     conv.params["w"][...] = cw

@@ -73,7 +73,7 @@ def test_code_layer_equals_the_folded_conv1d_with_pooling_and_head(segments):
     conv = Conv1d(4, 3)
     pool = GlobalAvgPool1d() if segments == 1 else AvgPool1d(5)
     model = Sequential([conv, Tanh(), pool, Dense(3)]).build((2, 10), 0, np.float64)
-    w, b = fold_into_conv(pre, layer.params["w"], layer.params["b"], 2, 3)
+    w, b = fold_into_conv(pre, layer.params["w"], layer.params["b"])
     assert w.shape == (4, 2, 3)
     conv.params["w"][...] = w
     conv.params["b"][...] = b
@@ -98,7 +98,7 @@ def test_folding_whitened_windows_gives_the_conv1d_of_the_code_layer():
     pre = PatchPreprocessor(2, 5, remove_mean=True, whiten="pca", n_components=6, ndim=1).fit(extract_patches(x, 5))
     w, b = rng.standard_normal((6, 4)), rng.standard_normal(4)
     conv = Sequential([Conv1d(4, 5)]).build((2, 16), 0, np.float64)
-    conv.layers[0].params["w"][...], conv.layers[0].params["b"][...] = fold_into_conv(pre, w, b, 2, 5)
+    conv.layers[0].params["w"][...], conv.layers[0].params["b"][...] = fold_into_conv(pre, w, b)
     z = pre.transform(extract_patches(x, 5)).astype(np.float64)
     expected = (z @ w + b).reshape(3, 16, 4).transpose(0, 2, 1)
     assert np.allclose(conv.forward(x), expected, atol=1e-4)
@@ -143,7 +143,7 @@ def test_code_layer_on_hashed_byte_codes_equals_embedding_and_folded_conv():
     conv = Conv1d(4, 3)
     model = Sequential([ByteEmbedding(3), conv, Tanh(), GlobalAvgPool1d(), Dense(3)]).build((1, 12), 0, np.float64)
     model.layers[0].params["w"][...] = embedding.layers[0].params["w"]
-    conv.params["w"][...], conv.params["b"][...] = fold_into_conv(pre, layer.params["w"], layer.params["b"], 3, 3)
+    conv.params["w"][...], conv.params["b"][...] = fold_into_conv(pre, layer.params["w"], layer.params["b"])
     model.layers[4].params["w"][...] = layer.params["v"]
     model.layers[4].params["b"][...] = layer.params["a"]
     assert np.allclose(layer.forward(codes), model.forward(x), atol=1e-5)

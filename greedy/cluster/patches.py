@@ -25,6 +25,7 @@ import numpy as np
 from greedy.kernels.conv import conv2d_forward
 from greedy.kernels.conv1d import conv1d_forward
 from greedy.kernels.im2col import gather_patches, im2col
+from greedy.kernels.lowrank import compose
 from greedy.kernels.pointwise import centred_rows
 from greedy.kernels.taps import conv_taps
 from greedy.memory import once_written_array
@@ -207,13 +208,22 @@ class PatchPreprocessor:
         return y.transpose(0, 2, 3, 1).reshape(-1, d)
 
 
-def fold_into_conv(pre, w, b, channels, size=3):
-    """Weights (F, C, size, size) and bias (F,) of the conv equal to ``z @ w + b`` on raw patches
-    (weights (F, C, size) of a Conv1d when ``pre`` preprocesses sequence windows).
+def conv_factors(pre, w, b):
+    """The conv equal to ``z @ w + b`` on raw patches as a rank-d factorisation (float64): (basis (d, C, size,
+    size), basis_bias (d,), mix (F, d), mix_bias (F,)), the basis being the preprocessing map (basis (d, C,
+    size) when ``pre`` preprocesses sequence windows); ``greedy.kernels.lowrank.compose`` makes the one conv.
 
     pre: a fitted PatchPreprocessor; w (d, F); b (F,).
     """
-    w_raw = pre.A_.astype(np.float64) @ w
-    b_raw = b + pre.c_.astype(np.float64) @ w
-    f = w.shape[1]
-    return w_raw.T.reshape((f, channels) + (size,) * getattr(pre, "ndim", 2)), b_raw
+    d = pre.A_.shape[1]
+    basis = pre.A_.T.astype(np.float64).reshape((d, pre.channels) + (pre.size,) * getattr(pre, "ndim", 2))
+    return basis, pre.c_.astype(np.float64), np.asarray(w, np.float64).T, np.asarray(b, np.float64)
+
+
+def fold_into_conv(pre, w, b):
+    """Weights (F, C, size, size) and bias (F,) of the conv equal to ``z @ w + b`` on raw patches
+    (weights (F, C, size) of a Conv1d when ``pre`` preprocesses sequence windows), float64.
+
+    pre: a fitted PatchPreprocessor; w (d, F); b (F,).
+    """
+    return compose(*conv_factors(pre, w, b))

@@ -26,8 +26,9 @@ import numpy as np
 from greedy.cluster.bytecodes import bucket_centroids, hashed_codes
 from greedy.cluster.codes import cluster_images, encode
 from greedy.cluster.kmeans import KMeans
-from greedy.cluster.patches import PatchPreprocessor, fold_into_conv, sample_patches
-from greedy.errors import ConfigError
+from greedy.cluster.patches import PatchPreprocessor, conv_factors, sample_patches
+from greedy.errors import CheckpointError, ConfigError
+from greedy.kernels.lowrank import compose
 from greedy.methods.base import LayerwiseMethod
 from greedy.methods.blocks import fit_block, propagate
 from greedy.methods.layerwise import ConvBlockTrainer
@@ -159,11 +160,44 @@ class PatchbagTrainer(ConvBlockTrainer):
         fit_block(model, codes, y, c, budget, rng, label=f"patchbag layer {layer}", progress=monitor.verbose,
                   on_epoch=on_epoch, sample_weight=weights)
         acc = head_accuracy()
-        w, b = fold_into_conv(pre, model.params["w"].astype(np.float64), model.params["b"], pre.channels, pre.size)
-        conv.params["w"][...] = w
-        conv.params["b"][...] = b
+        factors = conv_factors(pre, model.params["w"], model.params["b"])
+        if isinstance(conv, Conv2d):
+            conv.set_low_rank(*factors)
+        else:
+            conv.params["w"][...], conv.params["b"][...] = compose(*factors)
         monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - t, head_accuracy=acc)
         return acc
+
+
+    def block_state(self, layer, block, head):
+        """The block's arrays, with its conv's low-rank factors (``Conv2d.set_low_rank``) under ``lowrank/``:
+        a resumed run applies the conv as the first run did."""
+        arrays, info = super().block_state(layer, block, head)
+        conv = next(lay for lay in block.layers if isinstance(lay, (Conv2d, Conv1d)))
+        factors = conv.low_rank() if isinstance(conv, Conv2d) else None
+        if factors is not None:
+            arrays.update(zip(LOW_RANK_ARRAYS, factors))
+        return arrays, info
+
+    def restore_block(self, layer, spec, arrays, info, y, rng, where):
+        block, head = super().restore_block(layer, spec, arrays, info, y, rng, where)
+        saved = [arrays.get(name) for name in LOW_RANK_ARRAYS]
+        if all(a is None for a in saved):
+            return block, head
+        conv = next(lay for lay in block.layers if isinstance(lay, (Conv2d, Conv1d)))
+        w, b = conv.params["w"].copy(), conv.params["b"].copy()
+        if any(a is None for a in saved) or not isinstance(conv, Conv2d):
+            raise CheckpointError(f"{where}: the low-rank factors are incomplete or not of a 2-D conv")
+        try:
+            conv.set_low_rank(*saved)
+        except (ConfigError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{where}: bad low-rank factors ({e})") from None
+        if not (np.array_equal(w, conv.params["w"]) and np.array_equal(b, conv.params["b"])):
+            raise CheckpointError(f"{where}: the low-rank factors do not make the saved conv weights")
+        return block, head
+
+
+LOW_RANK_ARRAYS = ("lowrank/basis", "lowrank/basis_bias", "lowrank/mix", "lowrank/mix_bias")
 
 
 class Patchbag(LayerwiseMethod):

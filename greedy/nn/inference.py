@@ -5,7 +5,8 @@ one convolution whose weights carry the batch norm (folded with its running
 statistics), with the ReLU and the max pool applied to each chunk's GEMM output
 as it is written (``greedy.kernels.conv.conv2d_forward(..., relu, pool)``; 3x3,
 stride-1 convs with no pool or a 2x2 one by Winograd F(4x4, 3x3) or F(2x2, 3x3) instead,
-``greedy.kernels.winograd``). Tanh is
+``greedy.kernels.winograd``; a conv whose weights were set from a low-rank factorisation
+(``Conv2d.set_low_rank``) as its basis conv and a 1x1 mix, ``greedy.kernels.lowrank``). Tanh is
 increasing, so it commutes with the max and is applied to the pooled map,
 a quarter of the values for a 2x2 pool. Every other layer runs its own
 ``forward``. The result equals ``Sequential.forward(x, train=False)`` up to
@@ -23,6 +24,7 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
 from greedy.kernels import conv1d as k1
+from greedy.kernels import lowrank
 from greedy.kernels import winograd
 from greedy.nn.activations import ReLU, Tanh
 from greedy.nn.batchnorm import BatchNorm2d
@@ -81,8 +83,12 @@ def forward(layers, x, out=None):
         target = out if i == len(layers) and act != "tanh" and not isinstance(conv, Conv1d) else None
         if isinstance(conv, Conv1d):
             x = k1.conv1d_forward(x, w, b, conv.stride, conv.padding, conv.dilation, relu=act == "relu", pool=pool)
+        elif w is conv.params["w"] and (factors := conv.low_rank(w.dtype)) is not None and x.dtype == w.dtype:
+            x = lowrank.conv_forward(x, *factors, conv.padding, relu=act == "relu", pool=pool, out=target)
+            written = target is not None
         elif winograd.applies(w, conv.stride, conv.padding, pool, x.shape[2], x.shape[3]):
             x = winograd.conv_forward(x, w, b, conv.padding, relu=act == "relu", pool=pool, out=target)
+            written = target is not None
         else:
             x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool, out=target)
             written = target is not None

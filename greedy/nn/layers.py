@@ -18,6 +18,7 @@ import numpy as np
 
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
+from greedy.kernels import lowrank
 from greedy.kernels.im2col import col2im
 
 
@@ -124,6 +125,33 @@ class Conv2d(Layer):
         if ho < 1 or wo < 1:
             raise ConfigError(f"conv {self.spec()} does not fit an input of {h}x{w} pixels")
         return (self.filters, ho, wo)
+
+    def set_low_rank(self, basis, basis_bias, mix, mix_bias):
+        """Set the weights to mix @ basis and the bias to mix @ basis_bias + mix_bias (made in float64), for
+        basis (d, C, K, K), basis_bias (d,), mix (F, d), mix_bias (F,), and keep those factors (float64):
+        inference applies the conv as the two (``greedy.kernels.lowrank``) for as long as the weights and
+        bias are the ones made here and that takes fewer multiplies."""
+        factors = tuple(np.array(a, np.float64) for a in (basis, basis_bias, mix, mix_bias))
+        w, b = lowrank.compose(*factors)
+        if w.shape != self.params["w"].shape:
+            raise ConfigError(f"conv {self.spec()}: a factorisation of weights {w.shape} for weights "
+                              f"{self.params['w'].shape}")
+        self.params["w"][...] = w
+        self.params["b"][...] = b
+        self._low_rank = factors + (self.params["w"].copy(), self.params["b"].copy())
+
+    def low_rank(self, dtype=np.float64):
+        """(basis, basis_bias, mix, mix_bias) of ``set_low_rank`` in ``dtype`` if the weights and bias are still
+        the ones they made and a stride-1 conv of that rank takes fewer multiplies as the two
+        (``lowrank.cheaper``); else None."""
+        saved = getattr(self, "_low_rank", None)
+        if saved is None or self.stride != 1:
+            return None
+        basis, basis_bias, mix, mix_bias, w, b = saved
+        if not (lowrank.cheaper(basis.shape[1], self.kernel_size, len(basis), len(mix))
+                and np.array_equal(w, self.params["w"]) and np.array_equal(b, self.params["b"])):
+            return None
+        return tuple(np.ascontiguousarray(a, dtype) for a in (basis, basis_bias, mix, mix_bias))
 
     def forward(self, x, train=False):
         self.x = x
