@@ -47,7 +47,8 @@ def test_tap_convolution_refuses_what_it_cannot_compute_in_one_line():
         taps.conv_taps(np.zeros((2, 3, 4, 4), np.int64), np.zeros((2, 3, 3, 3), np.float32), np.zeros(2, np.float32))
 
 
-@pytest.mark.parametrize("channels", [4, 40])  # below and above 2d: the im2col and the tap convolution
+# below 2d: the im2col convolution; from 2d: the tap convolution, and Winograd's from winograd.MIN_CHANNELS
+@pytest.mark.parametrize("channels", [4, 20, 40])
 def test_patch_projection_of_images_equals_the_projection_of_their_patches(channels):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, channels, 5, 4)).astype(np.float16)  # a half-precision cache
