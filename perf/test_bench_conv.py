@@ -9,6 +9,7 @@ import pytest
 from conftest import record
 
 from greedy.kernels import conv as ck
+from greedy.kernels import lowrank as lr
 from greedy.kernels import winograd as wg
 
 # (N, C, F, H=W, K, pad)
@@ -71,15 +72,23 @@ def _propagation_id(s):
 
 
 @pytest.mark.parametrize("shape", PROPAGATION_SHAPES, ids=_propagation_id)
-@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd2x2"])
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd2x2", "lowrank32"])
 def test_conv_relu_pool_forward(benchmark, shape, algorithm, monkeypatch):
-    """The im2col convolution and Winograd (``greedy.kernels.winograd``: its own choice of tiles, and
-    F(2x2, 3x3) forced) on the same shape; GFLOP/s count the direct convolution's multiply-adds for all."""
+    """The im2col convolution, Winograd (``greedy.kernels.winograd``: its own choice of tiles, and
+    F(2x2, 3x3) forced) and, for weights of rank 32 (a patch-bag block's), the basis conv and its 1x1 mix
+    (``greedy.kernels.lowrank``) on the same shape; GFLOP/s count the direct convolution's
+    multiply-adds for all."""
     x, w, b, _, pad, (m, k, n), flops = setup(shape[:6])
     pool = shape[6]
     if algorithm == "winograd2x2":
         monkeypatch.setattr(wg, "output_tile", lambda ho, wo: 2)
-    if algorithm.startswith("winograd"):
+    if algorithm == "lowrank32":
+        rng = np.random.default_rng(1)
+        basis = rng.standard_normal((32,) + w.shape[1:], dtype=np.float32) * np.float32(1 / np.sqrt(k))
+        mix = rng.standard_normal((w.shape[0], 32), dtype=np.float32) * np.float32(1 / np.sqrt(32))
+        basis_bias = np.zeros(32, np.float32)
+        fn = lambda: lr.conv_forward(x, basis, basis_bias, mix, b, pad, relu=True, pool=pool)  # noqa: E731
+    elif algorithm.startswith("winograd"):
         fn = lambda: wg.conv_forward(x, w, b, pad, relu=True, pool=pool)  # noqa: E731
     else:
         fn = lambda: ck.conv2d_forward(x, w, b, 1, pad, relu=True, pool=pool)  # noqa: E731

@@ -127,10 +127,18 @@ def test_dense_and_sparse_codes_hold_the_same_frequencies_and_index_alike():
     assert np.array_equal(sparse[rows].dense(), dense[rows].dense())
     for a, b in zip(sparse.parts, dense.parts):
         assert (a != b).nnz == 0
-    with pytest.raises(ValueError, match="either parts or array"):
+    batch = sparse[rows]  # a batch of sparse codes holds the regions side by side, and gives the parts back
+    assert batch.array is None and batch.stacked.shape == (4, 4 * len(centers)) and len(batch) == 4
+    assert batch.nnz == sum(p.nnz for p in batch.parts)
+    for a, b in zip(batch.parts, dense[rows].parts):
+        assert (a != b).nnz == 0
+    assert np.array_equal(dense.stacked.toarray(), sparse.stacked.toarray())
+    with pytest.raises(ValueError, match="one of parts, array or stacked"):
         RegionCodes()
     with pytest.raises(ValueError, match=r"\(N, R, k\)"):
         RegionCodes(array=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=f"do not split into {4 * len(centers) + 1} regions"):
+        RegionCodes(stacked=sparse.stacked, n_regions=4 * len(centers) + 1)
 
 
 def test_code_rows_draw_nothing_unless_they_sample():

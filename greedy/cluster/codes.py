@@ -32,46 +32,67 @@ class RegionCodes:
 
     Row i of region r holds image i's centroid counts in region r divided by the number of
     positions in that region, so each row sums to one. Held either as ``parts``, a list of R CSR
-    matrices (N, k) (what sites send, and codes of many centroids such as hashed byte codes), or as
-    one dense ``array`` (N, R, k) (small dictionaries: a batch is then one gather and one GEMM).
-    Give exactly one of them; ``parts`` of an array-backed instance are made on first use.
-    Indexable by an index array.
+    matrices (N, k) (what sites send, and codes of many centroids such as hashed byte codes), as
+    ``stacked``, one CSR matrix (N, R*k) of the regions side by side (what a batch of sparse codes
+    is: one row gather and one sparse product, not R), or as one dense ``array`` (N, R, k) (small
+    dictionaries: a batch is then one gather and one GEMM). Give exactly one of them (``stacked``
+    with ``n_regions``); the other sparse form is made on first use. Indexable by an index array.
     """
 
-    def __init__(self, parts=None, weights=None, array=None):
-        if (parts is None) == (array is None):
-            raise ConfigError("RegionCodes needs either parts or array")
+    def __init__(self, parts=None, weights=None, array=None, stacked=None, n_regions=None):
+        if sum(a is not None for a in (parts, array, stacked)) != 1:
+            raise ConfigError("RegionCodes needs one of parts, array or stacked")
         if array is not None and array.ndim != 3:
             raise ConfigError(f"a RegionCodes array is (N, R, k), got shape {array.shape}")
-        self._parts = parts
+        if stacked is not None and (not n_regions or stacked.shape[1] % n_regions):
+            raise ConfigError(f"stacked codes of {stacked.shape[1]} columns do not split into {n_regions} regions")
+        self._parts, self._stacked, self.n_regions = parts, stacked, n_regions
         self.array = array
         self.weights = weights
 
     @property
     def parts(self):
         if self._parts is None:
-            self._parts = [sp.csr_matrix(self.array[:, r]) for r in range(self.array.shape[1])]
+            if self.array is not None:
+                self._parts = [sp.csr_matrix(self.array[:, r]) for r in range(self.array.shape[1])]
+            else:
+                k = self._stacked.shape[1] // self.n_regions
+                self._parts = [self._stacked[:, r * k:(r + 1) * k].tocsr() for r in range(self.n_regions)]
         return self._parts
 
+    @property
+    def stacked(self):
+        """One CSR matrix (N, R*k): the regions' codes side by side."""
+        if self._stacked is None:
+            if self.array is not None:
+                self._stacked = sp.csr_matrix(self.array.reshape(len(self.array), -1))
+            else:
+                self._stacked = sp.hstack(self._parts, format="csr")
+            self.n_regions = len(self._parts) if self._parts is not None else self.array.shape[1]
+        return self._stacked
+
     def __len__(self):
-        return len(self.array) if self.array is not None else self._parts[0].shape[0]
+        if self.array is not None:
+            return len(self.array)
+        return (self._parts[0] if self._stacked is None else self._stacked).shape[0]
 
     def __getitem__(self, idx):
         if self.array is not None:
             return RegionCodes(array=self.array[idx])
-        return RegionCodes([p[idx] for p in self._parts])
+        stacked = self.stacked
+        return RegionCodes(stacked=stacked[idx], n_regions=self.n_regions)
 
     @property
     def nnz(self):
         if self.array is not None:
             return int(np.count_nonzero(self.array))
-        return sum(p.nnz for p in self._parts)
+        return self._stacked.nnz if self._stacked is not None else sum(p.nnz for p in self._parts)
 
     def dense(self):
         """(N, R*k) dense array of all regions side by side."""
         if self.array is not None:
             return self.array.reshape(len(self.array), -1)
-        return np.hstack([p.toarray() for p in self._parts])
+        return self.stacked.toarray()
 
 
 def encode(x, pre, centers, side=1, chunk_bytes=ENCODE_CHUNK_BYTES, dtype=np.float32, rows=None,

@@ -57,27 +57,26 @@ class CodeLayer(Model):
 
     def forward(self, codes, train=False):
         if codes.array is not None:
-            self.parts = np.ascontiguousarray(codes.array, dtype=self.centroids.dtype)
+            n, r, k = codes.array.shape
+            self.codes = np.ascontiguousarray(codes.array, dtype=self.centroids.dtype).reshape(n, r * k)
         else:
+            s = codes.stacked
             # a batch denser than a few percent multiplies faster as a dense BLAS product
-            self.parts = [p.toarray() if sp.issparse(p) and p.nnz > DENSE_BATCH_DENSITY * p.shape[0] * p.shape[1]
-                          else p for p in codes.parts]
+            self.codes = s.toarray() if s.nnz > DENSE_BATCH_DENSITY * s.shape[0] * s.shape[1] else s
         self.act = self.centroid_activations()
         self.heads = self._heads_side_by_side()
         q = (self.act @ self.heads).reshape(len(self.act), self.n_regions, -1)
-        q = np.ascontiguousarray(q.transpose(1, 0, 2))  # (R, k, n_classes): each centroid's vote in each region
-        if isinstance(self.parts, np.ndarray):
-            n, r, k = self.parts.shape
-            return self.parts.reshape(n, r * k) @ q.reshape(r * k, -1) + self.params["a"]
-        return sum(np.asarray(part @ q[r]) for r, part in enumerate(self.parts)) + self.params["a"]
+        # (R*k, n_classes): each centroid's vote in each region, the regions one after another as in the codes
+        q = np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(-1, q.shape[2])
+        if q.shape[0] != self.codes.shape[1]:
+            raise ConfigError(f"codes of {self.codes.shape[1]} columns for a code layer of {self.n_regions} regions "
+                              f"of {len(self.act)} centroids")
+        return np.asarray(self.codes @ q) + self.params["a"]
 
     def backward(self, dlogits, input_grad=False):
-        if isinstance(self.parts, np.ndarray):
-            n, r, k = self.parts.shape
-            dq = (self.parts.reshape(n, r * k).T @ dlogits).reshape(r, k, -1)
-        else:
-            dq = np.stack([np.asarray(part.T @ dlogits) for part in self.parts])
-        r, k, c = dq.shape
+        k, r = len(self.act), self.n_regions
+        dq = np.asarray(self.codes.T @ dlogits).reshape(r, k, -1)
+        c = dq.shape[2]
         dq = dq.transpose(1, 0, 2).reshape(k, r * c)  # the regions' columns side by side, as the heads
         self.grads["v"][...] = (self.act.T @ dq).reshape(-1, r, c).transpose(1, 0, 2).reshape(-1, c)
         self.grads["a"][...] = dlogits.sum(axis=0)
