@@ -168,7 +168,6 @@ class PatchbagTrainer(ConvBlockTrainer):
         monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - t, head_accuracy=acc)
         return acc
 
-
     def block_state(self, layer, block, head):
         """The block's arrays, with its conv's low-rank factors (``Conv2d.set_low_rank``) under ``lowrank/``:
         a resumed run applies the conv as the first run did."""

@@ -107,6 +107,7 @@ class Conv2d(Layer):
         self.stride = int(stride)
         self.padding = self.kernel_size // 2 if padding is None else int(padding)
         self.init = init
+        self._low_rank = None  # set_low_rank's factors, and the weights and bias they made
 
     def build(self, in_shape, rng, dtype=np.float32):
         c, h, w = in_shape
@@ -144,7 +145,7 @@ class Conv2d(Layer):
         """(basis, basis_bias, mix, mix_bias) of ``set_low_rank`` in ``dtype`` if the weights and bias are still
         the ones they made and a stride-1 conv of that rank takes fewer multiplies as the two
         (``lowrank.cheaper``); else None."""
-        saved = getattr(self, "_low_rank", None)
+        saved = self._low_rank
         if saved is None or self.stride != 1:
             return None
         basis, basis_bias, mix, mix_bias, w, b = saved
