@@ -303,3 +303,26 @@ def test_default_blocks_are_relu_unless_told():
     assert resolve_options({"activation": "tanh"}, "mnist").blocks[1] == "c64k3-tanh-max2"
     with pytest.raises(ConfigError, match="--arch"):
         resolve_options({"arch": "c8k3-tanh", "activation": "relu"}, "mnist")
+
+
+def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_applies_it():
+    d = load_dataset("synthetic", synthetic_size=(300, 100))
+    options = dict(method="patchbag", random_state=0, arch="c8k3-relu-max2-c64k3-relu", clusters=16,
+                   patch_sample=3000, layer_budget="2e", tta="none", final_epochs=3, final_min_steps=50)
+    plain = greedy.LayerwiseClassifier(**options).fit(d.x_train, d.y_train, eval_set=(d.x_test, d.y_test))
+    mixed = greedy.LayerwiseClassifier(final_mix=True, **options).fit(d.x_train, d.y_train,
+                                                                      eval_set=(d.x_test, d.y_test))
+    convs = [[lay for lay in c.model_.model.layers if isinstance(lay, Conv2d)] for c in (plain, mixed)]
+    np.testing.assert_array_equal(convs[0][0].params["w"], convs[1][0].params["w"])  # block 1: codes only
+    assert not np.allclose(convs[0][1].params["w"], convs[1][1].params["w"], rtol=0, atol=1e-3)
+    basis, _, mix, _ = convs[1][1].low_rank(cheaper_only=False)
+    assert basis.shape == (32, 8, 3, 3) and mix.shape == (64, 32)  # still the same basis, a new mix
+    logged = [e["classifier_accuracy"] for e in mixed.history_ if e.get("phase") == "classifier"]
+    # the accuracy measured through BasisMix is the assembled model's: the mix and the standardisation folded
+    assert logged == [mixed.score(d.x_test, d.y_test)] and logged[0] > 0.2
+
+
+def test_final_mix_needs_image_maps_pooled_in_quadrants():
+    with pytest.raises(ConfigError, match="--final-mix .* needs images, --final-pool quadrant"):
+        greedy.LayerwiseClassifier(method="patchbag", final_mix=True, final_pool="gap").fit(
+            np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))

@@ -18,6 +18,7 @@ from greedy import validate
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
 from greedy.kernels import winograd
+from greedy.kernels.cast import as_float32
 from greedy.kernels.conv import _fnp_to_nfp, _run_chunks, _same_dtype, _scratch_bytes, _split
 from greedy.kernels.convpool import fnp_to_nfp_relu_pool
 
@@ -44,6 +45,22 @@ def cheaper(channels, kernel_size, rank, filters):
     rank 32, 0.44 of the multiplies, ran 5 % slower; 128 -> 256 at 16 x 16, 0.15, 2.2 times faster)."""
     window = channels * kernel_size * kernel_size
     return rank * (window + filters) <= 0.25 * window * filters
+
+
+def basis_maps(x, basis, basis_bias, pad=1, batch=2048):
+    """The basis maps (N, d, Ho, Wo) float32 of x (N, C, H, W) float16 or float32: conv(x, basis) +
+    basis_bias, ``batch`` images converted to float32 at a time."""
+    out = None
+    for i in range(0, len(x), batch):
+        xb = as_float32(np.ascontiguousarray(x[i:i + batch]))
+        if winograd.applies(basis, 1, pad, 1, xb.shape[2], xb.shape[3]):
+            z = winograd.conv_forward(xb, basis, basis_bias, pad)
+        else:
+            z = ck.conv2d_forward(xb, basis, basis_bias, 1, pad)
+        if out is None:
+            out = np.empty((len(x),) + z.shape[1:], np.float32)
+        out[i:i + len(xb)] = z
+    return out
 
 
 def conv_forward(x, basis, basis_bias, mix, bias, pad=1, relu=False, pool=1, out=None):

@@ -71,7 +71,7 @@ def classifier_layers(hidden, n_classes):
 
 
 def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidden="none", epochs=10.0, lr=1e-2,
-                     batch_size=256, weight_decay=5e-4, min_steps=2000, on_epoch=None, progress=False):
+                     batch_size=256, weight_decay=5e-4, min_steps=2000, on_epoch=None, progress=False, lead=None):
     """Fit the final softmax classifier on features (N, D); returns (list of layers, accuracy on the
     evaluation features, None without them).
 
@@ -80,22 +80,49 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
     so the returned layers apply to raw features. Trains with Adam and a cosine schedule for
     ``epochs`` epochs, or ``min_steps`` steps if that is more: small training sets still get
     enough steps. ``on_epoch(epoch, n_epochs, loss, train_acc)`` follows each epoch.
+
+    ``lead``, a ``greedy.nn.basismix.BasisMix``, reads the features first and is trained with the
+    classifier: only its ``taps`` leading columns are standardised, the rest are its basis maps; its
+    pooled outputs are standardised by their statistics at the start (``BasisMix.set_scale``), which
+    are folded into the first returned layer as well. The returned layers then read the taps and the
+    pooled map of the conv the trained mix makes.
     """
     layers = classifier_layers(hidden, n_classes)
     if features.ndim != 2 or (eval_features is not None and (eval_features.ndim != 2
                                                              or features.shape[1] != eval_features.shape[1])):
         raise ConfigError(f"classifier features must be (N, D) for training and evaluation alike, got "
                           f"{features.shape} and {None if eval_features is None else eval_features.shape}")
-    mean, std = column_mean_std(features)
+    taps = features.shape[1] if lead is None else lead.taps
+    mean, std = column_mean_std(features[:, :taps])
     std += 1e-6
-    z = standardize(features, mean, std)
+
+    def model_input(x):
+        z = standardize(x[:, :taps], mean, std)
+        return z if lead is None else np.concatenate([z, as_float32(x[:, taps:])], axis=1)
+
+    z = model_input(features)
     epochs = max(epochs, min_steps * batch_size / len(z))
-    head = Sequential(layers).build(z.shape[1:], rng)
+    head = Sequential(([] if lead is None else [lead]) + layers).build(z.shape[1:], rng)
+    if lead is not None:
+        pooled = np.concatenate([lead.pooled(z[i:i + 4096]) for i in range(0, len(z), 4096)])
+        lead.set_scale(pooled.mean(axis=0), pooled.std(axis=0) + 1e-6)
     opt = make_optimizer("adam", lr, "cosine", weight_decay)
     total = int(np.ceil(epochs))
+
+    def lead_backward(dout, step):
+        """The head's backward, the first layer's input gradient taken for the lead's pooled columns only."""
+        for layer in reversed(layers[1:]):
+            dout = layer.backward(dout)
+        layers[0].backward(dout, input_grad=False)
+        lead.backward_pooled(dout @ layers[0].params["w"][taps:].T)
+
     fit(head, z, y, opt, epochs=epochs, batch_size=batch_size, rng=rng, label="classifier", progress=progress,
+        backward=None if lead is None else lead_backward,
         on_epoch=None if on_epoch is None else lambda e, loss, acc: on_epoch(e, total, loss, acc))
-    acc = None if eval_features is None else accuracy(head, standardize(eval_features, mean, std), y_eval)
+    acc = None if eval_features is None else accuracy(head, model_input(eval_features), y_eval)
+    if lead is not None:
+        mean = np.concatenate([mean, lead.shift.astype(np.float64)])
+        std = np.concatenate([std, lead.scale.astype(np.float64)])
     first = layers[0]
     w = first.params["w"] / std[:, None]
     first.params["b"][...] = first.params["b"] - mean @ w

@@ -204,6 +204,9 @@ class PatchbagConfig(LayerwiseConfig):
     activation: str = option("relu", "Activation of the default blocks.", "patch bags",
                              click.Choice(["tanh", "relu"]))
     colour_norm: bool = option(True, "Subtract each 3x3 patch's mean colour (first layer).", "patch bags", bool)
+    final_mix: bool = option(False, "Train the last block's 1x1 mix (its conv in the whitened patch space) with "
+                                    "the final classifier, on the real maps of every training image (images; "
+                                    "--final-pool quadrant).", "patch bags", bool)
     n_components: int = option(32, "Principal components kept of the whitened patches.", "patch bags",
                                POSITIVE_INT)
     whiten: str = option("pca", "Patch whitening.", "patch bags", click.Choice(["pca", "none"]))
@@ -229,6 +232,11 @@ class PatchbagConfig(LayerwiseConfig):
                               "names its own")
         if self.mirrors and family not in IMAGE_FAMILIES:
             raise ConfigError(f"--mirrors adds mirror images; the {family} samples are not images")
+        if self.final_mix and (family not in IMAGE_FAMILIES or self.final_pool != "quadrant"
+                               or self.final_classifier != "retrain"):
+            raise ConfigError("--final-mix trains the last block's mix with the final classifier on image maps "
+                              "pooled in quadrants: it needs images, --final-pool quadrant and a retrained "
+                              "classifier")
         super().finish(family, n_classes)
         self.blocks = [b.format(act=self.activation) for b in self.blocks]
         if self.epochs_per_layer is not None:

@@ -116,6 +116,12 @@ class BlockTrainer:
         ("train" or "eval")."""
         raise NotImplementedError
 
+    def fit_classifier(self, feats, y, feats_eval, y_eval, rng, on_epoch=None, progress=False):
+        """(classifier layers, accuracy on the evaluation features or None): the final classifier trained
+        on the features (N, D) of ``features`` (``train_classifier`` with ``classifier_options``)."""
+        return train_classifier(feats, y, feats_eval, y_eval, self.n_classes, rng, on_epoch=on_epoch,
+                                progress=progress, **self.classifier_options())
+
     def classifier_options(self):
         """Keyword arguments of ``train_classifier``."""
         c = self.config
@@ -183,10 +189,9 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
     if saved is not None and saved.classifier is not None:
         classifier, acc = restore_classifier(trainer, saved, feats.reshape(len(feats), -1).shape[1], rng)
     else:
-        classifier, acc = train_classifier(feats.reshape(len(feats), -1), y,
-                                           None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
-                                           y_eval, trainer.n_classes, rng, on_epoch=on_epoch,
-                                           progress=monitor.verbose, **trainer.classifier_options())
+        classifier, acc = trainer.fit_classifier(feats.reshape(len(feats), -1), y,
+                                                 None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
+                                                 y_eval, rng, on_epoch=on_epoch, progress=monitor.verbose)
         seconds = time.perf_counter() - t
         if acc is not None:
             monitor.log("curve", layer=len(blocks), accuracy=float(acc), source="classifier")

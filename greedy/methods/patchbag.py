@@ -28,11 +28,14 @@ from greedy.cluster.codes import cluster_images, encode
 from greedy.cluster.kmeans import KMeans
 from greedy.cluster.patches import PatchPreprocessor, conv_factors, sample_patches
 from greedy.errors import CheckpointError, ConfigError
-from greedy.kernels.lowrank import compose
+from greedy.kernels.cast import to_channels_last
+from greedy.kernels.lowrank import basis_maps, compose
 from greedy.methods.base import LayerwiseMethod
 from greedy.methods.blocks import fit_block, propagate
+from greedy.methods.classifier import train_classifier
 from greedy.methods.layerwise import ConvBlockTrainer
 from greedy.nn.activations import ReLU, Tanh
+from greedy.nn.basismix import BasisMix
 from greedy.nn.codelayer import CodeLayer
 from greedy.nn.fit import label_accuracy
 from greedy.nn.model import Sequential
@@ -84,6 +87,12 @@ def code_rows(n, code_images, rng):
 
 class PatchbagTrainer(ConvBlockTrainer):
     """Fit a dictionary of the block's input patches, encode, train on codes, fold into the conv."""
+
+    basis_maps = ()
+
+    def start(self, x, x_eval, rng):
+        self.basis_maps = []
+        return super().start(x, x_eval, rng)
 
     def training_set(self, x, y):
         """The images and, with ``mirrors``, their mirror images after them: (2N, C, H, W), (2N,)."""
@@ -168,12 +177,56 @@ class PatchbagTrainer(ConvBlockTrainer):
         monitor.log("train", layer=layer, seconds_in_phase=time.perf_counter() - t, head_accuracy=acc)
         return acc
 
+    def propagate(self, layer, block, x):
+        """The block's output cache. With ``final_mix``, after the last block (a conv and its ReLU), the
+        basis maps of its input are made once: the output is their 1x1 mix, and they are kept, channels
+        last (N, H*W*d) float32, for ``fit_classifier``."""
+        if not (self.config.final_mix and layer == len(self.block_specs()) - 1):
+            return super().propagate(layer, block, x)
+        conv = block.layers[0]
+        factors = conv.low_rank(np.float32, cheaper_only=False) if isinstance(conv, Conv2d) else None
+        if factors is None or len(block.layers) != 2:
+            raise ConfigError(f"--final-mix trains the mix of a low-rank conv followed by its ReLU alone; the "
+                              f"last block is {block.spec()}")
+        basis, basis_bias, mix, bias = factors
+        maps = basis_maps(x, basis, basis_bias, conv.padding)
+        mixer = Sequential([Conv2d(len(mix), 1, padding=0), block.layers[1]]).build(maps.shape[1:])
+        mixer.layers[0].params["w"][...] = mix[:, :, None, None]
+        mixer.layers[0].params["b"][...] = bias
+        out = propagate(mixer, maps, store=self.store)
+        self.mix_conv = conv
+        flat = np.empty((len(maps),) + maps.shape[2:] + maps.shape[1:2], np.float32)
+        self.basis_maps.append((out, to_channels_last(maps, flat).reshape(len(maps), -1)))
+        return out
+
+    def fit_classifier(self, feats, y, feats_eval, y_eval, rng, on_epoch=None, progress=False):
+        """With ``final_mix`` the classifier reads the taps and the last block's basis maps, through a
+        ``BasisMix`` of the block's mix trained with it; the trained mix goes back into the block's conv."""
+        if not self.config.final_mix:
+            return super().fit_classifier(feats, y, feats_eval, y_eval, rng, on_epoch, progress)
+        conv = self.mix_conv
+        basis, basis_bias, mix, mix_bias = conv.low_rank(cheaper_only=False)
+        (_, maps), *rest = self.basis_maps
+        side = self.shape[1] // 2
+        taps = feats.shape[1] - conv.filters * 4
+        lead = BasisMix(mix, mix_bias, taps, self.shape[1], self.shape[2], side)
+
+        def with_maps(f, z):
+            return None if f is None else np.concatenate([f[:, :taps], z], axis=1)
+
+        layers, acc = train_classifier(with_maps(feats, maps), y, with_maps(feats_eval, rest[0][1] if rest else None),
+                                       y_eval, self.n_classes, rng, on_epoch=on_epoch, progress=progress, lead=lead,
+                                       **self.classifier_options())
+        conv.set_low_rank(basis, basis_bias, lead.params["w"], lead.params["b"])
+        self.basis_maps = []
+        return layers, acc
+
     def block_state(self, layer, block, head):
         """The block's arrays, with its conv's low-rank factors (``Conv2d.set_low_rank``) under ``lowrank/``:
         a resumed run applies the conv as the first run did."""
         arrays, info = super().block_state(layer, block, head)
         conv = next(lay for lay in block.layers if isinstance(lay, (Conv2d, Conv1d)))
-        factors = conv.low_rank() if isinstance(conv, Conv2d) else None
+        factors = conv.low_rank(cheaper_only=False) if isinstance(conv, Conv2d) else None
         if factors is not None:
             arrays.update(zip(LOW_RANK_ARRAYS, factors))
         return arrays, info

@@ -141,16 +141,17 @@ class Conv2d(Layer):
         self.params["b"][...] = b
         self._low_rank = factors + (self.params["w"].copy(), self.params["b"].copy())
 
-    def low_rank(self, dtype=np.float64):
+    def low_rank(self, dtype=np.float64, cheaper_only=True):
         """(basis, basis_bias, mix, mix_bias) of ``set_low_rank`` in ``dtype`` if the weights and bias are still
-        the ones they made and a stride-1 conv of that rank takes fewer multiplies as the two
-        (``lowrank.cheaper``); else None."""
+        the ones they made and (with ``cheaper_only``) a stride-1 conv of that rank takes fewer multiplies as
+        the two (``lowrank.cheaper``); else None."""
         saved = self._low_rank
         if saved is None or self.stride != 1:
             return None
         basis, basis_bias, mix, mix_bias, w, b = saved
-        if not (lowrank.cheaper(basis.shape[1], self.kernel_size, len(basis), len(mix))
-                and np.array_equal(w, self.params["w"]) and np.array_equal(b, self.params["b"])):
+        if cheaper_only and not lowrank.cheaper(basis.shape[1], self.kernel_size, len(basis), len(mix)):
+            return None
+        if not (np.array_equal(w, self.params["w"]) and np.array_equal(b, self.params["b"])):
             return None
         return tuple(np.ascontiguousarray(a, dtype) for a in (basis, basis_bias, mix, mix_bias))
 

@@ -1,0 +1,89 @@
+"""A rank-d conv's 1x1 mix, trained on fixed basis maps together with the classifier that reads it.
+
+A patch-bag block's conv is ``mix @ basis`` (``Conv2d.set_low_rank``): the basis is the whitening of its
+input patches and stays fixed, the (F, d) mix is what the codes trained. ``BasisMix`` lets the final
+classifier train the last block's mix on the real basis maps of every training image, at the cost of
+a 1x1 conv a pixel, where the codes only approximate them.
+"""
+import numpy as np
+
+from greedy.errors import ConfigError
+from greedy.kernels.basismix import relu_region_means, relu_region_means_grad
+from greedy.nn.layers import Layer
+
+
+class BasisMix(Layer):
+    """Taps, then the average-pooled ReLU of a 1x1 mix of basis maps.
+
+    Input (N, T + P*d) float32: T tap features, then d basis maps over P = h*w positions, channels last
+    (position-major, each position's d values together). Output (N, T + F*R): the taps unchanged, then
+    ``relu(z @ w.T + b)`` averaged over ``pool`` x ``pool`` regions (R of them), flattened as (F, h //
+    pool, w // pool) like ``AvgPool2d(pool)`` on the (F, h, w) map, minus ``shift`` and divided by
+    ``scale`` (fixed, (F*R,), see ``set_scale``). Parameters ``w`` (F, d) and ``b`` (F,).
+    """
+
+    def __init__(self, mix, bias, taps, h, w, pool):
+        super().__init__()
+        mix = np.asarray(mix)
+        if mix.ndim != 2 or np.shape(bias) != (len(mix),):
+            raise ConfigError(f"BasisMix takes a mix (F, d) and a bias (F,), got {mix.shape} and {np.shape(bias)}")
+        if h % pool or w % pool:
+            raise ConfigError(f"BasisMix pools {pool} x {pool} regions, which do not tile a {h}x{w} map")
+        self.mix0, self.bias0 = mix, np.asarray(bias)
+        self.taps, self.h, self.w, self.pool = int(taps), int(h), int(w), int(pool)
+        self.filters, self.rank = mix.shape
+        self.shift = self.scale = None
+
+    def build(self, in_shape, rng, dtype=np.float32):
+        want = self.taps + self.h * self.w * self.rank
+        if tuple(in_shape) != (want,):
+            raise ConfigError(f"BasisMix reads {self.taps} taps and {self.h}x{self.w}x{self.rank} basis values "
+                              f"({want},), got {tuple(in_shape)}")
+        self.params = {"w": self.mix0.astype(dtype), "b": self.bias0.astype(dtype)}
+        self.grads = {key: np.zeros_like(v) for key, v in self.params.items()}
+        n_out = self.filters * (self.h // self.pool) * (self.w // self.pool)
+        self.shift, self.scale = np.zeros(n_out, dtype), np.ones(n_out, dtype)
+        self.in_shape = tuple(in_shape)
+        return (self.taps + n_out,)
+
+    def set_scale(self, shift, scale):
+        """Fix the standardisation of the pooled outputs: (pooled - shift) / scale, each (F*R,)."""
+        self.shift[...], self.scale[...] = shift, scale
+
+    def pooled(self, x):
+        """The pooled mixed maps (N, F*R) before standardisation, for x (N, T + P*d)."""
+        n, p = len(x), self.h * self.w
+        self.z = np.ascontiguousarray(x[:, self.taps:]).reshape(n * p, self.rank)
+        self.pre = (self.z @ self.params["w"].T + self.params["b"]).reshape(n, p, self.filters)
+        out = np.empty((n, self.filters, self.h // self.pool, self.w // self.pool), self.pre.dtype)
+        relu_region_means(self.pre, self.h, self.w, self.pool, out)
+        return out.reshape(n, -1)
+
+    def forward(self, x, train=False):
+        if x.ndim != 2 or x.shape[1:] != self.in_shape:
+            raise ConfigError(f"BasisMix input must be (N, {self.in_shape[0]}), got {x.shape}")
+        out = np.empty((len(x), self.taps + len(self.shift)), x.dtype)
+        out[:, :self.taps] = x[:, :self.taps]
+        out[:, self.taps:] = (self.pooled(x) - self.shift) / self.scale
+        return out
+
+    def backward(self, dy, input_grad=True):
+        if input_grad:
+            raise ConfigError("BasisMix reads fixed basis maps: it is the first layer and passes no input gradient")
+        return self.backward_pooled(dy[:, self.taps:])
+
+    def backward_pooled(self, dpooled):
+        """``backward`` from the gradient of the pooled columns alone (N, F*R): what the layer after it
+        need not compute for the taps."""
+        n = len(self.pre)
+        dout = np.ascontiguousarray(dpooled / self.scale).reshape(
+            n, self.filters, self.h // self.pool, self.w // self.pool)
+        dpre = np.empty_like(self.pre)
+        relu_region_means_grad(self.pre, dout, self.h, self.w, self.pool, dpre)
+        dpre = dpre.reshape(-1, self.filters)
+        np.matmul(dpre.T, self.z, out=self.grads["w"])
+        np.sum(dpre, axis=0, out=self.grads["b"])
+        return None
+
+    def spec(self):
+        return f"basismix{self.filters}"
