@@ -261,10 +261,13 @@ def test_the_shard_command_writes_sites_a_test_split_and_a_manifest(tmp_path):
     assert result.exit_code == 2 and "go with --sites" in result.output
 
 
-def test_mirrors_on_sites_are_refused_in_one_line_before_the_run_folder(mnist, tmp_path):
+@pytest.mark.parametrize("option,message", [("mirrors", "--mirrors adds mirror images to one training set"),
+                                            ("final_mix", "--final-mix trains the last block")])
+def test_one_process_options_on_sites_are_refused_in_one_line_before_the_run_folder(mnist, tmp_path, option,
+                                                                                   message):
     from greedy.distributed.train import run_sites
     write_shards(mnist, "mnist", str(tmp_path / "sites"), 2, "iid", seed=0)
-    with pytest.raises(ConfigError, match="--mirrors adds mirror images to one training set") as e:
-        run_sites("patchbag", str(tmp_path / "sites" / "manifest.json"), {"mirrors": True}, str(tmp_path / "dist"),
+    with pytest.raises(ConfigError, match=message) as e:
+        run_sites("patchbag", str(tmp_path / "sites" / "manifest.json"), {option: True}, str(tmp_path / "dist"),
                   verbose=False, processes=False, timeout=30)
     assert "\n" not in str(e.value) and not (tmp_path / "dist").exists()

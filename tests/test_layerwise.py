@@ -127,7 +127,7 @@ SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--qui
     ("kl", ["--arch", "c8k3-bn-relu-max2", "--layer-budget", "1e", "--finetune-epochs", "1"], 0.15),
     ("patchbag", ["--arch", "c16k3-tanh-max2-c16k3-tanh", "--clusters", "64", "--patch-sample", "5000",
                   "--epochs-per-layer", "3", "--image-clusters", "20", "--final-hidden", "fc32-relu-drop0.2",
-                  "--final-features", "all"], 0.2),
+                  "--final-features", "all", "--no-final-mix"], 0.2),
 ])
 def test_layerwise_methods_follow_the_run_contract_and_learn(tmp_path, method, args, floor):
     out = tmp_path / method

@@ -172,7 +172,7 @@ def test_patchbag_trains_each_block_on_the_codes_of_code_images_and_propagates_a
 def test_mirrors_train_the_blocks_on_the_originals_and_the_classifier_on_both(monkeypatch):
     d = load_dataset("synthetic", synthetic_size=(300, 100))
     options = dict(method="patchbag", random_state=0, arch="c8k3-relu-max2-c8k3-relu", clusters=16,
-                   patch_sample=3000, layer_budget="2e")
+                   patch_sample=3000, layer_budget="2e", final_mix=False)
     seen = []
     real_train = layerwise.train_classifier
 
@@ -309,7 +309,8 @@ def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_
     d = load_dataset("synthetic", synthetic_size=(300, 100))
     options = dict(method="patchbag", random_state=0, arch="c8k3-relu-max2-c64k3-relu", clusters=16,
                    patch_sample=3000, layer_budget="2e", tta="none", final_epochs=3, final_min_steps=50)
-    plain = greedy.LayerwiseClassifier(**options).fit(d.x_train, d.y_train, eval_set=(d.x_test, d.y_test))
+    plain = greedy.LayerwiseClassifier(final_mix=False, **options).fit(d.x_train, d.y_train,
+                                                                      eval_set=(d.x_test, d.y_test))
     mixed = greedy.LayerwiseClassifier(final_mix=True, **options).fit(d.x_train, d.y_train,
                                                                       eval_set=(d.x_test, d.y_test))
     convs = [[lay for lay in c.model_.model.layers if isinstance(lay, Conv2d)] for c in (plain, mixed)]
@@ -322,7 +323,10 @@ def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_
     assert logged == [mixed.score(d.x_test, d.y_test)] and logged[0] > 0.2
 
 
-def test_final_mix_needs_image_maps_pooled_in_quadrants():
+def test_final_mix_needs_image_maps_pooled_in_quadrants_and_a_last_block_of_a_conv_and_a_relu():
     with pytest.raises(ConfigError, match="--final-mix .* needs images, --final-pool quadrant"):
         greedy.LayerwiseClassifier(method="patchbag", final_mix=True, final_pool="gap").fit(
+            np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))
+    with pytest.raises(ConfigError, match="a conv and a ReLU alone .* got c8k3-tanh; or give --no-final-mix"):
+        greedy.LayerwiseClassifier(method="patchbag", arch="c8k3-relu-max2-c8k3-tanh").fit(
             np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))
