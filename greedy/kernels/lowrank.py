@@ -47,19 +47,22 @@ def cheaper(channels, kernel_size, rank, filters):
     return rank * (window + filters) <= 0.25 * window * filters
 
 
+def basis_conv(x, basis, basis_bias, pad=1):
+    """conv(x, basis) + basis_bias (N, d, Ho, Wo), stride 1: by Winograd where it applies, else im2col."""
+    if winograd.applies(basis, 1, pad, 1, x.shape[2], x.shape[3]):
+        return winograd.conv_forward(x, basis, basis_bias, pad)
+    return ck.conv2d_forward(x, basis, basis_bias, 1, pad)
+
+
 def basis_maps(x, basis, basis_bias, pad=1, batch=2048):
     """The basis maps (N, d, Ho, Wo) float32 of x (N, C, H, W) float16 or float32: conv(x, basis) +
     basis_bias, ``batch`` images converted to float32 at a time."""
     out = None
     for i in range(0, len(x), batch):
-        xb = as_float32(np.ascontiguousarray(x[i:i + batch]))
-        if winograd.applies(basis, 1, pad, 1, xb.shape[2], xb.shape[3]):
-            z = winograd.conv_forward(xb, basis, basis_bias, pad)
-        else:
-            z = ck.conv2d_forward(xb, basis, basis_bias, 1, pad)
+        z = basis_conv(as_float32(np.ascontiguousarray(x[i:i + batch])), basis, basis_bias, pad)
         if out is None:
             out = np.empty((len(x),) + z.shape[1:], np.float32)
-        out[i:i + len(xb)] = z
+        out[i:i + len(z)] = z
     return out
 
 
@@ -84,10 +87,7 @@ def conv_forward(x, basis, basis_bias, mix, bias, pad=1, relu=False, pool=1, out
     pool = validate.integer(pool, "pool", 1)
     if pool > min(ho, wo):
         raise ConfigError(f"pool {pool} does not fit a {ho}x{wo} conv output")
-    if winograd.applies(basis, 1, pad, 1, x.shape[2], x.shape[3]):
-        z = winograd.conv_forward(x, basis, basis_bias, pad)
-    else:
-        z = ck.conv2d_forward(x, basis, basis_bias, 1, pad)
+    z = basis_conv(x, basis, basis_bias, pad)
     n, dt, p = x.shape[0], x.dtype, ho * wo
     z = z.reshape(n, d, p)
     mix = np.ascontiguousarray(mix)

@@ -72,6 +72,11 @@ def block_activation(block):
     return conv, "tanh" if isinstance(layers[1], Tanh) else "relu"
 
 
+def block_conv(block):
+    """The block's conv (a Conv2d or Conv1d), after a leading byte embedding if there is one."""
+    return next(lay for lay in block.layers if isinstance(lay, (Conv2d, Conv1d)))
+
+
 def block_embedding(block):
     """The block's leading ByteEmbedding, or None."""
     return block.layers[0] if isinstance(block.layers[0], ByteEmbedding) else None
@@ -225,7 +230,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         """The block's arrays, with its conv's low-rank factors (``Conv2d.set_low_rank``) under ``lowrank/``:
         a resumed run applies the conv as the first run did."""
         arrays, info = super().block_state(layer, block, head)
-        conv = next(lay for lay in block.layers if isinstance(lay, (Conv2d, Conv1d)))
+        conv = block_conv(block)
         factors = conv.low_rank(cheaper_only=False) if isinstance(conv, Conv2d) else None
         if factors is not None:
             arrays.update(zip(LOW_RANK_ARRAYS, factors))
@@ -236,7 +241,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         saved = [arrays.get(name) for name in LOW_RANK_ARRAYS]
         if all(a is None for a in saved):
             return block, head
-        conv = next(lay for lay in block.layers if isinstance(lay, (Conv2d, Conv1d)))
+        conv = block_conv(block)
         w, b = conv.params["w"].copy(), conv.params["b"].copy()
         if any(a is None for a in saved) or not isinstance(conv, Conv2d):
             raise CheckpointError(f"{where}: the low-rank factors are incomplete or not of a 2-D conv")
