@@ -1,42 +1,83 @@
-"""Numba kernels of ``greedy.nn.basismix``: ReLU and region means of a mixed map, and their gradient.
+"""Numba kernels of ``greedy.nn.basismix``: a 1x1 mix of basis maps, its ReLU and region means, and their
+gradient, fused.
 
-The map of each sample is position-major, (H*W, F): the rows of a GEMM of the channels-last basis
-maps. Both kernels run one sample per thread.
+A sample's basis maps are position-major, (H*W, d), and the mix is applied one position at a time: the
+(H*W, F) mixed map is never stored, only which of its values are positive (a uint8 mask for the
+backward pass). The forward pass runs one sample per thread; the backward pass gives each thread a
+contiguous run of samples and its own gradient accumulators, summed at the end.
 """
 import numba
 import numpy as np
 from numba import prange
 
 
-@numba.njit(parallel=True, cache=True)
-def relu_region_means(pre, h, w, pool, out):
-    """out (n, F, h // pool, w // pool) = the means of relu(pre) over pool x pool regions, for pre
-    (n, h*w, F), positions row-major; h and w multiples of pool."""
-    n, p, f = pre.shape
-    rh, rw = h // pool, w // pool
-    scale = 1.0 / (pool * pool)
-    for i in prange(n):
-        acc = np.zeros((rh * rw, f), np.float64)
-        for q in range(p):
-            r = (q // w) // pool * rw + (q % w) // pool
-            for k in range(f):
-                v = pre[i, q, k]
-                if v > 0:
-                    acc[r, k] += v
-        for r in range(rh * rw):
-            for k in range(f):
-                out[i, k, r // rw, r % rw] = acc[r, k] * scale
+@numba.njit(cache=True)
+def _region(q, w, pool, rw):
+    return (q // w) // pool * rw + (q % w) // pool
 
 
 @numba.njit(parallel=True, cache=True)
-def relu_region_means_grad(pre, dout, h, w, pool, dpre):
-    """dpre (n, h*w, F) = dout[n, F, region of the position] / pool^2 where pre > 0, else 0: the gradient
-    of ``relu_region_means`` for dout (n, F, h // pool, w // pool)."""
-    n, p, f = pre.shape
+def mix_relu_region_means(z, wt, b, h, w, pool, mask, out):
+    """out (n, R, F) = the means over pool x pool regions (R = (h // pool) * (w // pool), row-major) of
+    relu(z[i] @ wt + b), for z (n, h*w, d) basis maps, wt (d, F) the mix transposed, b (F,); h and w
+    multiples of pool, h*w a multiple of 4. mask (n, h*w, F) uint8 gets 1 where the mixed value is
+    positive, unless it is empty (shape (0, 0, 0)): then it is not written."""
+    n, p, d = z.shape
+    f = wt.shape[1]
     rw = w // pool
     scale = 1.0 / (pool * pool)
+    keep = mask.shape[0] > 0
     for i in prange(n):
-        for q in range(p):
-            a, b = (q // w) // pool, (q % w) // pool
-            for k in range(f):
-                dpre[i, q, k] = dout[i, k, a, b] * scale if pre[i, q, k] > 0 else 0.0
+        acc = np.empty((4, f), wt.dtype)
+        sums = np.zeros((out.shape[1], f), wt.dtype)
+        for q0 in range(0, p, 4):  # four positions share each row of the mix
+            for j in range(4):
+                acc[j] = b
+            for k in range(d):
+                a0, a1, a2, a3 = z[i, q0, k], z[i, q0 + 1, k], z[i, q0 + 2, k], z[i, q0 + 3, k]
+                for c in range(f):
+                    m = wt[k, c]
+                    acc[0, c] += a0 * m
+                    acc[1, c] += a1 * m
+                    acc[2, c] += a2 * m
+                    acc[3, c] += a3 * m
+            for j in range(4):
+                r = _region(q0 + j, w, pool, rw)
+                for c in range(f):
+                    v = acc[j, c]
+                    if v > 0:
+                        sums[r, c] += v
+                if keep:
+                    for c in range(f):
+                        mask[i, q0 + j, c] = acc[j, c] > 0
+        for r in range(out.shape[1]):
+            for c in range(f):
+                out[i, r, c] = sums[r, c] * scale
+
+
+@numba.njit(parallel=True, cache=True)
+def mix_relu_region_means_grad(z, mask, dout, h, w, pool, gwt, gb):
+    """The gradient of ``mix_relu_region_means`` for dout (n, R, F): gwt (T, d, F) and gb (T, F) get, over
+    T runs of samples, the gradients of the transposed mix and the bias; their sums over T are the
+    gradients. mask (n, h*w, F) is the forward pass's."""
+    n, p, d = z.shape
+    f = gb.shape[1]
+    runs = gb.shape[0]
+    rw = w // pool
+    scale = 1.0 / (pool * pool)
+    for t in prange(runs):
+        g, gbias = gwt[t], gb[t]
+        g[:] = 0
+        gbias[:] = 0
+        dpre = np.empty((4, f), gb.dtype)
+        for i in range(t * n // runs, (t + 1) * n // runs):
+            for q0 in range(0, p, 4):
+                for j in range(4):
+                    r = _region(q0 + j, w, pool, rw)
+                    for c in range(f):
+                        dpre[j, c] = dout[i, r, c] * scale if mask[i, q0 + j, c] else 0.0
+                        gbias[c] += dpre[j, c]
+                for k in range(d):
+                    a0, a1, a2, a3 = z[i, q0, k], z[i, q0 + 1, k], z[i, q0 + 2, k], z[i, q0 + 3, k]
+                    for c in range(f):
+                        g[k, c] += a0 * dpre[0, c] + a1 * dpre[1, c] + a2 * dpre[2, c] + a3 * dpre[3, c]
