@@ -5,6 +5,7 @@ import pytest
 from gradcheck import numeric_grad, rel_error
 
 from greedy.errors import ConfigError
+from greedy.methods.classifier import train_classifier
 from greedy.nn.basismix import BasisMix
 from greedy.nn.layers import Conv2d
 from greedy.nn.model import Sequential
@@ -69,3 +70,20 @@ def test_bad_shapes_are_refused():
     layer.forward(np.zeros((2, 49), np.float32))
     with pytest.raises(ConfigError, match="passes no input gradient"):
         layer.backward(np.zeros((2, 9), np.float32))
+
+
+def test_the_classifier_trains_the_mix_for_the_epochs_it_is_given_and_then_fixes_it():
+    rng = np.random.default_rng(3)
+    taps, h, w, d, f, n = 2, 4, 4, 3, 5, 64
+    x = rng.standard_normal((n, taps + h * w * d)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    mix, bias = rng.standard_normal((f, d)), rng.standard_normal(f)
+    trained = {}
+    for epochs in (0, 1, None):
+        lead = BasisMix(mix, bias, taps, h, w, 2)
+        layers, _ = train_classifier(x, y, None, None, 3, np.random.default_rng(0), epochs=3, min_steps=1,
+                                     batch_size=16, lead=lead, lead_epochs=epochs)
+        trained[epochs] = lead.params["w"]
+        assert layers[0].params["w"].shape == (taps + f * 4, 3)
+    np.testing.assert_array_equal(trained[0], mix.astype(np.float32))
+    assert not np.allclose(trained[1], trained[0]) and not np.allclose(trained[1], trained[None])

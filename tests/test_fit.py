@@ -5,7 +5,7 @@ import pytest
 from greedy.errors import ConfigError
 from greedy.nn.fit import fit
 from greedy.nn.model import Sequential
-from greedy.nn.optim import SGD
+from greedy.nn.optim import SGD, Adam, cosine
 
 
 def problem(n=22, seed=0):
@@ -81,3 +81,32 @@ def test_bad_budgets_are_refused(kwargs, message):
     x, y = problem()
     with pytest.raises(ConfigError, match=message):
         fit(model(), x, y, SGD(0.1), **kwargs)
+
+
+def test_stopping_after_an_epoch_and_going_on_from_it_is_one_training():
+    x, y = problem()
+    whole, split = model(), model()
+    fit(whole, x, y, Adam(0.01, schedule=cosine()), epochs=3, batch_size=8, rng=np.random.default_rng(4))
+    opt, rng = Adam(0.01, schedule=cosine()), np.random.default_rng(4)
+    first = fit(split, x, y, opt, epochs=3, batch_size=8, rng=rng, stop_epoch=1)
+    rest = fit(split, x, y, opt, epochs=3, batch_size=8, rng=rng, start_epoch=1)
+    assert [h["epoch"] for h in first] == [1] and [h["epoch"] for h in rest] == [2, 3]
+    for a, b in zip(whole.parameters(), split.parameters()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_optimiser_that_drops_its_leading_parameters_steps_the_rest_as_before():
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(3), rng.standard_normal(4)]
+    kept = [params[1].copy()]
+    full, short = Adam(0.1), Adam(0.1)
+    for _ in range(2):
+        grads = [rng.standard_normal(3), rng.standard_normal(4)]
+        full.step(params, grads)
+        short.step([params[0].copy(), kept[0]], grads)
+    short.drop_leading(1)
+    grad = rng.standard_normal(4)
+    full.step(params, [np.zeros(3), grad])
+    short.step(kept, [grad])
+    np.testing.assert_array_equal(params[1], kept[0])
+    assert len(short.state) == 1

@@ -305,13 +305,14 @@ def test_default_blocks_are_relu_unless_told():
         resolve_options({"arch": "c8k3-tanh", "activation": "relu"}, "mnist")
 
 
-def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_applies_it():
+@pytest.mark.parametrize("mix_epochs", [None, 1])
+def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_applies_it(mix_epochs):
     d = load_dataset("synthetic", synthetic_size=(300, 100))
     options = dict(method="patchbag", random_state=0, arch="c8k3-relu-max2-c64k3-relu", clusters=16,
                    patch_sample=3000, layer_budget="2e", tta="none", final_epochs=3, final_min_steps=50)
     plain = greedy.LayerwiseClassifier(final_mix=False, **options).fit(d.x_train, d.y_train,
                                                                       eval_set=(d.x_test, d.y_test))
-    mixed = greedy.LayerwiseClassifier(final_mix=True, **options).fit(d.x_train, d.y_train,
+    mixed = greedy.LayerwiseClassifier(final_mix=True, final_mix_epochs=mix_epochs, **options).fit(d.x_train, d.y_train,
                                                                       eval_set=(d.x_test, d.y_test))
     convs = [[lay for lay in c.model_.model.layers if isinstance(lay, Conv2d)] for c in (plain, mixed)]
     np.testing.assert_array_equal(convs[0][0].params["w"], convs[1][0].params["w"])  # block 1: codes only
@@ -324,9 +325,15 @@ def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_
 
 
 def test_final_mix_needs_image_maps_pooled_in_quadrants_and_a_last_block_of_a_conv_and_a_relu():
+    from greedy.methods.config import resolve
     with pytest.raises(ConfigError, match="--final-mix .* needs images, --final-pool quadrant"):
         greedy.LayerwiseClassifier(method="patchbag", final_mix=True, final_pool="gap").fit(
             np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))
+    with pytest.raises(ConfigError, match="--final-mix-epochs and --final-mix-lr .* need --final-mix"):
+        resolve("patchbag", "mnist", 10, {"final_mix_epochs": 4})
+    with pytest.raises(ConfigError, match="--final-mix-epochs and --final-mix-lr .* need --final-mix"):
+        resolve("patchbag", "cifar10", 10, {"final_mix_lr": 2.0, "final_mix": False})
+    assert resolve("patchbag", "cifar10", 10, {"final_mix_epochs": 0}).final_mix_epochs == 0
     with pytest.raises(ConfigError, match="a conv and a ReLU alone .* got c8k3-tanh; or give --no-final-mix"):
         greedy.LayerwiseClassifier(method="patchbag", arch="c8k3-relu-max2-c8k3-tanh").fit(
             np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))

@@ -71,7 +71,8 @@ def classifier_layers(hidden, n_classes):
 
 
 def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidden="none", epochs=10.0, lr=1e-2,
-                     batch_size=256, weight_decay=5e-4, min_steps=2000, on_epoch=None, progress=False, lead=None):
+                     batch_size=256, weight_decay=5e-4, min_steps=2000, on_epoch=None, progress=False, lead=None,
+                     lead_epochs=None, lead_lr=1.0):
     """Fit the final softmax classifier on features (N, D); returns (list of layers, accuracy on the
     evaluation features, None without them).
 
@@ -85,7 +86,9 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
     classifier: only its ``taps`` leading columns are standardised, the rest are its basis maps; its
     pooled outputs are standardised by their statistics at the start (``BasisMix.set_scale``), which
     are folded into the first returned layer as well. The returned layers then read the taps and the
-    pooled map of the conv the trained mix makes.
+    pooled map of the conv the trained mix makes. With ``lead_epochs`` the lead trains for that many
+    epochs only: then its standardised outputs are computed once and the classifier trains on them for
+    the rest of its schedule. ``lead_lr`` multiplies the learning rate of the lead's parameters.
     """
     layers = classifier_layers(hidden, n_classes)
     if features.ndim != 2 or (eval_features is not None and (eval_features.ndim != 2
@@ -107,6 +110,9 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
         pooled = np.concatenate([lead.pooled(z[i:i + 4096]) for i in range(0, len(z), 4096)])
         lead.set_scale(pooled.mean(axis=0), pooled.std(axis=0) + 1e-6)
     opt = make_optimizer("adam", lr, "cosine", weight_decay)
+    if lead is not None:
+        n_lead = len(lead.params)
+        opt.lr_scales = [float(lead_lr)] * n_lead + [1.0] * (len(head.parameters()) - n_lead)
     total = int(np.ceil(epochs))
 
     def lead_backward(dout, step):
@@ -116,9 +122,15 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
         layers[0].backward(dout, input_grad=False)
         lead.backward_pooled(dout @ layers[0].params["w"][taps:].T)
 
+    report = None if on_epoch is None else lambda e, loss, acc: on_epoch(e, total, loss, acc)
+    stop = None if lead is None or lead_epochs is None or lead_epochs >= total else int(lead_epochs)
     fit(head, z, y, opt, epochs=epochs, batch_size=batch_size, rng=rng, label="classifier", progress=progress,
-        backward=None if lead is None else lead_backward,
-        on_epoch=None if on_epoch is None else lambda e, loss, acc: on_epoch(e, total, loss, acc))
+        backward=None if lead is None else lead_backward, on_epoch=report, stop_epoch=stop)
+    if stop is not None:
+        z = np.concatenate([lead.forward(z[i:i + 4096]) for i in range(0, len(z), 4096)])
+        opt.drop_leading(n_lead)
+        fit(Sequential(layers), z, y, opt, epochs=epochs, batch_size=batch_size, rng=rng, label="classifier",
+            progress=progress, on_epoch=report, start_epoch=stop)
     acc = None if eval_features is None else accuracy(head, model_input(eval_features), y_eval)
     if lead is not None:
         mean = np.concatenate([mean, lead.shift.astype(np.float64)])

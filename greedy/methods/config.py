@@ -207,6 +207,10 @@ class PatchbagConfig(LayerwiseConfig):
     final_mix: bool = option(False, "Train the last block's 1x1 mix (its conv in the whitened patch space) with "
                                     "the final classifier, on the real maps of every training image (images; "
                                     "--final-pool quadrant).", "patch bags", bool)
+    final_mix_epochs: int = option(None, "Epochs of the final classifier that train the mix (--final-mix); then it "
+                                         "is fixed and its pooled maps computed once (default: all).",
+                                   "patch bags", NON_NEGATIVE_INT)
+    final_mix_lr: float = option(1.0, "Multiplier of --final-lr for the mix (--final-mix).", "patch bags", POSITIVE)
     n_components: int = option(32, "Principal components kept of the whitened patches.", "patch bags",
                                POSITIVE_INT)
     whiten: str = option("pca", "Patch whitening.", "patch bags", click.Choice(["pca", "none"]))
@@ -237,6 +241,9 @@ class PatchbagConfig(LayerwiseConfig):
             raise ConfigError("--final-mix trains the last block's mix with the final classifier on image maps "
                               "pooled in quadrants: it needs images, --final-pool quadrant and a retrained "
                               "classifier")
+        if not self.final_mix and (self.final_mix_epochs is not None or self.final_mix_lr != 1.0):
+            raise ConfigError("--final-mix-epochs and --final-mix-lr say how --final-mix trains the mix; they "
+                              "need --final-mix")
         super().finish(family, n_classes)
         self.blocks = [b.format(act=self.activation) for b in self.blocks]
         if self.final_mix:

@@ -221,6 +221,7 @@ class PatchbagTrainer(ConvBlockTrainer):
 
         layers, acc = train_classifier(with_maps(feats, maps), y, with_maps(feats_eval, rest[0][1] if rest else None),
                                        y_eval, self.n_classes, rng, on_epoch=on_epoch, progress=progress, lead=lead,
+                                       lead_epochs=self.config.final_mix_epochs, lead_lr=self.config.final_mix_lr,
                                        **self.classifier_options())
         conv.set_low_rank(basis, basis_bias, lead.params["w"], lead.params["b"])
         self.basis_maps = []

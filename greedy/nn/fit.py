@@ -58,7 +58,7 @@ def accuracy(model, x, y, prepare=None, batch_size=500):
 def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss_fn=softmax_cross_entropy,
         prepare=None, augment=None, sample_weight=None, rng=None, time_budget=None, drop_last=False,
         backward=None, after_backward=None, on_step=None, on_epoch=None, progress=False, label="train",
-        start_epoch=0, elapsed=0.0):
+        start_epoch=0, elapsed=0.0, stop_epoch=None):
     """Train ``model`` in place with mini-batch gradient descent.
 
     x (N, ...) raw inputs (uint8 images or float features); y (N,) int labels.
@@ -80,7 +80,9 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
     or against the seconds of ``time_budget`` when one is given, the batch and the running loss.
     ``start_epoch``, ``elapsed``: continue a training that stopped after ``start_epoch`` whole
     epochs and ``elapsed`` seconds (its model, optimiser and ``rng`` restored to their state at that
-    point): the schedule, the time budget and the epoch numbers go on from there.
+    point): the schedule, the time budget and the epoch numbers go on from there. ``stop_epoch``: stop
+    after that many epochs, the schedule still that of the whole training (a later call with
+    ``start_epoch=stop_epoch`` goes on).
     Returns a list of per-epoch dicts (epoch, train_loss, train_accuracy, seconds).
     """
     if (epochs is None) == (steps is None):
@@ -98,7 +100,7 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
     history, t0 = [], time.perf_counter() - elapsed
     epoch = validate.integer(start_epoch, "start epoch", 0)
     step = min(epoch * steps_per_epoch, total_steps)
-    while step < total_steps:
+    while step < total_steps and (stop_epoch is None or epoch < stop_epoch):
         epoch += 1
         loss_sum, correct, seen = 0.0, 0, 0
         for idx in batches(n, batch_size, rng, drop_last):

@@ -4,7 +4,8 @@ An optimiser updates a list of parameter arrays in place from their gradient
 arrays: ``opt.step(params, grads)``, both lists of equally shaped arrays in a
 fixed order. Optional per-parameter boolean masks (``masks``, same shapes, True
 = trainable) keep frozen entries exactly where they are: their gradient, weight
-decay and momentum are all zeroed.
+decay and momentum are all zeroed. Optional per-parameter rate multipliers (``lr_scales``,
+floats) scale the rate of each parameter.
 
 Schedules map training progress p in [0, 1] (the fraction of the step or time
 budget used, set by the training loop in ``opt.progress``) to a learning-rate
@@ -31,9 +32,20 @@ class Optimizer:
         self.progress = 0.0
         self.state = None
         self.masks = None
+        self.lr_scales = None
 
     def current_lr(self):
         return self.lr * self.schedule(min(max(self.progress, 0.0), 1.0))
+
+    def drop_leading(self, n):
+        """Forget the first ``n`` parameters: later steps get the parameter list without them (their
+        state, step count and schedule go on)."""
+        if self.state is not None:
+            self.state = self.state[n:]
+        if self.masks is not None:
+            self.masks = self.masks[n:]
+        if self.lr_scales is not None:
+            self.lr_scales = self.lr_scales[n:]
 
     def step(self, params, grads):
         if self.state is None:
@@ -47,7 +59,7 @@ class Optimizer:
                 g = g + self.weight_decay * p
             if mask is not None:
                 g = g * mask
-            self._update(p, g, self.state[i], lr, mask)
+            self._update(p, g, self.state[i], lr if self.lr_scales is None else lr * self.lr_scales[i], mask)
         self.t += 1
 
 
