@@ -19,11 +19,12 @@ def mix_layer(rng, taps=3, h=4, w=4, d=3, f=5, pool=2):
     return layer
 
 
-def test_gradients_match_float64_finite_differences():
+@pytest.mark.parametrize("h, w, pool", [(4, 4, 2), (6, 6, 3)])  # 16 positions, and 36: eight at a time and four
+def test_gradients_match_float64_finite_differences(h, w, pool):
     rng = np.random.default_rng(0)
-    layer = mix_layer(rng)
+    layer = mix_layer(rng, h=h, w=w, pool=pool)
     x = rng.standard_normal((4, layer.in_shape[0]))
-    target = rng.standard_normal((4, 3 + 5 * 4))
+    target = rng.standard_normal((4, 3 + 5 * (h // pool) * (w // pool)))
 
     def loss():
         return float((layer.forward(x) * target).sum())
@@ -75,14 +76,15 @@ def test_bad_shapes_are_refused():
 def test_the_classifier_trains_the_mix_for_the_epochs_it_is_given_and_then_fixes_it():
     rng = np.random.default_rng(3)
     taps, h, w, d, f, n = 2, 4, 4, 3, 5, 64
-    x = rng.standard_normal((n, taps + h * w * d)).astype(np.float32)
+    x = rng.standard_normal((n, taps)).astype(np.float32)
+    maps = rng.standard_normal((n, h * w * d)).astype(np.float32)
     y = rng.integers(0, 3, n)
     mix, bias = rng.standard_normal((f, d)), rng.standard_normal(f)
     trained = {}
     for epochs in (0, 1, None):
         lead = BasisMix(mix, bias, taps, h, w, 2)
         layers, _ = train_classifier(x, y, None, None, 3, np.random.default_rng(0), epochs=3, min_steps=1,
-                                     batch_size=16, lead=lead, lead_epochs=epochs)
+                                     batch_size=16, lead=lead, lead_maps=(maps, None), lead_epochs=epochs)
         trained[epochs] = lead.params["w"]
         assert layers[0].params["w"].shape == (taps + f * 4, 3)
     np.testing.assert_array_equal(trained[0], mix.astype(np.float32))

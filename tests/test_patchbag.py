@@ -1,4 +1,6 @@
 """Patch-bag codes and the code-space layer against explicit convolution on images."""
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -334,6 +336,10 @@ def test_final_mix_needs_image_maps_pooled_in_quadrants_and_a_last_block_of_a_co
     with pytest.raises(ConfigError, match="--final-mix-epochs and --final-mix-lr .* need --final-mix"):
         resolve("patchbag", "cifar10", 10, {"final_mix_lr": 2.0, "final_mix": False})
     assert resolve("patchbag", "cifar10", 10, {"final_mix_epochs": 0}).final_mix_epochs == 0
+    plain = resolve("patchbag", "cifar10", 10, {"final_mix": False})  # CIFAR-10's default mix epochs dropped
+    assert not plain.final_mix and plain.final_mix_epochs is None
+    recorded = dataclasses.asdict(plain)  # what a resumed run resolves again
+    assert dataclasses.asdict(resolve("patchbag", "cifar10", 10, recorded)) == recorded
     with pytest.raises(ConfigError, match="a conv and a ReLU alone .* got c8k3-tanh; or give --no-final-mix"):
         greedy.LayerwiseClassifier(method="patchbag", arch="c8k3-relu-max2-c8k3-tanh").fit(
             np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))

@@ -123,6 +123,24 @@ def test_a_second_sigint_dropped_by_the_code_it_landed_in_is_raised_at_the_next_
     run.close()
 
 
+def test_any_error_raised_where_a_second_sigint_landed_is_the_interrupt(tmp_path, monkeypatch):
+    from greedy.methods.e2e import E2E as E2EMethod
+
+    def fit(*args, **kwargs):  # e.g. llvmlite raises AttributeError when interrupted while compiling
+        signal.raise_signal(signal.SIGINT)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise AttributeError("'OutputString' object has no attribute '_ptr'") from None
+    monkeypatch.setattr(E2EMethod, "fit", fit)
+    result = invoke("train", *SMALL, *E2E, "--out", tmp_path)
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"SIGINT: stopped at once, with 0 of 2 epochs done in the last checkpoint; continue with "
+        f"`python cli.py train --resume {tmp_path}`")
+    assert leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------- folders that hold a run, and locks
 
 def test_out_on_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):

@@ -107,7 +107,7 @@ def run_sites(method_name, manifest_path, values, out, threads=1, scheduler=None
         raise ConfigError("--final-mix trains the last block with the classifier on every training image's maps; "
                           "on sites the maps stay where they are")
     if hasattr(config, "final_mix"):
-        config.final_mix = False
+        config.final_mix, config.final_mix_epochs = False, None
     per_class = getattr(config, "image_clusters", 0) or PROTOTYPES_PER_CLASS
     n_train = sum(s.get("samples", 0) for s in manifest["sites"]) or None
     run = Run(out, method_name, dataset, {"seed": config.seed, "threads": threads, "data_dir": None,

@@ -72,7 +72,7 @@ def classifier_layers(hidden, n_classes):
 
 def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidden="none", epochs=10.0, lr=1e-2,
                      batch_size=256, weight_decay=5e-4, min_steps=2000, on_epoch=None, progress=False, lead=None,
-                     lead_epochs=None, lead_lr=1.0):
+                     lead_maps=None, lead_epochs=None, lead_lr=1.0):
     """Fit the final softmax classifier on features (N, D); returns (list of layers, accuracy on the
     evaluation features, None without them).
 
@@ -82,8 +82,9 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
     ``epochs`` epochs, or ``min_steps`` steps if that is more: small training sets still get
     enough steps. ``on_epoch(epoch, n_epochs, loss, train_acc)`` follows each epoch.
 
-    ``lead``, a ``greedy.nn.basismix.BasisMix``, reads the features first and is trained with the
-    classifier: only its ``taps`` leading columns are standardised, the rest are its basis maps; its
+    ``lead``, a ``greedy.nn.basismix.BasisMix``, is trained with the classifier: it reads the
+    standardised features (its ``taps``) and the basis maps ``lead_maps`` = (train (N, P*d), evaluation
+    (N', P*d) or None) float32, and the classifier reads its output; its
     pooled outputs are standardised by their statistics at the start (``BasisMix.set_scale``), which
     are folded into the first returned layer as well. The returned layers then read the taps and the
     pooled map of the conv the trained mix makes. With ``lead_epochs`` the lead trains for that many
@@ -95,15 +96,26 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
                                                              or features.shape[1] != eval_features.shape[1])):
         raise ConfigError(f"classifier features must be (N, D) for training and evaluation alike, got "
                           f"{features.shape} and {None if eval_features is None else eval_features.shape}")
-    taps = features.shape[1] if lead is None else lead.taps
-    mean, std = column_mean_std(features[:, :taps])
+    if lead is not None and (lead.taps != features.shape[1] or lead_maps is None or len(lead_maps[0]) != len(features)
+                             or (eval_features is not None and (lead_maps[1] is None
+                                                                or len(lead_maps[1]) != len(eval_features)))):
+        raise ConfigError(f"the lead reads {lead.taps} taps and the basis maps of every sample, got features "
+                          f"{features.shape} and maps of {[None if m is None else m.shape for m in lead_maps or ()]}")
+    mean, std = column_mean_std(features)
     std += 1e-6
 
-    def model_input(x):
-        z = standardize(x[:, :taps], mean, std)
-        return z if lead is None else np.concatenate([z, as_float32(x[:, taps:])], axis=1)
+    def model_input(x, maps):
+        """The standardised features, then the lead's basis maps, written row block by row block."""
+        if lead is None:
+            return standardize(x, mean, std)
+        z = np.empty((len(x), x.shape[1] + maps.shape[1]), np.float32)
+        rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * z.shape[1]))
+        for i in range(0, len(x), rows):
+            z[i:i + rows, :x.shape[1]] = standardize(x[i:i + rows], mean, std)
+            z[i:i + rows, x.shape[1]:] = maps[i:i + rows]
+        return z
 
-    z = model_input(features)
+    z = model_input(features, None if lead is None else lead_maps[0])
     epochs = max(epochs, min_steps * batch_size / len(z))
     head = Sequential(([] if lead is None else [lead]) + layers).build(z.shape[1:], rng)
     if lead is not None:
@@ -120,7 +132,7 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
         layers[0].backward(dout, input_grad=False)
-        lead.backward_pooled(dout @ layers[0].params["w"][taps:].T)
+        lead.backward_pooled(dout @ layers[0].params["w"][lead.taps:].T)
 
     report = None if on_epoch is None else lambda e, loss, acc: on_epoch(e, total, loss, acc)
     stop = None if lead is None or lead_epochs is None or lead_epochs >= total else int(lead_epochs)
@@ -131,7 +143,7 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
         opt.drop_leading(n_lead)
         fit(Sequential(layers), z, y, opt, epochs=epochs, batch_size=batch_size, rng=rng, label="classifier",
             progress=progress, on_epoch=report, start_epoch=stop)
-    acc = None if eval_features is None else accuracy(head, model_input(eval_features), y_eval)
+    acc = None if eval_features is None else accuracy(head, model_input(eval_features, None if lead is None else lead_maps[1]), y_eval)
     if lead is not None:
         mean = np.concatenate([mean, lead.shift.astype(np.float64)])
         std = np.concatenate([std, lead.scale.astype(np.float64)])

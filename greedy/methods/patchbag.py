@@ -215,12 +215,9 @@ class PatchbagTrainer(ConvBlockTrainer):
         side = self.shape[1] // 2
         taps = feats.shape[1] - conv.filters * 4
         lead = BasisMix(mix, mix_bias, taps, self.shape[1], self.shape[2], side)
-
-        def with_maps(f, z):
-            return None if f is None else np.concatenate([f[:, :taps], z], axis=1)
-
-        layers, acc = train_classifier(with_maps(feats, maps), y, with_maps(feats_eval, rest[0][1] if rest else None),
+        layers, acc = train_classifier(feats[:, :taps], y, None if feats_eval is None else feats_eval[:, :taps],
                                        y_eval, self.n_classes, rng, on_epoch=on_epoch, progress=progress, lead=lead,
+                                       lead_maps=(maps, rest[0][1] if rest else None),
                                        lead_epochs=self.config.final_mix_epochs, lead_lr=self.config.final_mix_lr,
                                        **self.classifier_options())
         conv.set_low_rank(basis, basis_bias, lead.params["w"], lead.params["b"])
