@@ -15,7 +15,8 @@ TINY = {"e2e": ["--arch", "c4k3-relu-max2-fc10", "--epochs", "1"],
                      "--final-min-steps", "50"],
         "binary": ["--arch", "c16", "--patch-sample", "2000", "--final-min-steps", "50"]}
 # shorthands folded into other fields, and options that only matter when another is set
-UNUSED_WHEN_NULL = {"arch", "layers", "width", "epochs", "epochs_per_layer", "time_budget", "finetune_lr"}
+UNUSED_WHEN_NULL = {"arch", "layers", "width", "epochs", "epochs_per_layer", "time_budget", "finetune_lr",
+                    "final_mix_epochs"}
 
 
 def train(out, method, *extra):
