@@ -19,14 +19,21 @@ from greedy.plotting import REFERENCES, plot as draw, read_runs, reference
 @click.option("--tta", is_flag=True,
               help="End each run at its final accuracy with test-time augmentation (default: without, like every "
                    "other point and the references).")
-@click.option("--speed-factor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--speed-factor", "speed_factors", multiple=True, type=click.FloatRange(min=0, min_open=True),
               help="Multiply the runs' seconds by this: the factor of `python ../shared/tools/machine_speed.py` "
-                   "puts them in seconds of the reference machine, like the references'.")
+                   "puts them in seconds of the reference machine, like the references'. Once for every run, or "
+                   "once per run in their order (runs measured at different speeds); default 1.")
 @click.option("--title", default=None, help="A title above the plot.")
-def plot(runs, out, references, tta, speed_factor, title):
+def plot(runs, out, references, tta, speed_factors, title):
     """Test accuracy against seconds since the start of training, one line per run folder."""
+    factors = speed_factors or (1.0,)
+    if len(factors) not in (1, len(runs)):
+        click.echo(f"Error: give --speed-factor once, or once for each of the {len(runs)} runs; got "
+                   f"{len(factors)}", err=True)
+        sys.exit(2)
     try:
-        curves = [c._replace(points=[(s * speed_factor, a) for s, a in c.points]) for c in read_runs(runs, tta)]
+        curves = [c._replace(points=[(s * f, a) for s, a in c.points])
+                  for c, f in zip(read_runs(runs, tta), factors * len(runs) if len(factors) == 1 else factors)]
         data_path = draw(curves, out, [reference(r) for r in references], title)
     except GreedyError as e:  # one line, also when the command runs outside the greedy group
         click.echo(f"Error: {e}", err=True)

@@ -183,3 +183,14 @@ def test_speed_factor_scales_the_runs_seconds_only(tmp_path):
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["curves"][0]["points"] == [[150.0, 0.7]]
     assert data["references"][0]["points"][0] == [52, 0.564]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
+    result = CliRunner().invoke(plot, [str(run), str(other), "--out", str(out), "--speed-factor", "1.5",
+                                       "--speed-factor", "2"])
+    assert result.exit_code == 0, result.output
+    assert [c["points"] for c in json.loads((tmp_path / "c.json").read_text())["curves"]] == [[[150.0, 0.7]],
+                                                                                            [[200.0, 0.7]]]
+    result = CliRunner().invoke(plot, [str(run), str(other), "--out", str(out), "--speed-factor", "1.5",
+                                       "--speed-factor", "2", "--speed-factor", "3"])
+    assert result.exit_code == 2 and "once for each of the 2 runs; got 3" in result.output
