@@ -143,7 +143,8 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
         opt.drop_leading(n_lead)
         fit(Sequential(layers), z, y, opt, epochs=epochs, batch_size=batch_size, rng=rng, label="classifier",
             progress=progress, on_epoch=report, start_epoch=stop)
-    acc = None if eval_features is None else accuracy(head, model_input(eval_features, None if lead is None else lead_maps[1]), y_eval)
+    acc = None if eval_features is None else accuracy(
+        head, model_input(eval_features, None if lead is None else lead_maps[1]), y_eval)
     if lead is not None:
         mean = np.concatenate([mean, lead.shift.astype(np.float64)])
         std = np.concatenate([std, lead.scale.astype(np.float64)])
