@@ -64,12 +64,10 @@ def run_training(method_name, data, dataset, values, out, threads, data_dir=None
                                     "n_parameters": model.n_parameters(), "seed": config.seed, "threads": threads,
                                     "tta": model.tta, "peak_memory_mb": round(peak_rss_bytes() / 2**20, 1)},
                                    **extra))
-    except Exception as error:  # noqa: BLE001: after a second SIGINT, whatever it interrupted may raise instead
-        if not run.stop_at_once or isinstance(error, RunInterrupted):
+    except (KeyboardInterrupt, Exception) as error:
+        # after a second SIGINT, the code it interrupted may raise its own error instead (llvmlite mid-compile)
+        if not isinstance(error, KeyboardInterrupt) and (not run.stop_at_once or isinstance(error, RunInterrupted)):
             raise
-        raise RunInterrupted(signal.SIGINT, f"SIGINT: stopped at once, with {run.progress()} in the last "
-                                            f"checkpoint; {resume_hint(out)}") from None
-    except KeyboardInterrupt:
         raise RunInterrupted(signal.SIGINT, f"SIGINT: stopped at once, with {run.progress()} in the last "
                                             f"checkpoint; {resume_hint(out)}") from None
     finally:

@@ -110,3 +110,15 @@ def test_an_optimiser_that_drops_its_leading_parameters_steps_the_rest_as_before
     short.step(kept, [grad])
     np.testing.assert_array_equal(params[1], kept[0])
     assert len(short.state) == 1
+
+
+def test_rate_multipliers_scale_each_parameters_step():
+    rng = np.random.default_rng(6)
+    params, grads = [rng.standard_normal(3), rng.standard_normal(4)], [rng.standard_normal(3), rng.standard_normal(4)]
+    plain, scaled = [p.copy() for p in params], [p.copy() for p in params]
+    SGD(0.1, momentum=0.0).step(plain, grads)
+    opt = SGD(0.1, momentum=0.0)
+    opt.lr_scales = [3.0, 1.0]
+    opt.step(scaled, grads)
+    np.testing.assert_allclose(scaled[0] - params[0], 3 * (plain[0] - params[0]))
+    np.testing.assert_array_equal(scaled[1], plain[1])

@@ -112,6 +112,12 @@ def test_column_statistics_and_standardize_match_numpy_in_float64(monkeypatch, d
     with pytest.raises(ConfigError, match="do not match"):  # the kernel would read past the statistics
         standardize(np.zeros((3, 12), dtype), mean, std)
     np.testing.assert_allclose(z, (x64 - mean) / std, rtol=1e-4, atol=1e-4)
+    wide = np.full((len(x), 12), 7.0, np.float32)  # into the leading columns of a wider array
+    standardize(x, mean, std, out=wide[:, :9])
+    np.testing.assert_array_equal(wide[:, :9], z)
+    assert (wide[:, 9:] == 7.0).all()
+    with pytest.raises(ConfigError, match="out must be float32"):
+        standardize(x, mean, std, out=wide[:, :8])
 
 
 SMALL = ["--dataset", "synthetic", "--n-train", "800", "--n-test", "200", "--quiet", "--batch-size", "32"]

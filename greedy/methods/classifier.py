@@ -44,14 +44,17 @@ def column_mean_std(x, parts=None):
     return shift + m, np.sqrt(np.maximum(total2 / len(x) - m * m, 0.0))
 
 
-def standardize(x, mean, std):
+def standardize(x, mean, std, out=None):
     """(x - mean) / std as float32 (N, D), for x (N, D) float32 or float16 and per-column mean, std (D,);
     computed in float64 (``(x - mean) * (1 / std) + 0.0``, so no -0.0), threaded over float32 row chunks
-    of at most ``STANDARDIZE_CHUNK_BYTES`` (``greedy.kernels.pointwise.channel_normalise``)."""
+    of at most ``STANDARDIZE_CHUNK_BYTES`` (``greedy.kernels.pointwise.channel_normalise``). ``out``, a
+    float32 (N, D) array or view (e.g. the leading columns of a wider array), receives it."""
     if x.ndim != 2 or x.shape[1] != len(mean) or len(std) != len(mean):
         raise ConfigError(f"standardize: features {x.shape} do not match statistics of {len(mean)} columns")
     d = len(mean)
-    z = np.empty((len(x), d), np.float32)
+    if out is not None and (out.shape != (len(x), d) or out.dtype != np.float32):
+        raise ConfigError(f"standardize: out must be float32 {(len(x), d)}, got {out.dtype} {out.shape}")
+    z = np.empty((len(x), d), np.float32) if out is None else out
     mean, inv, zero = np.asarray(mean, np.float64), 1.0 / np.asarray(std, np.float64), np.zeros(d)
     for i, chunk in _row_chunks(x):
         pointwise.channel_normalise(chunk.reshape(len(chunk), d, 1), mean, inv, zero,
@@ -105,14 +108,12 @@ def train_classifier(features, y, eval_features, y_eval, n_classes, rng, *, hidd
     std += 1e-6
 
     def model_input(x, maps):
-        """The standardised features, then the lead's basis maps, written row block by row block."""
+        """The standardised features, then the lead's basis maps, in one array."""
         if lead is None:
             return standardize(x, mean, std)
         z = np.empty((len(x), x.shape[1] + maps.shape[1]), np.float32)
-        rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * z.shape[1]))
-        for i in range(0, len(x), rows):
-            z[i:i + rows, :x.shape[1]] = standardize(x[i:i + rows], mean, std)
-            z[i:i + rows, x.shape[1]:] = maps[i:i + rows]
+        standardize(x, mean, std, out=z[:, :x.shape[1]])
+        z[:, x.shape[1]:] = maps
         return z
 
     z = model_input(features, None if lead is None else lead_maps[0])

@@ -201,7 +201,7 @@ class PatchbagTrainer(ConvBlockTrainer):
         out = propagate(mixer, maps, store=self.store)
         self.mix_conv = conv
         flat = np.empty((len(maps),) + maps.shape[2:] + maps.shape[1:2], np.float32)
-        self.basis_maps.append((out, to_channels_last(maps, flat).reshape(len(maps), -1)))
+        self.basis_maps.append(to_channels_last(maps, flat).reshape(len(maps), -1))
         return out
 
     def fit_classifier(self, feats, y, feats_eval, y_eval, rng, on_epoch=None, progress=False):
@@ -211,13 +211,13 @@ class PatchbagTrainer(ConvBlockTrainer):
             return super().fit_classifier(feats, y, feats_eval, y_eval, rng, on_epoch, progress)
         conv = self.mix_conv
         basis, basis_bias, mix, mix_bias = conv.low_rank(cheaper_only=False)
-        (_, maps), *rest = self.basis_maps
+        maps, *rest = self.basis_maps
         side = self.shape[1] // 2
         taps = feats.shape[1] - conv.filters * 4
         lead = BasisMix(mix, mix_bias, taps, self.shape[1], self.shape[2], side)
         layers, acc = train_classifier(feats[:, :taps], y, None if feats_eval is None else feats_eval[:, :taps],
                                        y_eval, self.n_classes, rng, on_epoch=on_epoch, progress=progress, lead=lead,
-                                       lead_maps=(maps, rest[0][1] if rest else None),
+                                       lead_maps=(maps, rest[0] if rest else None),
                                        lead_epochs=self.config.final_mix_epochs, lead_lr=self.config.final_mix_lr,
                                        **self.classifier_options())
         conv.set_low_rank(basis, basis_bias, lead.params["w"], lead.params["b"])
