@@ -17,7 +17,7 @@ from greedy.cluster.kmeans import KMeans
 from greedy.kernels.conv import conv2d_forward
 from greedy.kernels.taps import conv_taps
 
-from conftest import record
+from conftest import best_seconds, record
 
 # (channels, size) of the default CIFAR-10 patch-bag layers' inputs
 SHAPES = [(3, 32), (256, 16), (256, 8)]
@@ -91,3 +91,33 @@ def test_patch_projection(benchmark, channels, size, d, path):
     benchmark.pedantic(fn, rounds=10, warmup_rounds=2)
     pixels = 256 * size * size
     record(benchmark, 2.0 * pixels * 9 * channels * d, pixels, 9 * channels, d)
+
+
+@pytest.mark.parametrize("size, side", [(32, 4), (16, 4), (8, 4)])
+def test_region_histograms(benchmark, size, side):
+    """The codes of one ``encode`` chunk's labels (1,024 images, k = 512, the CIFAR-10 default's 4x4 regions)
+    as one CSR matrix (``greedy.cluster.codes.region_histograms``), against the NumPy and SciPy path it
+    replaced: a dense (n, R, k) count (``count_codes``), divided by the regions' sizes, then one CSR matrix
+    per region and their ``hstack``."""
+    from greedy.cluster.codes import region_histograms, region_of_positions, region_sizes
+    from greedy.kernels.codes import count_codes
+    import scipy.sparse as sp
+    n, k = 1024, 512
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, k, n * size * size)
+    region_of = region_of_positions(size, size, side)
+    sizes = region_sizes(size, size, side).astype(np.float32)
+
+    def fused():
+        return region_histograms(labels, region_of, side * side, k)[0]
+
+    def dense_then_csr():
+        counts = np.zeros((n, side * side, k), np.float32)
+        count_codes(labels, region_of, counts)
+        counts /= sizes[None, :, None]
+        return sp.hstack([sp.csr_matrix(counts[:, r]) for r in range(side * side)], format="csr")
+
+    assert (fused() != dense_then_csr()).nnz == 0
+    benchmark.pedantic(fused, rounds=10, warmup_rounds=2)
+    benchmark.extra_info["dense_then_csr_seconds"] = round(best_seconds(dense_then_csr), 5)
+    benchmark.extra_info["speedup"] = round(benchmark.extra_info["dense_then_csr_seconds"] / benchmark.stats.stats.min, 1)

@@ -15,7 +15,8 @@ from greedy.nn.layers import Conv2d, Dense
 from greedy.nn.pooling import AvgPool2d, GlobalAvgPool
 from greedy.nn.losses import softmax_cross_entropy
 from greedy.nn.model import Sequential
-from greedy.cluster.codes import RegionCodes, cluster_images, encode, region_sizes
+from greedy.cluster.codes import (RegionCodes, cluster_images, encode, region_histograms, region_of_positions,
+                                  region_sizes)
 from greedy.nn.codelayer import CodeLayer
 from greedy.cluster.patches import (PatchPreprocessor, centred_patches, extract_patches, fold_into_conv,
                                    mean_removal_matrix, sample_patches)
@@ -105,6 +106,35 @@ def test_codes_count_every_position_and_regions_partition_the_image(dense_max_by
     total = sum(part.toarray() * s for part, s in zip(codes.parts, sizes))
     assert np.allclose(total, whole.parts[0].toarray() * 35)
     assert 1 <= stats["distinct_centroids_per_image"] <= 35
+
+
+@pytest.mark.parametrize("h,w,side", [(7, 5, 2), (32, 32, 4), (1, 3, 2), (None, 11, 3)])
+def test_region_histograms_are_the_frequencies_of_each_region(h, w, side):
+    rng = np.random.default_rng(3)
+    region_of = region_of_positions(h, w, side)
+    n_regions, k, n = (side if h is None else side * side), 13, 6
+    labels = rng.integers(0, k, n * len(region_of))
+    labels[:len(region_of)] = 4  # an image with one label everywhere
+    codes, distinct = region_histograms(labels, region_of, n_regions, k)
+    counts = np.zeros((n, n_regions, k))
+    np.add.at(counts, (np.repeat(np.arange(n), len(region_of)), np.tile(region_of, n), labels), 1.0)
+    sizes = region_sizes(h, w, side)
+    assert sizes.sum() == len(region_of) and np.array_equal(sizes, np.bincount(region_of, minlength=n_regions))
+    expected = (counts / np.maximum(sizes, 1)[None, :, None]).astype(np.float32)
+    assert codes.dtype == np.float32 and codes.has_sorted_indices and codes.shape == (n, n_regions * k)
+    assert np.array_equal(codes.toarray(), expected.reshape(n, -1))
+    assert codes.nnz == np.count_nonzero(counts)
+    assert np.array_equal(distinct, (counts.sum(axis=1) > 0).sum(axis=1)) and distinct[0] == 1
+
+
+def test_region_histograms_refuse_labels_out_of_range_or_partial_images():
+    region_of = region_of_positions(4, 4, 2)
+    with pytest.raises(ConfigError, match=r"labels must lie in \[0, 5\)"):
+        region_histograms(np.full(16, 5), region_of, 4, 5)
+    with pytest.raises(ConfigError, match="not whole images of 16 positions"):
+        region_histograms(np.zeros(20, np.int64), region_of, 4, 5)
+    with pytest.raises(ConfigError, match="region_of must lie in"):
+        region_histograms(np.zeros(16, np.int64), region_of, 3, 5)
 
 
 def test_encoding_chosen_rows_equals_encoding_those_images():

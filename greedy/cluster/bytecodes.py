@@ -13,7 +13,7 @@ computes on the real windows. No dictionary is fitted, and assigning a window co
 import numpy as np
 import scipy.sparse as sp
 
-from greedy.cluster.codes import RegionCodes, region_sizes
+from greedy.cluster.codes import RegionCodes, region_histograms, region_of_positions
 from greedy.errors import ConfigError
 
 FNV_OFFSET = np.uint64(14695981039346656037)
@@ -55,16 +55,13 @@ def bucket_ids(x, size, buckets):
 def hashed_codes(x, size, buckets, segments, dtype=np.float32):
     """RegionCodes of byte sequences x (N, 1, L): per segment, the frequency of each hashed window code.
 
-    Row i of part r holds sequence i's code counts in segment r over the positions in it (rows sum to one).
+    Column r*buckets + c of row i holds the number of sequence i's windows in segment r with code c over
+    the positions in that segment (each segment's columns sum to one).
     """
-    n, _, length = x.shape
-    ids = bucket_ids(x, size, buckets)
-    segment = np.arange(length) * segments // length
-    rows = (np.arange(n)[:, None] * segments + segment[None, :]).reshape(-1)
-    counts = sp.csr_matrix((np.ones(len(ids), dtype), (rows, ids)), shape=(n * segments, buckets))
-    counts.sum_duplicates()
-    sizes = region_sizes(None, length, segments)
-    return RegionCodes([(counts[r::segments] / dtype(sizes[r])).astype(dtype).tocsr() for r in range(segments)])
+    length = x.shape[2]
+    codes, _ = region_histograms(bucket_ids(x, size, buckets), region_of_positions(None, length, segments),
+                                 segments, buckets, dtype)
+    return RegionCodes(stacked=codes, n_regions=segments)
 
 
 def bucket_centroids(x, embedded, pre, size, buckets, chunk=512):
