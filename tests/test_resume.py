@@ -32,6 +32,10 @@ TINY = {
                "--final-hidden", "fc16-relu-drop0.3", "--final-features", "all"],
     "aux-last-head": ["--method", "aux", "--arch", "c8k3-bn-relu-max2-c8k3-bn-relu", "--final-min-steps", "50",
                       "--final-classifier", "last-head", "--finetune-epochs", "1"],
+    "patchbag-final-mix": ["--method", "patchbag", "--arch", "c8k3-relu-max2-c16k3-relu", "--clusters", "16",
+                           "--patch-sample", "2000", "--final-min-steps", "50", "--final-epochs", "2",
+                           "--final-pool", "quadrant", "--final-features", "all", "--final-mix",
+                           "--final-mix-epochs", "1"],
 }
 
 
@@ -114,7 +118,7 @@ def stop_at(monkeypatch, n):
 
 
 @pytest.mark.parametrize("name,n", [("e2e", 1), ("e2e", 2), ("binary", 1), ("binary", 3), ("cosine", 1),
-                                    ("aux-last-head", 3)])
+                                    ("aux-last-head", 3), ("patchbag-final-mix", 2), ("patchbag-final-mix", 3)])
 def test_every_kind_of_run_resumes_after_each_kind_of_checkpoint(tmp_path, monkeypatch, name, n):
     whole = train(tmp_path / "whole", *SMALL, *TINY[name])
     with monkeypatch.context() as m:

@@ -85,7 +85,8 @@ class BlockTrainer:
         raise NotImplementedError
 
     def propagate(self, layer, block, x):
-        """The next block's input cache: the frozen ``block`` applied to cache x."""
+        """The next block's input cache: the frozen ``block`` applied to cache x. After the last block it
+        may be None, when the classifier does not read that block's output (``features`` then gets None)."""
         raise NotImplementedError
 
     def after_block(self, layer, block, x, x_eval, rng):
@@ -93,8 +94,9 @@ class BlockTrainer:
 
     def block_accuracy(self, layer, block, x, y, x_eval, y_eval, info):
         """The test accuracy (a float in [0, 1], or None) of the blocks so far with block ``layer``'s head,
-        for the run's curve. Called after ``propagate`` with the block's output caches x (training) and
-        x_eval (evaluation, never None), labels y (N,) and y_eval, and ``info``, the figures ``train``
+        for the run's curve. Called when there is evaluation data, after ``propagate``, with the block's output
+        caches x (training) and x_eval (evaluation; None after a last block whose output is not made), labels
+        y (N,) and y_eval, and ``info``, the figures ``train``
         returned. The default is the head accuracy ``train`` measured on the evaluation data (no extra
         work); a trainer whose ``train`` measures none overrides this with an evaluation of its own,
         in chunks, that draws no random numbers."""
@@ -112,9 +114,14 @@ class BlockTrainer:
         raise NotImplementedError(f"{type(self).__name__} cannot restore its blocks from a checkpoint")
 
     def features(self, x, which, rng):
-        """(N, D) float features for the classifier of the final cache x of the ``which`` set
-        ("train" or "eval")."""
+        """(N, D) float features for the classifier of the final cache x (or None, ``propagate``) of the
+        ``which`` set ("train" or "eval")."""
         raise NotImplementedError
+
+    def classifier_inputs(self, n_features):
+        """The number of inputs of the final classifier trained on ``n_features`` features: the same,
+        unless ``fit_classifier`` adds inputs of its own."""
+        return n_features
 
     def fit_classifier(self, feats, y, feats_eval, y_eval, rng, on_epoch=None, progress=False):
         """(classifier layers, accuracy on the evaluation features or None): the final classifier trained
@@ -166,7 +173,7 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
         monitor.log("propagate", layer=layer, seconds_in_phase=time.perf_counter() - t,
                     out_shape=list(np.shape(cache)[1:]) if isinstance(cache, np.ndarray) else None,
                     **cache_fields(cache))
-        if cache_eval is not None:
+        if x_eval is not None:
             t = time.perf_counter()
             acc = trainer.block_accuracy(layer, block, cache, y, cache_eval, y_eval, info)
             if acc is not None:
@@ -180,14 +187,15 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
         monitor.checkpoint(lambda: layerwise_state(trainer, specs, blocks, heads, per_layer, rng))
 
     feats = trainer.features(cache, "train", rng)
-    feats_eval = None if cache_eval is None else trainer.features(cache_eval, "eval", rng)
+    feats_eval = None if x_eval is None else trainer.features(cache_eval, "eval", rng)
     t = time.perf_counter()
 
     def on_epoch(epoch, n_epochs, loss, train_acc):
         monitor.log("classifier_epoch", layer=len(blocks), epoch=epoch, n_epochs=n_epochs, train_loss=loss)
 
     if saved is not None and saved.classifier is not None:
-        classifier, acc = restore_classifier(trainer, saved, feats.reshape(len(feats), -1).shape[1], rng)
+        classifier, acc = restore_classifier(trainer, saved,
+                                             trainer.classifier_inputs(feats.reshape(len(feats), -1).shape[1]), rng)
     else:
         classifier, acc = trainer.fit_classifier(feats.reshape(len(feats), -1), y,
                                                  None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
@@ -277,7 +285,7 @@ class ConvBlockTrainer(BlockTrainer):
         return block, head
 
     def after_block(self, layer, block, x, x_eval, rng):
-        self.shape = x.shape[1:]
+        self.shape = tuple(block.out_shape) if x is None else x.shape[1:]
         if self.tap_sizes and layer < len(self.tap_sizes):
             self.taps.append(tap_layer(self.tap_sizes[layer], x.ndim))
             self.taps[-1].build(self.shape, rng)
@@ -301,11 +309,11 @@ class ConvBlockTrainer(BlockTrainer):
                 self.cat[0].taps = self.taps
                 pooled_shape = self.pooler.out_shape if self.pooler else self.shape
                 self.cat[0].build(pooled_shape, rng)
-        feats = predict(self.pooler, x, as_float32) if self.pooler else x
-        if self.taps:
-            tapped = self.tapped if which == "train" else self.tapped_eval
-            feats = np.concatenate([as_float32(f) for f in tapped] + [as_float32(feats).reshape(len(feats), -1)], axis=1)
-        return feats
+        last = [] if x is None else [predict(self.pooler, x, as_float32) if self.pooler else x]
+        if not self.taps:
+            return last[0]
+        tapped = self.tapped if which == "train" else self.tapped_eval
+        return np.concatenate([as_float32(f).reshape(len(f), -1) for f in tapped + last], axis=1)
 
     def assemble(self, blocks, classifier, state):
         c = self.config

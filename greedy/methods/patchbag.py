@@ -184,8 +184,9 @@ class PatchbagTrainer(ConvBlockTrainer):
 
     def propagate(self, layer, block, x):
         """The block's output cache. With ``final_mix``, after the last block (a conv and its ReLU), the
-        basis maps of its input are made once: the output is their 1x1 mix, and they are kept, channels
-        last (N, H*W*d) float32, for ``fit_classifier``."""
+        basis maps of its input are made instead, kept channels last (N, H*W*d) float32 for
+        ``fit_classifier``, and None is returned: the classifier reads the block's output through its mix
+        of those maps, not from a cache."""
         if not (self.config.final_mix and layer == len(self.block_specs()) - 1):
             return super().propagate(layer, block, x)
         conv = block.layers[0]
@@ -193,16 +194,17 @@ class PatchbagTrainer(ConvBlockTrainer):
         if factors is None or len(block.layers) != 2:
             raise ConfigError(f"--final-mix trains the mix of a low-rank conv followed by its ReLU alone; the "
                               f"last block is {block.spec()}")
-        basis, basis_bias, mix, bias = factors
+        basis, basis_bias, _, _ = factors
         maps = basis_maps(x, basis, basis_bias, conv.padding)
-        mixer = Sequential([Conv2d(len(mix), 1, padding=0), block.layers[1]]).build(maps.shape[1:])
-        mixer.layers[0].params["w"][...] = mix[:, :, None, None]
-        mixer.layers[0].params["b"][...] = bias
-        out = propagate(mixer, maps, store=self.store)
         self.mix_conv = conv
         flat = np.empty((len(maps),) + maps.shape[2:] + maps.shape[1:2], np.float32)
         self.basis_maps.append(to_channels_last(maps, flat).reshape(len(maps), -1))
-        return out
+        return None
+
+    def classifier_inputs(self, n_features):
+        """With ``final_mix`` the classifier also reads the ``BasisMix`` outputs: the last block's filters
+        pooled in the quadrants of its map."""
+        return n_features + (self.mix_conv.filters * 4 if self.config.final_mix else 0)
 
     def fit_classifier(self, feats, y, feats_eval, y_eval, rng, on_epoch=None, progress=False):
         """With ``final_mix`` the classifier reads the taps and the last block's basis maps, through a
@@ -212,11 +214,9 @@ class PatchbagTrainer(ConvBlockTrainer):
         conv = self.mix_conv
         basis, basis_bias, mix, mix_bias = conv.low_rank(cheaper_only=False)
         maps, *rest = self.basis_maps
-        side = self.shape[1] // 2
-        taps = feats.shape[1] - conv.filters * 4
-        lead = BasisMix(mix, mix_bias, taps, self.shape[1], self.shape[2], side)
-        layers, acc = train_classifier(feats[:, :taps], y, None if feats_eval is None else feats_eval[:, :taps],
-                                       y_eval, self.n_classes, rng, on_epoch=on_epoch, progress=progress, lead=lead,
+        lead = BasisMix(mix, mix_bias, feats.shape[1], self.shape[1], self.shape[2], self.shape[1] // 2)
+        layers, acc = train_classifier(feats, y, feats_eval, y_eval, self.n_classes, rng, on_epoch=on_epoch,
+                                       progress=progress, lead=lead,
                                        lead_maps=(maps, rest[0] if rest else None),
                                        lead_epochs=self.config.final_mix_epochs, lead_lr=self.config.final_mix_lr,
                                        **self.classifier_options())
