@@ -337,11 +337,12 @@ def test_default_blocks_are_relu_unless_told():
         resolve_options({"arch": "c8k3-tanh", "activation": "relu"}, "mnist")
 
 
-@pytest.mark.parametrize("mix_epochs", [None, 1])
-def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_applies_it(mix_epochs):
+@pytest.mark.parametrize("mix_epochs,features", [(None, "all"), (1, "all"), (None, "last")])
+def test_final_mix_trains_the_last_blocks_mix_with_the_classifier_and_the_model_applies_it(mix_epochs, features):
     d = load_dataset("synthetic", synthetic_size=(300, 100))
     options = dict(method="patchbag", random_state=0, arch="c8k3-relu-max2-c64k3-relu", clusters=16,
-                   patch_sample=3000, layer_budget="2e", tta="none", final_epochs=3, final_min_steps=50)
+                   patch_sample=3000, layer_budget="2e", tta="none", final_epochs=3, final_min_steps=50,
+                   final_features=features)
     plain = greedy.LayerwiseClassifier(final_mix=False, **options).fit(d.x_train, d.y_train,
                                                                       eval_set=(d.x_test, d.y_test))
     mixed = greedy.LayerwiseClassifier(final_mix=True, final_mix_epochs=mix_epochs, **options).fit(d.x_train, d.y_train,

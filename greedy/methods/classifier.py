@@ -19,7 +19,7 @@ STANDARDIZE_CHUNK_BYTES = 256 * 1024**2
 
 
 def _row_chunks(x):
-    rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * x[0].size))
+    rows = max(1, STANDARDIZE_CHUNK_BYTES // (4 * max(1, x[0].size)))
     for i in range(0, len(x), rows):
         yield i, as_float32(np.ascontiguousarray(x[i:i + rows]).reshape(min(rows, len(x) - i), -1))
 

@@ -115,7 +115,7 @@ class BlockTrainer:
 
     def features(self, x, which, rng):
         """(N, D) float features for the classifier of the final cache x (or None, ``propagate``) of the
-        ``which`` set ("train" or "eval")."""
+        ``which`` set ("train" or "eval"); None when x is None and nothing else feeds the classifier."""
         raise NotImplementedError
 
     def classifier_inputs(self, n_features):
@@ -311,7 +311,7 @@ class ConvBlockTrainer(BlockTrainer):
                 self.cat[0].build(pooled_shape, rng)
         last = [] if x is None else [predict(self.pooler, x, as_float32) if self.pooler else x]
         if not self.taps:
-            return last[0]
+            return last[0] if last else None
         tapped = self.tapped if which == "train" else self.tapped_eval
         return np.concatenate([as_float32(f).reshape(len(f), -1) for f in tapped + last], axis=1)
 

@@ -201,6 +201,14 @@ class PatchbagTrainer(ConvBlockTrainer):
         self.basis_maps.append(to_channels_last(maps, flat).reshape(len(maps), -1))
         return None
 
+    def features(self, x, which, rng):
+        """As ``ConvBlockTrainer.features``; with ``final_mix`` and no taps, no columns (N, 0): the classifier
+        reads the last block through its mix alone."""
+        feats = super().features(x, which, rng)
+        if feats is None:
+            return np.zeros((len(self.basis_maps[0 if which == "train" else 1]), 0), np.float32)
+        return feats
+
     def classifier_inputs(self, n_features):
         """With ``final_mix`` the classifier also reads the ``BasisMix`` outputs: the last block's filters
         pooled in the quadrants of its map."""
