@@ -69,7 +69,7 @@ def region_rows(labels, region_of, sizes, k, n_blocks, cols, vals, runs, distinc
                 vals[i, j] = hist[c]
                 vals[i, j] /= sizes[c // k]
                 hist[c] = 0
-                seen[c - (c // k) * k] = False
+                seen[c % k] = False
             runs[i], distinct[i] = r, d
 
 
