@@ -66,6 +66,22 @@ def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
     assert a["test_accuracy"] > 0.3  # ten classes: chance is 0.1
 
 
+def test_e2e_label_smoothing_and_augment_pad_are_options_of_the_run(tmp_path):
+    args = ["--method", "e2e", "--arch", "c8k3-relu-max2-fc10", "--epochs", "1", "--augment", "--augment-pad", "1"]
+    smooth = train(tmp_path, "smooth", *args, "--label-smoothing", "0.4")
+    plain = train(tmp_path, "plain", *args)
+    options = json.loads((smooth / "config.json").read_text())["options"]
+    assert options["label_smoothing"] == 0.4 and options["augment_pad"] == 1 and options["augment"]
+
+    def first_loss(out):
+        events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return next(e for e in events if e["phase"] == "epoch")["train_loss"]
+
+    # the same draws: only the loss differs
+    assert first_loss(smooth) != first_loss(plain)
+    assert first_loss(train(tmp_path, "plain2", *args)) == first_loss(plain)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "nope"], "nope"),
     (["--dataset", "imagenet"], "imagenet"),
@@ -75,6 +91,7 @@ def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
     (["--arch", "c8k3-fc7"], "10 classes"),
     (["--method", "aux", "--layer-budget", "lots"], "layer budget"),
     (["--method", "binary", "--tta", "flip"], "test-time augmentation"),
+    (["--method", "e2e", "--label-smoothing", "1"], "label-smoothing"),
 ])
 def test_bad_options_give_one_line_errors_with_exit_code_2(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", *SMALL, "--out", str(tmp_path / "x"), *args])

@@ -122,3 +122,37 @@ def test_rate_multipliers_scale_each_parameters_step():
     opt.step(scaled, grads)
     np.testing.assert_allclose(scaled[0] - params[0], 3 * (plain[0] - params[0]))
     np.testing.assert_array_equal(scaled[1], plain[1])
+
+
+def test_whiten_first_conv_fixes_plus_and_minus_whitened_directions_that_training_keeps():
+    from greedy.methods.e2e import whiten_first_conv
+    from greedy.nn.network import Normalizer
+    rng = np.random.default_rng(0)
+    smooth = rng.uniform(0, 255, (200, 3, 4, 4)).repeat(2, axis=2).repeat(2, axis=3)  # correlated pixels
+    x = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    y = rng.integers(0, 3, len(x))
+    net = Sequential.from_spec("c8k3-relu-max2-fc3").build((3, 8, 8), 0)
+    normalizer = Normalizer().fit(x)
+    masks = whiten_first_conv(net, x, normalizer, np.random.default_rng(1))
+    w, b = net.layers[0].params["w"].copy(), net.layers[0].params["b"].copy()
+    np.testing.assert_array_equal(w[:4], -w[4:])
+    np.testing.assert_array_equal(b[:4], -b[4:])
+    xn = np.pad(normalizer(x), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    patches = np.stack([xn[:, :, i:i + 3, j:j + 3].reshape(len(x), -1) for i in range(8) for j in range(8)])
+    z = patches.reshape(-1, 27).astype(np.float64) @ w[:4].reshape(4, 27).T.astype(np.float64) + b[:4]
+    cov = np.cov(z, rowvar=False)
+    assert np.abs(z.mean(axis=0)).max() < 0.1                       # centred
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.1          # decorrelated
+    assert 0.5 < np.diag(cov).min() and np.diag(cov).max() < 1.1   # unit variance (less the eps of small ones)
+    opt = SGD(0.1)
+    opt.masks = masks + [None] * (len(net.parameters()) - len(masks))
+    head = net.layers[-1].params["w"].copy()
+    fit(net, normalizer(x), y, opt, epochs=1, batch_size=32, rng=np.random.default_rng(2))
+    np.testing.assert_array_equal(net.layers[0].params["w"], w)
+    np.testing.assert_array_equal(net.layers[0].params["b"], b)
+    assert not np.array_equal(net.layers[-1].params["w"], head)
+    for spec, message in (("c9k3-relu-max2-fc3", "even number of filters up to 54"),
+                          ("c60k3-relu-max2-fc3", "even number of filters up to 54"),
+                          ("max2-c8k3-relu-fc3", "starts with a conv")):
+        with pytest.raises(ConfigError, match=message):
+            whiten_first_conv(Sequential.from_spec(spec).build((3, 8, 8), 0), x, normalizer, rng)

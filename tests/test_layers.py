@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
+from greedy.errors import ConfigError
 from greedy.nn.activations import Dropout, ReLU, Tanh
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.layers import Conv2d, Dense
 from greedy.nn.pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
-from greedy.nn.losses import log_softmax, softmax_cross_entropy
-from greedy.errors import ConfigError
+from greedy.nn.losses import is_cross_entropy, log_softmax, smoothed_cross_entropy, softmax_cross_entropy
 from greedy.nn.model import Sequential
 
 from gradcheck import numeric_grad, rel_error
@@ -117,6 +117,30 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert np.isfinite(loss) and loss == pytest.approx(1e4)
     assert np.all(np.isfinite(grad))
     assert np.allclose(np.exp(log_softmax(huge)).sum(), 1.0)
+
+
+def test_label_smoothing_loss_is_the_cross_entropy_with_soft_targets_and_its_gradient_matches():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 5, 6)
+    weights = rng.uniform(0.5, 2, 6)
+    eps = 0.2
+    target = np.full((6, 5), eps / 5)
+    target[np.arange(6), labels] += 1 - eps
+    for w in (None, weights):
+        wn = np.full(6, 1 / 6) if w is None else w / w.sum()
+        loss, grad = softmax_cross_entropy(logits, labels, w, label_smoothing=eps)
+        assert loss == pytest.approx(-(wn[:, None] * target * log_softmax(logits)).sum(), rel=1e-12)
+        num = numeric_grad(lambda: softmax_cross_entropy(logits, labels, w, label_smoothing=eps)[0], logits)
+        assert rel_error(grad, num) < 1e-6
+        np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-12)  # soft targets sum to one, like p
+    smoothed = smoothed_cross_entropy(eps)
+    assert smoothed(logits, labels)[0] == softmax_cross_entropy(logits, labels, label_smoothing=eps)[0]
+    assert smoothed_cross_entropy(0.0) is softmax_cross_entropy
+    assert is_cross_entropy(smoothed) and is_cross_entropy(softmax_cross_entropy) and not is_cross_entropy(len)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="label smoothing must be in"):
+            smoothed_cross_entropy(bad)
 
 
 def test_a_confident_softmax_gradient_holds_no_subnormal_floats():

@@ -14,6 +14,7 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.kernels.cast import as_float32, cast_into
 from greedy.nn.fit import fit, predict
+from greedy.nn.losses import smoothed_cross_entropy
 from greedy.nn.model import Sequential, parse_spec
 from greedy.nn.layers1d import Tap1d
 from greedy.nn.network import Normalizer
@@ -222,12 +223,13 @@ def parse_budget(text, n_layers):
 def fit_block(model, x, y, config, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,
               sample_weight=None, progress=True):
     """Train ``model`` on cached features (or codes) with the block optimiser of ``config`` (an
-    ``OptimConfig``) for an (amount, unit) budget."""
+    ``OptimConfig``) for an (amount, unit) budget; the loss is ``loss_fn``, by default the cross-entropy with
+    the config's label smoothing."""
     amount, unit = budget
     opt = make_optimizer(config.optimizer, config.lr, config.schedule, config.weight_decay)
-    kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
+    loss_fn = smoothed_cross_entropy(config.label_smoothing) if loss_fn is None else loss_fn
     epochs = amount if unit == "e" else 1e6
     return fit(model, x, y, opt, epochs=epochs, batch_size=config.batch_size,
                prepare=as_float32 if isinstance(x, np.ndarray) else None, rng=rng, sample_weight=sample_weight,
                time_budget=amount if unit == "s" else None, on_epoch=on_epoch, progress=progress,
-               label=label, augment=augment, **kwargs)
+               label=label, augment=augment, loss_fn=loss_fn)

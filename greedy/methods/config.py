@@ -72,6 +72,11 @@ class OptimConfig(Config):
     weight_decay: float = option(5e-4, "L2 weight decay.", "optimisation", NON_NEGATIVE)
     batch_size: int = option(128, "Mini-batch size.", "optimisation", POSITIVE_INT)
     augment: bool = option(False, "Random crops (and flips on cifar10) during training.", "optimisation", bool)
+    augment_pad: int = option(4, "Largest random shift, in pixels at image size, of --augment.", "optimisation",
+                              NON_NEGATIVE_INT)
+    augment_flip: bool = option(True, "Random mirror images in --augment.", "optimisation", bool)
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy (0: none).", "optimisation",
+                                    click.FloatRange(0, 1, max_open=True))
 
 
 @dataclass
@@ -81,6 +86,9 @@ class E2EConfig(OptimConfig):
     epochs: float = option(3.0, "Training epochs (end to end); for layer-wise methods, epochs of every block.",
                            "optimisation", NON_NEGATIVE)
     time_budget: float = option(None, "Stop training after this many seconds.", "optimisation", POSITIVE)
+    whiten_first: bool = option(False, "Fix the first conv to the whitened principal directions of its input "
+                                       "patches, plus and minus (its filters: twice the directions kept).",
+                                "model", bool)
 
     def finish(self, family, n_classes):
         self.arch = self.arch.format(n_classes=n_classes)
@@ -100,9 +108,6 @@ class LayerwiseConfig(OptimConfig):
                            NON_NEGATIVE)
     layer_budget: str = option("1e", "Budget per block: 2e (epochs), 90s (seconds), 4e*0.5 (geometric), "
                                      "3e,2e,1e (one per block, the last repeats).", "layer-wise", str)
-    augment_pad: int = option(4, "Largest random shift, in pixels at image size, of --augment.", "optimisation",
-                              NON_NEGATIVE_INT)
-    augment_flip: bool = option(True, "Random mirror images in --augment.", "optimisation", bool)
     final_pool: str = option("quadrant", "Pooling of the last block's map before the final classifier.",
                              "layer-wise", click.Choice(POOLS))
     final_features: str = option("last", "The final classifier sees the last block's pooled map (last) or "

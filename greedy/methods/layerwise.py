@@ -340,10 +340,8 @@ class ConvBlockTrainer(BlockTrainer):
 
 def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
     """Train the whole stack end to end for ``config.finetune_epochs`` epochs at a small rate."""
-    from greedy.nn.augment import random_crop_flip
-    from greedy.nn.augment1d import random_shift
+    from greedy.nn.augment import augmenter
     model, normalizer = network.model, network.normalizer
-    shift = (lambda xb, r: random_shift(xb, r, config.augment_pad)) if x.ndim == 3 else random_crop_flip
     lr = config.finetune_lr or config.lr * 0.1
     opt = make_optimizer(config.optimizer, lr, "cosine", config.weight_decay)
 
@@ -356,5 +354,5 @@ def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
             monitor.log("curve", epoch=epoch, accuracy=fields["accuracy"], source="finetune")
 
     fit(model, x, y, opt, epochs=config.finetune_epochs, batch_size=config.batch_size, prepare=normalizer,
-        augment=shift if config.augment else None, rng=rng, on_epoch=on_epoch,
+        augment=augmenter(x.ndim - 2, config.augment_pad, config.augment_flip) if config.augment else None, rng=rng, on_epoch=on_epoch,
         progress=monitor.verbose, label="finetune")

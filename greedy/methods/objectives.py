@@ -10,7 +10,6 @@
   the divergence reached is measured with the k-nearest-neighbour estimator
   (``greedy.cluster.divergence``).
 """
-import functools
 
 from greedy.cluster.divergence import class_kl_matrix
 from greedy.kernels.cast import as_float32
@@ -18,8 +17,7 @@ from greedy.methods.base import LayerwiseMethod
 from greedy.methods.blocks import fit_block, head_layers, pooling_token
 from greedy.methods.layerwise import ConvBlockTrainer
 from greedy.nn import objectives
-from greedy.nn.augment import random_crop_flip
-from greedy.nn.augment1d import random_shift
+from greedy.nn.augment import augmenter
 from greedy.nn.fit import accuracy, predict
 from greedy.nn.model import Sequential, Stack
 
@@ -43,9 +41,7 @@ class ObjectiveTrainer(ConvBlockTrainer):
         if not c.augment:
             return None
         pad = max(1, round(c.augment_pad * in_shape[1] / self.image_shape[1]))
-        if len(in_shape) == 2:
-            return functools.partial(random_shift, pad=pad)
-        return functools.partial(random_crop_flip, pad=pad, flip=c.augment_flip)
+        return augmenter(len(in_shape) - 1, pad, c.augment_flip)
 
     def epoch_logger(self, layer, budget, monitor, model=None, x_eval=None, y_eval=None):
         """``on_epoch`` callback logging each epoch; with a model and evaluation data, also its head's

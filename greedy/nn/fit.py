@@ -13,7 +13,7 @@ import numpy as np
 
 from greedy import validate
 from greedy.errors import ConfigError
-from greedy.nn.losses import softmax_cross_entropy
+from greedy.nn.losses import is_cross_entropy, softmax_cross_entropy
 from greedy.progress import Progress
 
 
@@ -130,7 +130,7 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
             step += 1
             loss_sum += loss * len(idx)
             seen += len(idx)
-            if out.ndim == 2 and out.shape[1] > 1 and loss_fn is softmax_cross_entropy:
+            if out.ndim == 2 and out.shape[1] > 1 and is_cross_entropy(loss_fn):
                 correct += int((out.argmax(axis=1) == y[idx]).sum())
             if bar.due():
                 total = f"/{n_epochs}" if time_budget is None else f", {elapsed:.0f}/{time_budget:g} s"

@@ -1,5 +1,9 @@
 """Softmax cross-entropy, the loss of every classifier head in the project."""
+import functools
+
 import numpy as np
+
+from greedy.errors import ConfigError
 
 
 def log_softmax(logits):
@@ -22,25 +26,45 @@ def flush_subnormals(a):
     return a
 
 
-def softmax_cross_entropy(logits, labels, sample_weight=None):
+def softmax_cross_entropy(logits, labels, sample_weight=None, label_smoothing=0.0):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
     logits (N, K) float, labels (N,) int in [0, K), sample_weight (N,) or None
-    (weights are normalised to sum to one). Returns (loss: float, dlogits (N, K)), with
-    subnormal gradient entries flushed to zero (``flush_subnormals``).
+    (weights are normalised to sum to one). With ``label_smoothing`` e in [0, 1) the target of a sample
+    is 1 - e + e / K for its label and e / K for every other class. Returns (loss: float, dlogits (N, K)),
+    with subnormal gradient entries flushed to zero (``flush_subnormals``).
     """
-    n = len(labels)
+    n, k = logits.shape
     logp = log_softmax(logits)
     if sample_weight is None:
         w = np.full(n, 1.0 / n, dtype=logits.dtype)
     else:
         w = (sample_weight / sample_weight.sum()).astype(logits.dtype)
     rows = np.arange(n)
-    loss = float(-(w * logp[rows, labels]).sum())
+    keep = 1.0 - label_smoothing
+    loss = -keep * (w * logp[rows, labels]).sum()
     grad = np.exp(logp)
-    grad[rows, labels] -= 1
+    grad[rows, labels] -= keep
+    if label_smoothing:
+        loss -= label_smoothing / k * (w * logp.sum(axis=1)).sum()
+        grad -= grad.dtype.type(label_smoothing / k)
     grad *= w[:, None]
-    return loss, flush_subnormals(grad)
+    return float(loss), flush_subnormals(grad)
+
+
+def smoothed_cross_entropy(label_smoothing):
+    """``softmax_cross_entropy`` with ``label_smoothing``, as a loss function of (logits, labels,
+    sample_weight); the function itself when it is 0."""
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+    if not label_smoothing:
+        return softmax_cross_entropy
+    return functools.partial(softmax_cross_entropy, label_smoothing=float(label_smoothing))
+
+
+def is_cross_entropy(loss_fn):
+    """Whether ``loss_fn`` is ``softmax_cross_entropy``, smoothed or not: its outputs are logits."""
+    return getattr(loss_fn, "func", loss_fn) is softmax_cross_entropy
 
 
 def softmax_cross_entropy_r(logits, labels, r_logits, sample_weight=None):
