@@ -31,8 +31,10 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
         assert e["layer"] is None
     assert events[-1]["phase"] == "test" and "test_accuracy" in events[-1]
     options = config["options"]  # every option resolved: nothing the run used is null
-    assert options["lr"] == 1e-3 and options["optimizer"] == "adam" and options["batch_size"] == 128
-    assert options["arch"] == "c8k3-relu-max2-fc10" and options["epochs"] == 2 and options["schedule"] == "cosine"
+    # synthetic colour images take the cifar10 family's e2e defaults
+    assert options["lr"] == 0.4 and options["optimizer"] == "nesterov" and options["batch_size"] == 512
+    assert options["label_smoothing"] == 0.2 and options["augment"] and options["augment_pad"] == 2
+    assert options["arch"] == "c8k3-relu-max2-fc10" and options["epochs"] == 2 and options["schedule"] == "onecycle"
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["test_accuracy"] == events[-1]["test_accuracy"]
     assert summary["compile_seconds"] >= 0
