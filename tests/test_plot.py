@@ -59,6 +59,18 @@ def test_a_layerwise_run_logs_a_test_accuracy_point_per_block(runs, name):
     assert curve[2]["accuracy"] > 0.5  # the run learned: 10 classes, real digits
 
 
+def test_a_run_that_ends_with_its_last_blocks_head_ends_its_curve_there(tmp_path):
+    result = invoke(main, "train", *RUNS["aux"], "--final-classifier", "last-head", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    log = events(tmp_path)
+    curve = [e for e in log if e["phase"] == "curve"]
+    assert [(e["layer"], e["source"]) for e in curve] == [(0, "block"), (1, "block")]
+    test = next(e for e in log if e["phase"] == "test")
+    assert curve[-1]["accuracy"] == test["test_accuracy_without_tta"]  # the model is blocks 0-1 and that head
+    points = plotting.read_run(str(tmp_path)).points
+    assert [a for _, a in points] == [curve[0]["accuracy"], curve[1]["accuracy"], test["test_accuracy_without_tta"]]
+
+
 def test_fine_tuning_epochs_are_points_too(tmp_path):
     result = invoke(main, "train", *SMALL, "--method", "aux", "--arch", "c8k3-bn-relu-max2", "--final-min-steps",
                     "50", "--finetune-epochs", "2", "--out", tmp_path)

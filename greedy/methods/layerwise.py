@@ -60,6 +60,11 @@ class BlockTrainer:
         self.config, self.n_classes = config, n_classes
         self.store = CacheStore(getattr(config, "cache", "auto"))
 
+    def classifier_is_final(self):
+        """Whether the model ends with the classifier the loop trains: its accuracy is then the curve's
+        point after the classifier."""
+        return True
+
     def block_specs(self):
         return list(self.config.blocks)
 
@@ -201,7 +206,7 @@ def train_layerwise(trainer, x, y, eval_set, monitor, rng):
                                                  None if feats_eval is None else feats_eval.reshape(len(feats_eval), -1),
                                                  y_eval, rng, on_epoch=on_epoch, progress=monitor.verbose)
         seconds = time.perf_counter() - t
-        if acc is not None:
+        if acc is not None and trainer.classifier_is_final():
             monitor.log("curve", layer=len(blocks), accuracy=float(acc), source="classifier")
         monitor.log("classifier", layer=len(blocks), seconds_in_phase=seconds, classifier_accuracy=acc)
         monitor.checkpoint(lambda: layerwise_state(trainer, specs, blocks, heads, per_layer, rng, (classifier, acc)))
@@ -314,6 +319,11 @@ class ConvBlockTrainer(BlockTrainer):
             return last[0] if last else None
         tapped = self.tapped if which == "train" else self.tapped_eval
         return np.concatenate([as_float32(f).reshape(len(f), -1) for f in tapped + last], axis=1)
+
+    def classifier_is_final(self):
+        """With ``final_classifier="last-head"`` the model ends with the last block's head, whose point the
+        curve already has, not with the retrained classifier."""
+        return self.config.final_classifier == "retrain"
 
     def assemble(self, blocks, classifier, state):
         c = self.config
