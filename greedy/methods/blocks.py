@@ -13,6 +13,7 @@ import numpy as np
 
 from greedy.errors import ConfigError
 from greedy.kernels.cast import as_float32, cast_into
+from greedy.nn.augment import augmenter
 from greedy.nn.fit import fit, predict
 from greedy.nn.losses import smoothed_cross_entropy
 from greedy.nn.model import Sequential, parse_spec
@@ -218,6 +219,15 @@ def parse_budget(text, n_layers):
     if any(a <= 0 for a, _ in budgets):
         raise ConfigError(f"layer budgets must be positive, got {text!r}")
     return budgets[:n_layers]
+
+
+def augmentation(config, ndim, pad=None):
+    """The batch augmentation of ``config.augment`` (an ``OptimConfig``) for samples with ``ndim`` spatial
+    axes (2: images, 1: sequences), shifting by up to ``pad`` (default ``config.augment_pad``), as a
+    function of (x, rng); None without ``augment``."""
+    if not config.augment:
+        return None
+    return augmenter(ndim, config.augment_pad if pad is None else pad, config.augment_flip)
 
 
 def fit_block(model, x, y, config, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,

@@ -11,11 +11,11 @@ from greedy.checkpoint import epoch_state, restore_epoch_state
 from greedy.cluster.patches import PatchPreprocessor, sample_patches
 from greedy.errors import ConfigError
 from greedy.methods.base import Method
-from greedy.nn.augment import augmenter
+from greedy.methods.blocks import augmentation
 from greedy.nn.fit import accuracy, fit
 from greedy.nn.losses import smoothed_cross_entropy
-from greedy.nn.model import build_model
 from greedy.nn.layers import Conv2d
+from greedy.nn.model import build_model
 from greedy.nn.network import Network, Normalizer
 from greedy.nn.optim import make_optimizer
 
@@ -28,8 +28,8 @@ def whiten_first_conv(model, x, normalizer, rng):
     """Set the first layer of ``model``, a Conv2d of F filters (F even) of size k over C channels, to the
     whitened top F / 2 principal directions of the k x k patches of ``normalizer(x)`` (x (N, C, H, W)),
     each with its sign flipped as the second half of the filters; the biases centre them. Returns boolean
-    masks (all False) for the conv's parameters, in the order of ``model.parameters()``: the optimiser keeps them fixed (airbench's
-    patch-whitening layer)."""
+    masks (all False) for the conv's parameters, in the order of ``model.parameters()``: the optimiser
+    keeps them fixed (airbench's patch-whitening layer)."""
     conv = model.layers[0]
     if not isinstance(conv, Conv2d) or x.ndim != 4:
         raise ConfigError("--whiten-first needs images and an architecture that starts with a conv, e.g. c24k3-...")
@@ -77,9 +77,9 @@ class E2E(Method):
             monitor.checkpoint(lambda: epoch_state(epoch, n_epochs, model, opt, rng, time.perf_counter() - t0))
 
         fit(model, x, y, opt, epochs=c.epochs, batch_size=c.batch_size, prepare=normalizer,
-            augment=augmenter(x.ndim - 2, c.augment_pad, c.augment_flip) if c.augment else None,
-            loss_fn=smoothed_cross_entropy(c.label_smoothing), rng=rng, time_budget=c.time_budget,
-            on_epoch=on_epoch, progress=monitor.verbose, label="e2e", start_epoch=start_epoch, elapsed=fit_seconds)
+            augment=augmentation(c, x.ndim - 2), loss_fn=smoothed_cross_entropy(c.label_smoothing), rng=rng,
+            time_budget=c.time_budget, on_epoch=on_epoch, progress=monitor.verbose, label="e2e",
+            start_epoch=start_epoch, elapsed=fit_seconds)
         return Network(model, normalizer, tta=c.tta), {"arch": model.spec(), "epochs": c.epochs}
 
 

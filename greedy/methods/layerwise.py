@@ -32,8 +32,8 @@ from greedy.checkpoint import build_within, float_values
 from greedy.errors import CheckpointError, ConfigError
 from greedy.kernels.cast import as_float32
 from greedy.memory import CacheStore, cache_fields
-from greedy.methods.blocks import (block_shapes, input_normalizer, normalize_cache, parse_budget, pool_maps,
-                                   pooling_token, propagate, spec_ndim, tap_layer, tap_pool_sizes)
+from greedy.methods.blocks import (augmentation, block_shapes, input_normalizer, normalize_cache, parse_budget,
+                                   pool_maps, pooling_token, propagate, spec_ndim, tap_layer, tap_pool_sizes)
 from greedy.methods.classifier import train_classifier
 from greedy.methods.resume import (layerwise_state, restore_blocks, restore_classifier, restore_sequential,
                                    sequential_state)
@@ -350,7 +350,6 @@ class ConvBlockTrainer(BlockTrainer):
 
 def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
     """Train the whole stack end to end for ``config.finetune_epochs`` epochs at a small rate."""
-    from greedy.nn.augment import augmenter
     model, normalizer = network.model, network.normalizer
     lr = config.finetune_lr or config.lr * 0.1
     opt = make_optimizer(config.optimizer, lr, "cosine", config.weight_decay)
@@ -364,5 +363,5 @@ def finetune(network, x, y, x_eval, y_eval, config, rng, monitor):
             monitor.log("curve", epoch=epoch, accuracy=fields["accuracy"], source="finetune")
 
     fit(model, x, y, opt, epochs=config.finetune_epochs, batch_size=config.batch_size, prepare=normalizer,
-        augment=augmenter(x.ndim - 2, config.augment_pad, config.augment_flip) if config.augment else None, rng=rng, on_epoch=on_epoch,
+        augment=augmentation(config, x.ndim - 2), rng=rng, on_epoch=on_epoch,
         progress=monitor.verbose, label="finetune")

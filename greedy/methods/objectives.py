@@ -14,10 +14,9 @@
 from greedy.cluster.divergence import class_kl_matrix
 from greedy.kernels.cast import as_float32
 from greedy.methods.base import LayerwiseMethod
-from greedy.methods.blocks import fit_block, head_layers, pooling_token
+from greedy.methods.blocks import augmentation, fit_block, head_layers, pooling_token
 from greedy.methods.layerwise import ConvBlockTrainer
 from greedy.nn import objectives
-from greedy.nn.augment import augmenter
 from greedy.nn.fit import accuracy, predict
 from greedy.nn.model import Sequential, Stack
 
@@ -40,8 +39,7 @@ class ObjectiveTrainer(ConvBlockTrainer):
         c = self.config
         if not c.augment:
             return None
-        pad = max(1, round(c.augment_pad * in_shape[1] / self.image_shape[1]))
-        return augmenter(len(in_shape) - 1, pad, c.augment_flip)
+        return augmentation(c, len(in_shape) - 1, max(1, round(c.augment_pad * in_shape[1] / self.image_shape[1])))
 
     def epoch_logger(self, layer, budget, monitor, model=None, x_eval=None, y_eval=None):
         """``on_epoch`` callback logging each epoch; with a model and evaluation data, also its head's
