@@ -32,7 +32,8 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
     assert events[-1]["phase"] == "test" and "test_accuracy" in events[-1]
     options = config["options"]  # every option resolved: nothing the run used is null
     # synthetic colour images take the cifar10 family's e2e defaults
-    assert options["lr"] == 0.4 and options["optimizer"] == "nesterov" and options["batch_size"] == 512
+    assert options["lr"] == 0.2 and options["optimizer"] == "nesterov" and options["batch_size"] == 512
+    assert options["init_gain"] == 0.408
     assert options["label_smoothing"] == 0.2 and options["augment"] and options["augment_pad"] == 2
     assert options["arch"] == "c8k3-relu-max2-fc10" and options["epochs"] == 2 and options["schedule"] == "onecycle"
     summary = json.loads((out / "summary.json").read_text())
@@ -61,7 +62,8 @@ def test_flip_tta_is_recorded_and_evaluate_applies_it(tmp_path):
 
 def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
     args = ["--method", "e2e", "--arch", "c8k3-relu-max2-c16k3-relu-max2-fc10", "--epochs", "4", "--threads", "2",
-            "--n-train", "1000", "--n-test", "200", "--batch-size", "32", "--lr", "5e-3"]
+            "--n-train", "1000", "--n-test", "200", "--batch-size", "32", "--lr", "5e-3",
+            "--init-gain", "1"]  # He's scale: no batch norm here
     a = json.loads((train(tmp_path, "a", *args) / "summary.json").read_text())
     b = json.loads((train(tmp_path, "b", *args) / "summary.json").read_text())
     assert a["test_accuracy"] == b["test_accuracy"]
@@ -94,6 +96,8 @@ def test_e2e_label_smoothing_and_augment_pad_are_options_of_the_run(tmp_path):
     (["--method", "aux", "--layer-budget", "lots"], "layer budget"),
     (["--method", "binary", "--tta", "flip"], "test-time augmentation"),
     (["--method", "e2e", "--label-smoothing", "1"], "label-smoothing"),
+    (["--method", "e2e", "--init-gain", "0"], "init-gain"),
+    (["--method", "aux", "--init-gain", "0.5"], "not an option of method aux"),
 ])
 def test_bad_options_give_one_line_errors_with_exit_code_2(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", *SMALL, "--out", str(tmp_path / "x"), *args])

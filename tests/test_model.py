@@ -32,6 +32,21 @@ def test_build_checks_classes_and_sizes():
     assert model.n_parameters() == 8 * 27 + 8 + 8 * 16 * 16 * 10 + 10
 
 
+@pytest.mark.parametrize("spec,shape", [("c4k3-bn-relu-max2-fc10", (3, 8, 8)), ("c4k3-bn-relu-gap-fc10", (2, 12))])
+def test_init_gain_scales_the_weights_of_convs_and_dense_layers_only(spec, shape):
+    plain = build_model(spec, shape, 10, seed=3)
+    scaled = build_model(spec, shape, 10, seed=3, init_gain=0.25)
+    for a, b in zip(plain.layers, scaled.layers):
+        for key in a.params:
+            factor = 0.25 if key == "w" and a.spec()[0] in "cf" else 1.0
+            assert a.params[key].dtype == b.params[key].dtype == np.float32
+            assert np.allclose(b.params[key], factor * a.params[key], rtol=1e-6, atol=0)
+    assert any(not np.array_equal(a.params["w"], b.params["w"]) for a, b in zip(plain.layers, scaled.layers)
+               if "w" in a.params)
+    with pytest.raises(ConfigError, match="init_gain must be positive, got 0"):
+        build_model(spec, shape, 10, init_gain=0)
+
+
 def test_save_and_load_restore_outputs(tmp_path):
     model = build_model("c4k3-bn-relu-max2-fc10", (3, 8, 8), 10, seed=3)
     x = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8)).astype(np.uint8)

@@ -89,6 +89,10 @@ class E2EConfig(OptimConfig):
     whiten_first: bool = option(False, "Fix the first conv to the whitened principal directions of its input "
                                        "patches, plus and minus (its filters: twice the directions kept).",
                                 "model", bool)
+    init_gain: float = option(1.0, "Scale of the initial weights of convs and dense layers, relative to He's "
+                                   "(standard deviation sqrt(2 / fan_in)). A conv followed by batch norm learns "
+                                   "at a rate inversely proportional to its weights' squared norm, so a smaller "
+                                   "gain speeds up the first epochs.", "model", POSITIVE)
 
     def finish(self, family, n_classes):
         self.arch = self.arch.format(n_classes=n_classes)
@@ -348,11 +352,12 @@ FAMILY_DEFAULTS = {
     "cifar10": {
         # the rival of issue 17's PyTorch reference, in greedy's kernels: an airbench-style 32-64-128 network
         # (each block a conv, 2x2 max pool, batch norm and ReLU, then a second conv), Nesterov at batch 512,
-        # label smoothing, flips and 2-pixel shifts, 10 epochs (perf/README.md, "CIFAR-10 end to end")
+        # label smoothing, flips and 2-pixel shifts, 10 epochs; initial weights at PyTorch's scale, a sixth of
+        # He's variance (perf/README.md, "CIFAR-10 end to end")
         "e2e": {"arch": "c32k3-max2-bn-relu-c32k3-bn-relu-c64k3-max2-bn-relu-c64k3-bn-relu-c128k3-max2-bn-relu-"
                         "c128k3-bn-relu-max4-fc{n_classes}", "epochs": 10.0, "batch_size": 512,
-                "optimizer": "nesterov", "lr": 0.4, "weight_decay": 5e-4, "schedule": "onecycle", "augment": True,
-                "augment_pad": 2, "label_smoothing": 0.2},
+                "optimizer": "nesterov", "lr": 0.2, "weight_decay": 5e-4, "schedule": "onecycle", "augment": True,
+                "augment_pad": 2, "label_smoothing": 0.2, "init_gain": 0.408},
         # the last block's own head beats a classifier retrained on its 2x2-pooled map (docs/layerwise.md)
         "aux": dict(_CIFAR_LAYERWISE, final_classifier="last-head"),
         "cosine": _CIFAR_LAYERWISE, "kl": _CIFAR_LAYERWISE,

@@ -300,12 +300,20 @@ class Stack(Model):
         return [q for p in self.parts for q in p.gradients()]
 
 
-def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32):
-    """Parse ``spec``, build it for per-sample ``in_shape``, and check the last layer has n_classes outputs."""
+def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1.0):
+    """Parse ``spec``, build it for per-sample ``in_shape``, and check the last layer has n_classes outputs.
+    The initial weights of its convs and dense layers are multiplied by ``init_gain``."""
+    if not init_gain > 0:
+        raise ConfigError(f"init_gain must be positive, got {init_gain}")
     model = Sequential.from_spec(spec)
     if not isinstance(model.layers[-1], Dense):
         raise ConfigError(f"the last token of {spec!r} must be the classifier fc{n_classes}")
     if model.layers[-1].units != n_classes:
         raise ConfigError(f"the last layer of {spec!r} has {model.layers[-1].units} outputs, "
                           f"the dataset has {n_classes} classes")
-    return model.build(in_shape, seed, dtype)
+    model.build(in_shape, seed, dtype)
+    if init_gain != 1.0:
+        for layer in model.layers:
+            if isinstance(layer, (Conv2d, Conv1d, Dense)):
+                layer.params["w"] *= layer.params["w"].dtype.type(init_gain)
+    return model
