@@ -49,8 +49,9 @@ def whiten_first_conv(model, x, normalizer, rng):
 
 class E2E(Method):
     name = "e2e"
-    summary = ("End to end (the baseline): the whole architecture (--arch, by default the TensorFlow tutorial's "
-               "CNN) is trained with back-propagation through every layer, mini-batch by mini-batch.")
+    summary = ("End to end (the baseline): the whole architecture (--arch; by default the TensorFlow tutorial's "
+               "CNN on MNIST, an airbench-style network on CIFAR-10) is trained with back-propagation through "
+               "every layer, mini-batch by mini-batch.")
 
     def fit(self, x, y, n_classes, config, monitor, eval_set=None):
         c = config
