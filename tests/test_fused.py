@@ -1,4 +1,4 @@
-"""The fused training run conv, ReLU, max pool (greedy.nn.fused, greedy.kernels.convpool)."""
+"""The fused training runs conv, ReLU, max pool and conv, max pool (greedy.nn.fused, greedy.kernels.convpool)."""
 import numpy as np
 import pytest
 
@@ -27,10 +27,12 @@ def layer_by_layer(model, x, dy):
     ("c5k3-relu-max2-c4k5-relu-max2", (2, 12, 12)),
     ("c3k3s2p1-relu-max3", (3, 11, 10)),   # stride 2; a pool of 3 that drops the last row
     ("c4k5p0-relu-max2", (1, 9, 9)),       # 5x5 output: the pool drops a row and a column
+    ("c5k3-max2-c4k5p0-relu-max2", (2, 13, 13)),   # conv, pool without a ReLU (negative maxima kept)
+    ("c3k3s2p1-max3", (3, 11, 10)),
 ])
 def test_fused_run_equals_the_layers_one_by_one(spec, in_shape, dtype):
     model = Sequential.from_spec(spec).build(in_shape, 0, dtype)
-    assert sorted(training_runs(model.layers)) == list(range(0, len(model.layers), 3))
+    assert sum(run.length for run in training_runs(model.layers).values()) == len(model.layers)
     rng = np.random.default_rng(1)
     for layer in model.layers:
         if layer.params:
@@ -49,6 +51,7 @@ def test_fused_run_equals_the_layers_one_by_one(spec, in_shape, dtype):
 
 @pytest.mark.parametrize("spec,in_shape", [
     ("c4k3-relu-max2-c3k3-relu-max2-fc3", (2, 8, 8)),
+    ("c4k3-max2-bn-relu-c3k3-max2-fc3", (2, 8, 8)),   # conv, pool runs without a ReLU
     ("c3k3-bn-relu-max2-fc3", (2, 6, 6)),        # batch norm runs (greedy.nn.fused.BnReluPool)
     ("c3k3-bn-relu-max2-fc3", (2, 9)),
     ("c3k3-bn-relu-max3s2-fc3", (2, 11)),
@@ -99,10 +102,29 @@ def test_relu_and_pool_recompute_their_state_after_a_fused_forward():
     assert all(np.allclose(a, b, rtol=1e-12) for a, b in zip(one_by_one, model.gradients()))
 
 
-def test_only_conv_relu_maxpool_runs_fuse():
-    layers = Sequential.from_spec("c4k3-relu-avg2-c4k3-tanh-max2-c4k3-relu-max2").build((1, 16, 16), 0).layers
-    assert list(training_runs(layers)) == [6]
-    assert isinstance(training_runs(layers)[6], ConvReluPool)
+def test_only_conv_relu_maxpool_and_conv_maxpool_runs_fuse():
+    layers = Sequential.from_spec("c4k3-relu-avg2-c4k3-tanh-max2-c4k3-relu-max2-c4k3-avg2-c4k3-max2"
+                                  ).build((1, 32, 32), 0).layers
+    runs = training_runs(layers)
+    assert sorted(runs) == [6, 11]
+    assert all(isinstance(run, ConvReluPool) for run in runs.values())
+    assert [runs[6].length, runs[11].length] == [3, 2] and runs[11].relu is None
+
+
+def test_pool_recomputes_its_state_after_a_fused_conv_pool_forward():
+    model = Sequential.from_spec("c4k3-max2-fc3").build((2, 6, 6), 0, np.float64)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 6, 6))
+    out = model.forward(x, train=True)
+    assert model.layers[1].x is None and model.layers[1].fused_run is not None
+    dy = rng.standard_normal(out.shape)
+    d = model.layers[2].backward(dy)
+    d = model.layers[1].backward(d)        # the pool recomputes its input and argmax first
+    model.layers[0].backward(d)
+    one_by_one = [g.copy() for g in model.gradients()]
+    model.forward(x, train=True)
+    model.backward(dy)
+    assert all(np.allclose(a, b, rtol=1e-12) for a, b in zip(one_by_one, model.gradients()))
 
 
 def test_pooled_backward_checks_its_argmax():
@@ -119,8 +141,9 @@ def test_pooled_backward_checks_its_argmax():
         ck.conv2d_backward(x, w, y[:, :2], 1, 1, argmax=np.ascontiguousarray(argmax[:, :2]))
 
 
-def test_fused_run_breaks_ties_like_the_pool_layer():
-    model = Sequential.from_spec("c3k3-relu-max2").build((1, 8, 8), 0)
+@pytest.mark.parametrize("spec", ["c3k3-relu-max2", "c3k3-max2"])
+def test_fused_run_breaks_ties_like_the_pool_layer(spec):
+    model = Sequential.from_spec(spec).build((1, 8, 8), 0)
     model.layers[0].params["w"][:] = np.round(model.layers[0].params["w"] * 2)
     x = np.ones((2, 1, 8, 8), np.float32)   # equal conv outputs inside the map: ties in every window
     x[1, 0, ::3] = -1

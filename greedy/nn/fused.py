@@ -1,8 +1,8 @@
-"""Training runs of ``Conv2d``, ``ReLU``, ``MaxPool2d``, and of ``BatchNorm2d``, ``ReLU`` and an optional
+"""Training runs of ``Conv2d``, an optional ``ReLU`` and ``MaxPool2d``, and of ``BatchNorm2d``, ``ReLU`` and a
 max pool (``MaxPool2d`` or ``MaxPool1d``), each computed as one layer.
 
-``Sequential.forward(x, train=True)`` computes each such run with one
-``conv2d_forward(..., relu=True, pool, keep_argmax=True)`` call: bias, ReLU and
+``Sequential.forward(x, train=True)`` computes each conv run with one
+``conv2d_forward(..., relu, pool, keep_argmax=True)`` call: bias, ReLU and
 pooling are applied to every chunk's GEMM output while it is in cache, so the
 full-size conv and ReLU maps are never written, and the backward builds the conv
 output's gradient straight from the pooled gradient and the argmax
@@ -27,20 +27,23 @@ from greedy.nn.pooling import MaxPool2d
 
 
 class ConvReluPool:
-    """The run conv, relu, pool (three built layers of one ``Sequential``) as one training layer."""
-    length = 3
+    """The run conv, relu, pool, or conv, pool (``relu`` None), built layers of one ``Sequential``, as one
+    training layer."""
 
     def __init__(self, conv, relu, pool):
         self.conv, self.relu, self.pool = conv, relu, pool
+        self.followers = (pool,) if relu is None else (relu, pool)
+        self.length = 1 + len(self.followers)
         self.argmax = None
 
     def forward(self, x):
-        """x (N, C, H, W) -> maxpool(relu(conv(x))) (N, F, Ho // size, Wo // size)."""
+        """x (N, C, H, W) -> maxpool(relu(conv(x))) (N, F, Ho // size, Wo // size), without the ReLU when there
+        is none."""
         conv = self.conv
         conv.x = x
         y, self.argmax = ck.conv2d_forward(x, conv.params["w"], conv.params["b"], conv.stride, conv.padding,
-                                           relu=True, pool=self.pool.size, keep_argmax=True)
-        for layer in (self.relu, self.pool):
+                                           relu=self.relu is not None, pool=self.pool.size, keep_argmax=True)
+        for layer in self.followers:
             layer.release_state(self)
         return y
 
@@ -54,10 +57,12 @@ class ConvReluPool:
         return dx
 
     def materialise(self):
-        """Run the ReLU and the pool on their own over the conv's output, so that they hold their state."""
+        """Run the ReLU (if any) and the pool on their own over the conv's output, so that they hold their
+        state."""
         conv = self.conv
         y = ck.conv2d_forward(conv.x, conv.params["w"], conv.params["b"], conv.stride, conv.padding)
-        self.pool.forward(self.relu.forward(y, train=True), train=True)
+        for layer in self.followers:
+            y = layer.forward(y, train=True)
 
 
 class BnReluPool:
@@ -108,8 +113,9 @@ class BnReluPool:
 
 
 def training_runs(layers):
-    """{index of the run's first layer: run} for every run Conv2d, ReLU, MaxPool2d (``ConvReluPool``) and
-    BatchNorm2d, ReLU, MaxPool2d or MaxPool1d (``BnReluPool``) in ``layers``; runs have ``length`` layers."""
+    """{index of the run's first layer: run} for every run Conv2d, ReLU, MaxPool2d or Conv2d, MaxPool2d
+    (``ConvReluPool``) and BatchNorm2d, ReLU, MaxPool2d or MaxPool1d (``BnReluPool``) in ``layers``; runs have
+    ``length`` layers."""
     runs, i = {}, 0
     while i < len(layers) - 1:
         first, relu = layers[i:i + 2]
@@ -117,6 +123,8 @@ def training_runs(layers):
         run = None
         if type(first) is Conv2d and type(relu) is ReLU and type(pool) is MaxPool2d:
             run = ConvReluPool(first, relu, pool)
+        elif type(first) is Conv2d and type(relu) is MaxPool2d:
+            run = ConvReluPool(first, None, relu)
         elif type(first) is BatchNorm2d and type(relu) is ReLU and type(pool) in (MaxPool2d, MaxPool1d):
             # without a pool, the layers one by one are faster: nothing is left to skip writing
             run = BnReluPool(first, relu, pool)
