@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) and F(4x4, 3x3) inference convolution against the im2col convolution and float64 NumPy."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (inference, and the training layer's forward and input
+gradient) against the im2col convolution, float64 NumPy and finite differences."""
 import numpy as np
 import pytest
 
@@ -7,7 +8,10 @@ from greedy.kernels import conv as ck
 from greedy.kernels import pool as pk
 from greedy.kernels import winograd as wg
 from greedy.nn import inference
+from greedy.nn.layers import Conv2d
 from greedy.nn.model import Sequential
+
+from gradcheck import numeric_grad, rel_error
 
 
 def direct(x, w, b, pad):
@@ -102,6 +106,7 @@ def test_inference_takes_winograd_only_where_it_pays(monkeypatch):
     model = Sequential.from_spec("c32k3-relu-max2-c40k3-relu-c8k3s2-relu-c8k5").build((3, 16, 16), 0)
     x = np.random.default_rng(2).standard_normal((5, 3, 16, 16)).astype(np.float32)
     expected = model.forward(x, train=False)
+    calls.clear()   # the layer by layer forward takes Winograd for the same conv
     got = inference.forward(model.layers, x)
     assert calls == [(40, 32, 3, 3)]
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
@@ -122,3 +127,65 @@ def test_weight_tiles_are_g_g_gt(dtype, tile, g):
     expected = np.einsum("ik,fckl,jl->ijfc", g, w.astype(np.float64), g).reshape(e, 5, 3)
     tol = 1e-6 if dtype == np.float32 else 1e-14
     assert np.abs(u - expected).max() <= tol * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,pad", [((3, 5, 8, 8), 1), ((2, 4, 7, 9), 0), ((2, 3, 5, 6), 2), ((2, 3, 4, 4), 1)])
+def test_input_gradient_equals_the_im2col_backward(shape, pad, dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((6, shape[1], 3, 3)).astype(dtype)
+    ho, wo = shape[2] + 2 * pad - 2, shape[3] + 2 * pad - 2
+    dy = rng.standard_normal((shape[0], 6, ho, wo)).astype(dtype)
+    expected = ck.conv2d_backward(x, w, dy, 1, pad)[0]
+    dx = wg.input_grad(dy, w, pad)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    assert rel_error(dx, expected) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_input_gradient_refuses_other_filters():
+    with pytest.raises(ConfigError, match="3x3 filters"):
+        wg.input_grad(np.zeros((1, 2, 4, 4)), np.zeros((2, 3, 5, 5)), 2)
+    with pytest.raises(ConfigError, match="padding 0-2"):
+        wg.input_grad(np.zeros((1, 2, 4, 4)), np.zeros((2, 3, 3, 3)), 3)
+
+
+def test_the_conv_layer_takes_winograd_where_it_pays(monkeypatch):
+    calls = []
+    for name in ("conv_forward", "input_grad"):
+        monkeypatch.setattr(wg, name, lambda *a, _f=getattr(wg, name), _n=name, **k: calls.append(_n) or _f(*a, **k))
+    rng = np.random.default_rng(6)
+    for (c, f, stride), expected in [((32, 32, 1), ["conv_forward", "input_grad", "conv_forward"]),
+                                     ((3, 32, 1), []), ((32, 8, 1), ["conv_forward"]), ((32, 32, 2), [])]:
+        conv = Conv2d(f, 3, stride)
+        conv.build((c, 8, 8), rng)
+        y = conv.forward(rng.standard_normal((2, c, 8, 8)).astype(np.float32), train=True)
+        calls.clear()
+        conv.forward(rng.standard_normal((2, c, 8, 8)).astype(np.float32), train=True)
+        conv.backward(np.ones_like(y))
+        assert calls == expected, (c, f, stride)
+
+
+def test_conv_layer_gradients_by_winograd_match_finite_differences():
+    rng = np.random.default_rng(7)
+    conv = Conv2d(32, 3)
+    conv.build((32, 4, 4), rng, np.float64)
+    assert wg.applies(conv.params["w"], 1, 1, 1, 4, 4) and wg.input_grad_applies(conv.params["w"], 1, 1)
+    x = rng.standard_normal((2, 32, 4, 4))
+    target = rng.standard_normal((2, 32, 4, 4))
+
+    def loss():
+        return 0.5 * np.sum((conv.forward(x, train=True) - target) ** 2)
+
+    dx = conv.backward(conv.forward(x, train=True) - target)
+    dw = conv.grads["w"].copy()
+    assert rel_error(dx, numeric_grad(loss, x)) < 1e-7
+    w = conv.params["w"]
+    for _ in range(3):   # directional derivatives of the loss along random weight directions
+        v = rng.standard_normal(w.shape)
+        w += 1e-6 * v
+        up = loss()
+        w -= 2e-6 * v
+        down = loss()
+        w += 1e-6 * v
+        assert abs((up - down) / 2e-6 - np.sum(dw * v)) < 1e-7 * np.abs(dw * v).sum()

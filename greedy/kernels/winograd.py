@@ -1,4 +1,5 @@
-"""Winograd convolution for inference: 3x3, stride-1 convs with bias, ReLU and 2x2 max pool fused.
+"""Winograd convolution: 3x3, stride-1 convs with bias, ReLU and 2x2 max pool fused (inference), and the
+input gradient of such a conv as the convolution of dy with the mirrored filters (training, ``input_grad``).
 
 Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). F(2x2, 3x3): each 2x2 output
 tile of a filter is ``A^T [(G g G^T) * (B^T d B)] A`` for its 4x4 input tile d, 16 multiplies per tile
@@ -386,3 +387,23 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
 
     _run_chunks(task, n, nb, _scratch_bytes(dt, e_count * c * nb * tiles, e_count * f * nb * tiles))
     return y
+
+
+def input_grad_applies(w, stride, pad):
+    """Whether ``input_grad`` takes the input gradient of a conv of weights w (F, C, KH, KW) with this stride
+    and padding, and should: 3x3 taps, stride 1, padding 0-2, and at least ``MIN_CHANNELS`` input and output
+    channels (the transposed conv's multiplies are as thin as the forward's)."""
+    return stride == 1 and w.shape[2:] == (3, 3) and 0 <= pad <= 2 and min(w.shape[:2]) >= MIN_CHANNELS
+
+
+def input_grad(dy, w, pad=1):
+    """dL/dx of a 3x3, stride-1 conv of weights w (F, C, 3, 3) and padding ``pad`` given dy (N, F, Ho, Wo), one
+    float dtype: the full correlation of dy with the mirrored, transposed filters, by ``conv_forward``.
+    Returns (N, C, Ho + 2 pad - 2, Wo + 2 pad - 2) (the conv input's shape); ``conv2d_backward``'s dx up to
+    rounding."""
+    w = validate.float_array(w, "w", 4)
+    if w.shape[2:] != (3, 3) or not 0 <= pad <= 2:
+        raise ConfigError(f"Winograd input gradients take 3x3 filters and padding 0-2, got "
+                          f"{w.shape[2]}x{w.shape[3]}, padding {pad}")
+    mirrored = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return conv_forward(dy, mirrored, np.zeros(w.shape[1], w.dtype), 2 - pad)

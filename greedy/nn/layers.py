@@ -19,6 +19,7 @@ import numpy as np
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
 from greedy.kernels import lowrank
+from greedy.kernels import winograd
 from greedy.kernels.im2col import col2im
 
 
@@ -98,6 +99,9 @@ class Conv2d(Layer):
 
     ``padding`` defaults to K // 2 ("same" for odd K and stride 1).
     ``init`` is "he" (ReLU follows) or "glorot" (tanh or linear follows).
+    3x3, stride-1 convs of 32 or more input channels run forward by Winograd's algorithm, and their input
+    gradient too when the output has 32 or more channels (``greedy.kernels.winograd``); both equal the
+    im2col convolution's up to rounding.
     """
 
     def __init__(self, filters, kernel_size=3, stride=1, padding=None, init="he"):
@@ -157,11 +161,18 @@ class Conv2d(Layer):
 
     def forward(self, x, train=False):
         self.x = x
-        return ck.conv2d_forward(x, self.params["w"], self.params["b"], self.stride, self.padding)
+        w, b = self.params["w"], self.params["b"]
+        if x.ndim == 4 and winograd.applies(w, self.stride, self.padding, 1, x.shape[2], x.shape[3]):
+            return winograd.conv_forward(x, w, b, self.padding)
+        return ck.conv2d_forward(x, w, b, self.stride, self.padding)
 
     def backward(self, dy, input_grad=True):
-        dx, dw, db = ck.conv2d_backward(self.x, self.params["w"], dy, self.stride, self.padding,
-                                        input_grad=input_grad)
+        w = self.params["w"]
+        by_winograd = input_grad and winograd.input_grad_applies(w, self.stride, self.padding)
+        dx, dw, db = ck.conv2d_backward(self.x, w, dy, self.stride, self.padding,
+                                        input_grad=input_grad and not by_winograd)
+        if by_winograd:
+            dx = winograd.input_grad(dy, w, self.padding)
         self.grads["w"][...] = dw
         self.grads["b"][...] = db
         return dx
