@@ -47,6 +47,33 @@ def test_init_gain_scales_the_weights_of_convs_and_dense_layers_only(spec, shape
         build_model(spec, shape, 10, init_gain=0)
 
 
+@pytest.mark.parametrize("spec,shape", [("c4k3-bn-relu-c6k3-c2k5-fc10", (3, 8, 8)), ("c4k3-bn-relu-c2k5-gap-fc10", (2, 12))])
+def test_identity_init_makes_the_first_filters_of_every_conv_copy_their_channel(spec, shape):
+    plain = build_model(spec, shape, 10, seed=3, init_gain=0.5)
+    model = build_model(spec, shape, 10, seed=3, init_gain=0.5, identity_init=True)
+    convs = [(a, b) for a, b in zip(plain.layers, model.layers) if a.spec()[0] == "c"]
+    assert len(convs) == len(spec.split("-c")) - (0 if spec[0] == "c" else 1)
+    for a, b in convs:
+        w, w0 = b.params["w"], a.params["w"]
+        n = min(w.shape[:2])
+        assert np.array_equal(w[n:], w0[n:]) and w.dtype == np.float32   # the other filters untouched
+        centre = tuple(side // 2 for side in w.shape[2:])
+        for i in range(n):
+            expected = np.zeros(w.shape[1:], np.float32)
+            expected[(i,) + centre] = 1
+            assert np.array_equal(w[i], expected)
+    assert np.array_equal(plain.layers[-1].params["w"], model.layers[-1].params["w"])
+    # a "same" conv of identity filters and zero bias passes its input through
+    conv = build_model("c3k3-fc10", (3, 5, 5), 10, seed=1, identity_init=True).layers[0]
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    assert np.array_equal(conv.forward(x), x)
+
+
+def test_identity_init_needs_odd_kernels():
+    with pytest.raises(ConfigError, match="odd kernels, conv c4k2 has 2 taps"):
+        build_model("c4k2-fc10", (3, 8, 8), 10, identity_init=True)
+
+
 def test_save_and_load_restore_outputs(tmp_path):
     model = build_model("c4k3-bn-relu-max2-fc10", (3, 8, 8), 10, seed=3)
     x = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8)).astype(np.uint8)

@@ -93,6 +93,10 @@ class E2EConfig(OptimConfig):
                                    "(standard deviation sqrt(2 / fan_in)). A conv followed by batch norm learns "
                                    "at a rate inversely proportional to its weights' squared norm, so a smaller "
                                    "gain speeds up the first epochs.", "model", POSITIVE)
+    identity_init: bool = option(False, "Start the first min(F, C) filters of every conv as the identity: a 1 at "
+                                        "the centre tap of their own input channel (airbench's dirac "
+                                        "initialisation); the other filters keep their random start.", "model",
+                                 bool)
 
     def finish(self, family, n_classes):
         self.arch = self.arch.format(n_classes=n_classes)

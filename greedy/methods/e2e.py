@@ -57,7 +57,8 @@ class E2E(Method):
         c = config
         normalizer = Normalizer().fit(x)
         rng = np.random.default_rng(np.random.SeedSequence(c.seed))
-        model = build_model(c.arch, x.shape[1:], n_classes, rng, init_gain=c.init_gain)
+        model = build_model(c.arch, x.shape[1:], n_classes, rng, init_gain=c.init_gain,
+                            identity_init=c.identity_init)
         opt = make_optimizer(c.optimizer, c.lr, c.schedule, c.weight_decay)
         if c.whiten_first:
             frozen = whiten_first_conv(model, x, normalizer, rng)

@@ -300,9 +300,11 @@ class Stack(Model):
         return [q for p in self.parts for q in p.gradients()]
 
 
-def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1.0):
+def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1.0, identity_init=False):
     """Parse ``spec``, build it for per-sample ``in_shape``, and check the last layer has n_classes outputs.
-    The initial weights of its convs and dense layers are multiplied by ``init_gain``."""
+    The initial weights of its convs and dense layers are multiplied by ``init_gain``; with ``identity_init``
+    the first min(F, C) filters of every conv (``identity_filters``) then pass their own input channel
+    through."""
     if not init_gain > 0:
         raise ConfigError(f"init_gain must be positive, got {init_gain}")
     model = Sequential.from_spec(spec)
@@ -316,4 +318,22 @@ def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1
         for layer in model.layers:
             if isinstance(layer, (Conv2d, Conv1d, Dense)):
                 layer.params["w"] *= layer.params["w"].dtype.type(init_gain)
+    if identity_init:
+        for layer in model.layers:
+            if isinstance(layer, (Conv2d, Conv1d)):
+                identity_filters(layer)
     return model
+
+
+def identity_filters(conv):
+    """Set the first n = min(F, C) filters of ``conv`` (weights (F, C, K, K) or (F, C, K), K odd) to the
+    identity: filter i is 1 at the centre tap of input channel i and 0 elsewhere (airbench's dirac
+    initialisation), so that at the start those outputs copy their input channels; the other filters keep
+    their weights."""
+    w = conv.params["w"]
+    k = w.shape[2:]
+    if any(side % 2 == 0 for side in k):
+        raise ConfigError(f"identity initialisation needs odd kernels, conv {conv.spec()} has {k[0]} taps")
+    n = min(w.shape[:2])
+    w[:n] = 0
+    w[(np.arange(n), np.arange(n)) + tuple(side // 2 for side in k)] = 1
