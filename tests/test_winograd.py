@@ -156,7 +156,8 @@ def test_the_conv_layer_takes_winograd_where_it_pays(monkeypatch):
         monkeypatch.setattr(wg, name, lambda *a, _f=getattr(wg, name), _n=name, **k: calls.append(_n) or _f(*a, **k))
     rng = np.random.default_rng(6)
     for (c, f, stride), expected in [((32, 32, 1), ["conv_forward", "input_grad", "conv_forward"]),
-                                     ((3, 32, 1), []), ((32, 8, 1), ["conv_forward"]), ((32, 32, 2), [])]:
+                                     ((32, 64, 1), ["conv_forward"]), ((3, 32, 1), []),
+                                     ((32, 8, 1), ["conv_forward"]), ((32, 32, 2), [])]:
         conv = Conv2d(f, 3, stride)
         conv.build((c, 8, 8), rng)
         y = conv.forward(rng.standard_normal((2, c, 8, 8)).astype(np.float32), train=True)

@@ -100,8 +100,8 @@ class Conv2d(Layer):
     ``padding`` defaults to K // 2 ("same" for odd K and stride 1).
     ``init`` is "he" (ReLU follows) or "glorot" (tanh or linear follows).
     3x3, stride-1 convs of 32 or more input channels run forward by Winograd's algorithm, and their input
-    gradient too when the output has 32 or more channels (``greedy.kernels.winograd``); both equal the
-    im2col convolution's up to rounding.
+    gradient too when they have no more output channels than input channels (``greedy.kernels.winograd``);
+    both equal the im2col convolution's up to rounding.
     """
 
     def __init__(self, filters, kernel_size=3, stride=1, padding=None, init="he"):
