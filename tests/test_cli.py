@@ -30,10 +30,12 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
         assert {"method", "layer", "epoch", "phase", "seconds", "train_loss", "accuracy"} <= set(e)
         assert e["layer"] is None
     assert events[-1]["phase"] == "test" and "test_accuracy" in events[-1]
+    # the last epoch's accuracy is the final test's, not measured twice
+    assert 0.0 <= epochs[0]["accuracy"] <= 1.0 and epochs[1]["accuracy"] is None
     options = config["options"]  # every option resolved: nothing the run used is null
     # synthetic colour images take the cifar10 family's e2e defaults
     assert options["lr"] == 0.2 and options["optimizer"] == "nesterov" and options["batch_size"] == 512
-    assert options["init_gain"] == 0.408
+    assert options["init_gain"] == 0.408 and options["identity_init"] is True
     assert options["label_smoothing"] == 0.2 and options["augment"] and options["augment_pad"] == 2
     assert options["arch"] == "c8k3-relu-max2-fc10" and options["epochs"] == 2 and options["schedule"] == "onecycle"
     summary = json.loads((out / "summary.json").read_text())
@@ -45,6 +47,16 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(out), *DATA])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+@pytest.mark.parametrize("every,measured", [(2, [2, 4]), (0, [])])
+def test_eval_every_logs_the_test_accuracy_after_every_kth_epoch(tmp_path, every, measured):
+    out = train(tmp_path, "run", "--method", "e2e", "--arch", "c8k3-relu-max2-fc10", "--epochs", "5",
+                "--eval-every", str(every), "--batch-size", "100")
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if e["phase"] == "epoch"]
+    assert [e["epoch"] for e in epochs if e["accuracy"] is not None] == measured
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5] and events[-1]["phase"] == "test"
 
 
 def test_flip_tta_is_recorded_and_evaluate_applies_it(tmp_path):

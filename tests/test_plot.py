@@ -157,7 +157,7 @@ def test_compare_draws_the_curves_next_to_compare_md(tmp_path, monkeypatch, with
     else:
         monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = invoke(main, "compare", "--methods", "e2e,aux", *SMALL, "--out", tmp_path, "--arch",
-                    "c8k3-bn-relu-max2", "--epochs", "2")
+                    "c8k3-bn-relu-max2", "--epochs", "3")
     assert result.exit_code == 0, result.output
     md = (tmp_path / "compare.md").read_text()
     assert "| e2e |" in md and [r["method"] for r in json.loads((tmp_path / "compare.json").read_text())] == \

@@ -74,7 +74,8 @@ class E2E(Method):
         def on_epoch(epoch, loss, train_acc):
             fields = {"train_loss": loss, "train_accuracy": train_acc}
             if eval_set is not None:
-                fields["accuracy"] = accuracy(model, eval_set[0], eval_set[1], normalizer)
+                due = c.eval_every and epoch % c.eval_every == 0 and epoch < n_epochs
+                fields["accuracy"] = accuracy(model, eval_set[0], eval_set[1], normalizer) if due else None
             monitor.log("epoch", epoch=epoch, n_epochs=n_epochs, **fields)
             monitor.checkpoint(lambda: epoch_state(epoch, n_epochs, model, opt, rng, time.perf_counter() - t0))
 
