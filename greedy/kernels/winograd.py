@@ -392,7 +392,7 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
 def input_grad_applies(w, stride, pad):
     """Whether ``input_grad`` takes the input gradient of a conv of weights w (F, C, KH, KW) with this stride
     and padding, and should: 3x3 taps, stride 1, padding 0-2, and F <= C with F at least ``MIN_CHANNELS``. On the
-    2-core EPYC (512 images, `perf/README.md`, "Winograd input gradients") it took 0.54-0.77 of the im2col
+    2-core EPYC (512 images; perf/README.md, "The CIFAR-10 end-to-end step") it took 0.54-0.77 of the im2col
     input gradient's time for F = C = 32, 64 and 128, but 1.0-1.3 for 32 -> 64 and 64 -> 128 convs."""
     return stride == 1 and w.shape[2:] == (3, 3) and 0 <= pad <= 2 and MIN_CHANNELS <= w.shape[0] <= w.shape[1]
 
