@@ -389,6 +389,14 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
     return y
 
 
+def convolve(x, w, b, stride=1, pad=0, relu=False, pool=1, out=None):
+    """``greedy.kernels.conv.conv2d_forward(x, w, b, stride, pad, relu, pool, out=out)``, by ``conv_forward`` where
+    Winograd ``applies`` (x (N, C, H, W) with C >= ``MIN_CHANNELS``, 3x3 taps, stride 1), else by im2col."""
+    if x.ndim == 4 and applies(w, stride, pad, pool, x.shape[2], x.shape[3]):
+        return conv_forward(x, w, b, pad, relu=relu, pool=pool, out=out)
+    return ck.conv2d_forward(x, w, b, stride, pad, relu=relu, pool=pool, out=out)
+
+
 def input_grad_applies(w, stride, pad):
     """Whether ``input_grad`` takes the input gradient of a conv of weights w (F, C, KH, KW) with this stride
     and padding, and should: 3x3 taps, stride 1, padding 0-2, and F <= C with F at least ``MIN_CHANNELS``. On the

@@ -22,7 +22,6 @@ nothing for a backward pass.
 import numpy as np
 
 from greedy.errors import ConfigError
-from greedy.kernels import conv as ck
 from greedy.kernels import conv1d as k1
 from greedy.kernels import lowrank
 from greedy.kernels import winograd
@@ -86,11 +85,8 @@ def forward(layers, x, out=None):
         elif w is conv.params["w"] and (factors := conv.low_rank(w.dtype)) is not None and x.dtype == w.dtype:
             x = lowrank.conv_forward(x, *factors, conv.padding, relu=act == "relu", pool=pool, out=target)
             written = target is not None
-        elif winograd.applies(w, conv.stride, conv.padding, pool, x.shape[2], x.shape[3]):
-            x = winograd.conv_forward(x, w, b, conv.padding, relu=act == "relu", pool=pool, out=target)
-            written = target is not None
         else:
-            x = ck.conv2d_forward(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool, out=target)
+            x = winograd.convolve(x, w, b, conv.stride, conv.padding, relu=act == "relu", pool=pool, out=target)
             written = target is not None
         if act == "tanh":
             np.tanh(x, out=x)

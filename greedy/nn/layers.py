@@ -161,10 +161,7 @@ class Conv2d(Layer):
 
     def forward(self, x, train=False):
         self.x = x
-        w, b = self.params["w"], self.params["b"]
-        if x.ndim == 4 and winograd.applies(w, self.stride, self.padding, 1, x.shape[2], x.shape[3]):
-            return winograd.conv_forward(x, w, b, self.padding)
-        return ck.conv2d_forward(x, w, b, self.stride, self.padding)
+        return winograd.convolve(x, self.params["w"], self.params["b"], self.stride, self.padding)
 
     def backward(self, dy, input_grad=True):
         w = self.params["w"]
