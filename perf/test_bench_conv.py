@@ -96,3 +96,27 @@ def test_conv_relu_pool_forward(benchmark, shape, algorithm, monkeypatch):
     y = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     assert y.shape == (x.shape[0], w.shape[0], x.shape[2] // pool, x.shape[3] // pool)
     record(benchmark, flops, m, k, n)
+
+
+# the CIFAR-10 e2e default's conv-pool runs in training (greedy.nn.fused.ConvReluPool): a conv that widens,
+# then a 2x2 max pool whose argmax the backward needs; (N, C, F, H=W, K, pad)
+TRAINING_POOL_SHAPES = [
+    (512, 32, 64, 16, 3, 1),
+    (512, 64, 128, 8, 3, 1),
+]
+
+
+@pytest.mark.parametrize("shape", TRAINING_POOL_SHAPES, ids=lambda s: f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px")
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_conv_pool_training_forward(benchmark, shape, algorithm):
+    """Conv, 2x2 max pool and its argmax in one pass, by im2col (``conv2d_forward``) or Winograd
+    (``winograd.conv_forward``); GFLOP/s count the direct convolution's multiply-adds."""
+    x, w, b, _, pad, (m, k, n), flops = setup(shape)
+    if algorithm == "winograd":
+        fn = lambda: wg.conv_forward(x, w, b, pad, pool=2, keep_argmax=True)  # noqa: E731
+    else:
+        fn = lambda: ck.conv2d_forward(x, w, b, 1, pad, pool=2, keep_argmax=True)  # noqa: E731
+    fn()
+    y, argmax = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    assert y.shape == argmax.shape == (x.shape[0], w.shape[0], x.shape[2] // 2, x.shape[3] // 2)
+    record(benchmark, flops, m, k, n)

@@ -29,6 +29,8 @@ def layer_by_layer(model, x, dy):
     ("c4k5p0-relu-max2", (1, 9, 9)),       # 5x5 output: the pool drops a row and a column
     ("c5k3-max2-c4k5p0-relu-max2", (2, 13, 13)),   # conv, pool without a ReLU (negative maxima kept)
     ("c3k3s2p1-max3", (3, 11, 10)),
+    ("c6k3-max2-c5k3-relu-max2", (32, 8, 8)),   # Winograd forwards (32 input channels), 4x4 output tiles
+    ("c6k3-relu-max2", (32, 6, 6)),              # Winograd, 2x2 output tiles
 ])
 def test_fused_run_equals_the_layers_one_by_one(spec, in_shape, dtype):
     model = Sequential.from_spec(spec).build(in_shape, 0, dtype)
@@ -55,6 +57,7 @@ def test_fused_run_equals_the_layers_one_by_one(spec, in_shape, dtype):
     ("c3k3-bn-relu-max2-fc3", (2, 6, 6)),        # batch norm runs (greedy.nn.fused.BnReluPool)
     ("c3k3-bn-relu-max2-fc3", (2, 9)),
     ("c3k3-bn-relu-max3s2-fc3", (2, 11)),
+    ("c3k3-relu-max2-fc3", (32, 4, 4)),          # the Winograd forward keeps the argmax
 ])
 def test_fused_run_gradients_match_finite_differences(spec, in_shape):
     model = Sequential.from_spec(spec).build(in_shape, 0, np.float64)

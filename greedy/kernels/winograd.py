@@ -157,21 +157,49 @@ def _tile_rows(m, k, t):
     return r00 + r01 + r02, r01 - r02 - r03, r10 + r11 + r12, r11 - r12 - r13
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _max4_argmax(v0, v1, v2, v3, at, wo, relu, zero):
+    """Max of the 2x2 window (v0, v1; v2, v3) whose top-left value is at flat index ``at`` of a conv plane
+    ``wo`` wide, and that value's index: the first in row-major order among equal values, or (``zero``, -1)
+    where ``relu`` clips the window, as ``greedy.kernels.convpool``'s argmax."""
+    best, where = v0, at
+    if v1 > best:
+        best, where = v1, at + 1
+    if v2 > best:
+        best, where = v2, at + wo
+    if v3 > best:
+        best, where = v3, at + wo + 1
+    if relu and not best > zero:
+        return zero, -1
+    return best, where
+
+
 @numba.njit(nogil=True, cache=True)
-def _output_tiles(m, bias, th, tw, relu, pool, y):
+def _output_tiles(m, bias, th, tw, relu, pool, y, argmax, wo_conv):
     """m (16, F, n*th*tw) -> y (n, F, Ho, Wo): A^T M A + bias of every tile, then ReLU if ``relu``; with
     ``pool`` 2 the max of each tile is y[s, f, a, b] (y is the pooled map, th x tw), with 1 the tile's
-    values within Ho x Wo are written."""
+    values within Ho x Wo are written. A non-empty ``argmax`` (y's shape, int32; pool 2 only) gets each
+    window's ``_max4_argmax`` index into the conv plane, ``wo_conv`` wide."""
     f, n = m.shape[1], y.shape[0]
     ho, wo = y.shape[2], y.shape[3]
     tiles = th * tw
-    lo = m.dtype.type(0) if relu else m.dtype.type(-np.inf)
+    keep = argmax.size > 0
+    zero = m.dtype.type(0)
+    lo = zero if relu else m.dtype.type(-np.inf)
     for k in range(f):
         bk = bias[k]
         for s in range(n):
             if pool == 2:  # tile t of sample s is pooled value t - s * tiles of its plane: one run
                 dst = y[s, k].reshape(tiles)
                 t0 = s * tiles
+                if keep:
+                    idx = argmax[s, k].reshape(tiles)
+                    for q in range(tiles):
+                        o00, o01, o10, o11 = _tile_rows(m, k, t0 + q)
+                        a = q // tw
+                        dst[q], idx[q] = _max4_argmax(o00 + bk, o01 + bk, o10 + bk, o11 + bk,
+                                                      2 * a * wo_conv + 2 * (q - a * tw), wo_conv, relu, zero)
+                    continue
                 for q in range(tiles):
                     o00, o01, o10, o11 = _tile_rows(m, k, t0 + q)
                     dst[q] = max(max(max(o00, o01), max(o10, o11)) + bk, lo)
@@ -299,16 +327,19 @@ def _input_tiles6(x, pad, th, tw, v):
 
 
 @numba.njit(nogil=True, cache=True)
-def _output_tiles6(m, bias, th, tw, relu, pool, y):
+def _output_tiles6(m, bias, th, tw, relu, pool, y, argmax, wo_conv):
     """m (36, F, n*th*tw) -> y (n, F, 4 th / pool, 4 tw / pool): A^T M A + bias of every 4x4 tile, then ReLU
-    if ``relu``, then with ``pool`` 2 the max of each 2x2 window. The tiles of ``TILE_BLOCK`` // (th tw)
-    samples of a filter are transformed together, each stage a loop over the tiles."""
+    if ``relu``, then with ``pool`` 2 the max of each 2x2 window, and where ``argmax`` (y's shape, int32)
+    is not empty, its ``_max4_argmax`` index into the conv plane, ``wo_conv`` wide. The tiles of
+    ``TILE_BLOCK`` // (th tw) samples of a filter are transformed together, each stage a loop over the tiles."""
     f, n = m.shape[1], y.shape[0]
     tiles = th * tw
     group = max(1, TILE_BLOCK // tiles)
-    lo = m.dtype.type(0) if relu else m.dtype.type(-np.inf)
+    keep = argmax.size > 0
+    zero = m.dtype.type(0)
+    lo = zero if relu else m.dtype.type(-np.inf)
     rows = np.empty((24, group * tiles), m.dtype)  # A^T M: row i, column j at 6 i + j
-    out = np.empty((16, group * tiles), m.dtype)  # A^T M A + bias, then ReLU: row i, column j at 4 i + j
+    out = np.empty((16, group * tiles), m.dtype)  # A^T M A + bias: row i, column j at 4 i + j
     for k in range(f):
         bk = bias[k]
         for s0 in range(0, n, group):
@@ -327,34 +358,40 @@ def _output_tiles6(m, bias, th, tw, relu, pool, y):
                 for t in range(size):
                     o0, o1, o2, o3 = _at6(rows[6 * i, t], rows[6 * i + 1, t], rows[6 * i + 2, t], rows[6 * i + 3, t],
                                           rows[6 * i + 4, t], rows[6 * i + 5, t])
-                    out[4 * i, t] = max(o0 + bk, lo)
-                    out[4 * i + 1, t] = max(o1 + bk, lo)
-                    out[4 * i + 2, t] = max(o2 + bk, lo)
-                    out[4 * i + 3, t] = max(o3 + bk, lo)
+                    out[4 * i, t] = o0 + bk
+                    out[4 * i + 1, t] = o1 + bk
+                    out[4 * i + 2, t] = o2 + bk
+                    out[4 * i + 3, t] = o3 + bk
             for s in range(s0, s1):
                 dst = y[s, k]
                 for a in range(th):
                     for b in range(tw):
                         t = (s - s0) * tiles + a * tw + b
-                        if pool == 2:
-                            for i in range(2):
-                                for j in range(2):
-                                    e = 8 * i + 2 * j
-                                    dst[2 * a + i, 2 * b + j] = max(max(out[e, t], out[e + 1, t]),
-                                                                    max(out[e + 4, t], out[e + 5, t]))
-                        else:
+                        if pool == 1:
                             for i in range(4):
                                 for j in range(4):
-                                    dst[4 * a + i, 4 * b + j] = out[4 * i + j, t]
+                                    dst[4 * a + i, 4 * b + j] = max(out[4 * i + j, t], lo)
+                            continue
+                        for i in range(2):
+                            for j in range(2):
+                                e = 8 * i + 2 * j
+                                if keep:
+                                    dst[2 * a + i, 2 * b + j], argmax[s, k, 2 * a + i, 2 * b + j] = _max4_argmax(
+                                        out[e, t], out[e + 1, t], out[e + 4, t], out[e + 5, t],
+                                        (4 * a + 2 * i) * wo_conv + 4 * b + 2 * j, wo_conv, relu, zero)
+                                else:
+                                    dst[2 * a + i, 2 * b + j] = max(max(max(out[e, t], out[e + 1, t]),
+                                                                        max(out[e + 4, t], out[e + 5, t])), lo)
 
 
-def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
+def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None, keep_argmax=False):
     """maxpool(relu(conv(x, w) + b)) for 3x3 filters, stride 1: ``greedy.kernels.conv.conv2d_forward``'s
     result up to rounding, by Winograd F(4x4, 3x3) or F(2x2, 3x3) (``output_tile``).
 
     x (N, C, H, W), w (F, C, 3, 3), b (F,), one float dtype; ``pool`` 1 or 2 (a 2x2 max pool with stride
     2, flooring odd sides); ``out`` as in ``conv2d_forward``. Returns (N, F, Ho // pool, Wo // pool) with
-    Ho = H + 2 pad - 2 (same for Wo).
+    Ho = H + 2 pad - 2 (same for Wo); with ``keep_argmax`` (pool 2 only), (that map, argmax) as
+    ``conv2d_forward(..., keep_argmax=True)`` gives them, for ``conv2d_backward(..., argmax=argmax)``.
     """
     x, w, stride, pad, ho, wo = ck._conv_args(x, w, 1, pad)
     b = validate.float_array(b, "b", 1)
@@ -366,6 +403,8 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
     f, c = w.shape[:2]
     if b.shape[0] != f:
         raise ConfigError(f"b has {b.shape[0]} entries but w has {f} filters")
+    if keep_argmax and pool != 2:
+        raise ConfigError(f"Winograd convolution keeps the argmax of a 2x2 max pool only, got pool {pool}")
     n, dt = x.shape[0], x.dtype
     tile = output_tile(ho, wo)
     if tile == 4:
@@ -373,6 +412,7 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
     else:
         th, tw = (ho // 2, wo // 2) if pool == 2 else (-(-ho // 2), -(-wo // 2))
     y = ck._output(out, (n, f, ho // pool, wo // pool), dt)
+    argmax = np.empty(y.shape if keep_argmax else (0, 0, 0, 0), np.int32)
     u = weight_tiles(w, tile)
     tiles, e_count = th * tw, len(u)
     nb = max(1, min(n, CHUNK_BYTES // (e_count * (c + f) * tiles * dt.itemsize)))
@@ -383,18 +423,21 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None):
         (_input_tiles6 if tile == 4 else _input_tiles)(x[n0:n0 + m], pad, th, tw, v)
         for e in range(e_count):
             np.matmul(u[e], v[e], out=mt[e])
-        (_output_tiles6 if tile == 4 else _output_tiles)(mt, b, th, tw, bool(relu), pool, y[n0:n0 + m])
+        (_output_tiles6 if tile == 4 else _output_tiles)(mt, b, th, tw, bool(relu), pool, y[n0:n0 + m],
+                                                          argmax[n0:n0 + m], wo)
 
     _run_chunks(task, n, nb, _scratch_bytes(dt, e_count * c * nb * tiles, e_count * f * nb * tiles))
-    return y
+    return (y, argmax) if keep_argmax else y
 
 
-def convolve(x, w, b, stride=1, pad=0, relu=False, pool=1, out=None):
-    """``greedy.kernels.conv.conv2d_forward(x, w, b, stride, pad, relu, pool, out=out)``, by ``conv_forward`` where
-    Winograd ``applies`` (x (N, C, H, W) with C >= ``MIN_CHANNELS``, 3x3 taps, stride 1), else by im2col."""
-    if x.ndim == 4 and applies(w, stride, pad, pool, x.shape[2], x.shape[3]):
-        return conv_forward(x, w, b, pad, relu=relu, pool=pool, out=out)
-    return ck.conv2d_forward(x, w, b, stride, pad, relu=relu, pool=pool, out=out)
+def convolve(x, w, b, stride=1, pad=0, relu=False, pool=1, keep_argmax=False, out=None):
+    """``greedy.kernels.conv.conv2d_forward(x, w, b, stride, pad, relu, pool, keep_argmax, out)``, by
+    ``conv_forward`` where Winograd ``applies`` (x (N, C, H, W) with C >= ``MIN_CHANNELS``, 3x3 taps, stride 1;
+    pool 2 when ``keep_argmax``), else by im2col."""
+    if (x.ndim == 4 and applies(w, stride, pad, pool, x.shape[2], x.shape[3])
+            and (pool == 2 or not keep_argmax)):
+        return conv_forward(x, w, b, pad, relu=relu, pool=pool, out=out, keep_argmax=keep_argmax)
+    return ck.conv2d_forward(x, w, b, stride, pad, relu=relu, pool=pool, keep_argmax=keep_argmax, out=out)
 
 
 def input_grad_applies(w, stride, pad):

@@ -2,9 +2,9 @@
 max pool (``MaxPool2d`` or ``MaxPool1d``), each computed as one layer.
 
 ``Sequential.forward(x, train=True)`` computes each conv run with one
-``conv2d_forward(..., relu, pool, keep_argmax=True)`` call: bias, ReLU and
-pooling are applied to every chunk's GEMM output while it is in cache, so the
-full-size conv and ReLU maps are never written, and the backward builds the conv
+``winograd.convolve(..., relu, pool, keep_argmax=True)`` call (Winograd where it
+applies, else im2col): bias, ReLU and pooling are applied to every chunk's GEMM
+output while it is in cache, so the full-size conv and ReLU maps are never written, and the backward builds the conv
 output's gradient straight from the pooled gradient and the argmax
 (``greedy.kernels.convpool``). Outputs and gradients equal those of the three
 layers run one by one. A run of batch norm, ReLU and max pool likewise writes only
@@ -19,6 +19,7 @@ import numpy as np
 
 from greedy.kernels import bnpool
 from greedy.kernels import conv as ck
+from greedy.kernels import winograd
 from greedy.nn.activations import ReLU
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.layers import Conv2d
@@ -41,7 +42,7 @@ class ConvReluPool:
         is none."""
         conv = self.conv
         conv.x = x
-        y, self.argmax = ck.conv2d_forward(x, conv.params["w"], conv.params["b"], conv.stride, conv.padding,
+        y, self.argmax = winograd.convolve(x, conv.params["w"], conv.params["b"], conv.stride, conv.padding,
                                            relu=self.relu is not None, pool=self.pool.size, keep_argmax=True)
         for layer in self.followers:
             layer.release_state(self)
@@ -60,7 +61,7 @@ class ConvReluPool:
         """Run the ReLU (if any) and the pool on their own over the conv's output, so that they hold their
         state."""
         conv = self.conv
-        y = ck.conv2d_forward(conv.x, conv.params["w"], conv.params["b"], conv.stride, conv.padding)
+        y = winograd.convolve(conv.x, conv.params["w"], conv.params["b"], conv.stride, conv.padding)
         for layer in self.followers:
             y = layer.forward(y, train=True)
 
