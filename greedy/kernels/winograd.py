@@ -1,5 +1,6 @@
-"""Winograd convolution: 3x3, stride-1 convs with bias, ReLU and 2x2 max pool fused (inference), and the
-input gradient of such a conv as the convolution of dy with the mirrored filters (training, ``input_grad``).
+"""Winograd convolution: 3x3, stride-1 convs with bias, ReLU and 2x2 max pool fused (inference, and in
+training with each pooling window's argmax), and the input gradient of such a conv as the convolution of dy
+with the mirrored filters (training, ``input_grad``).
 
 Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). F(2x2, 3x3): each 2x2 output
 tile of a filter is ``A^T [(G g G^T) * (B^T d B)] A`` for its 4x4 input tile d, 16 multiplies per tile
@@ -7,7 +8,8 @@ and input channel instead of 36. Over a chunk of samples with T tiles, the eleme
 over channels are 16 BLAS multiplies ``M[e] (F, T) = U[e] (F, C) @ V[e] (C, T)``, one per position
 e of the 4x4 transformed tile, with U = G g G^T (``weight_tiles``) and V = B^T d B (``_input_tiles``).
 With a 2x2 max pool the output tiles are the pooling windows, so ``_output_tiles`` writes the pooled
-map straight from M: bias, ReLU and the max in one pass, and no full-size map exists.
+map straight from M: bias, ReLU and the max in one pass, and no full-size map exists; for training it also
+writes where each maximum lies (``_max4_argmax``), the argmax ``conv2d_backward`` takes.
 
 Outputs whose sides are multiples of 4 (the 16x16 and 8x8 maps of the CIFAR-10 networks) take F(4x4, 3x3)
 instead (``output_tile``): 6x6 input tiles, 36 multiplies for 16 outputs, 36 BLAS multiplies a chunk;

@@ -4,10 +4,12 @@ max pool (``MaxPool2d`` or ``MaxPool1d``), each computed as one layer.
 ``Sequential.forward(x, train=True)`` computes each conv run with one
 ``winograd.convolve(..., relu, pool, keep_argmax=True)`` call (Winograd where it
 applies, else im2col): bias, ReLU and pooling are applied to every chunk's GEMM
-output while it is in cache, so the full-size conv and ReLU maps are never written, and the backward builds the conv
-output's gradient straight from the pooled gradient and the argmax
-(``greedy.kernels.convpool``). Outputs and gradients equal those of the three
-layers run one by one. A run of batch norm, ReLU and max pool likewise writes only
+output while it is in cache, so the full-size conv and ReLU maps are never
+written, and the backward builds the conv output's gradient straight from the
+pooled gradient and the argmax (``greedy.kernels.convpool``). Outputs and
+gradients equal those of the three layers run one by one (to rounding where a
+Winograd conv's output has an odd side: the two passes then multiply matrices of
+other widths). A run of batch norm, ReLU and max pool likewise writes only
 the pooled map and its argmax (``greedy.kernels.bnpool``).
 
 The ReLU and the pool keep no state of their own during a fused run; they hold
