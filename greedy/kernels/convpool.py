@@ -82,21 +82,31 @@ def fnp_to_nfp_relu_pool_argmax(yt, bias, wo, size, relu, y, argmax):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
+def max4_argmax(v0, v1, v2, v3, at, wo, relu, zero):
+    """Max of the 2x2 window (v0, v1; v2, v3) whose top-left value is at flat index ``at`` of a plane ``wo``
+    wide, and that value's index: the first in row-major order among equal values, or (``zero``, -1) where
+    ``relu`` clips the window. The argmax of every 2x2 window here and in ``greedy.kernels.winograd``."""
+    best, where = v0, at
+    if v1 > best:
+        best, where = v1, at + 1
+    if v2 > best:
+        best, where = v2, at + wo
+    if v3 > best:
+        best, where = v3, at + wo + 1
+    if relu and not best > zero:
+        return zero, -1
+    return best, where
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def _window2_argmax(src, bk, r0, wo, wp, relu, dst, idx):
     """One output row of 2x2 windows whose top row starts at src[r0]: the unrolled path (4x faster)."""
     zero = src.dtype.type(0)
     r1 = r0 + wo
     for b in range(wp):
         c = 2 * b
-        best, at = src[r0 + c] + bk, r0 + c
-        for q in (r0 + c + 1, r1 + c, r1 + c + 1):
-            val = src[q] + bk
-            if val > best:
-                best, at = val, q
-        if relu and not best > zero:
-            best, at = zero, -1
-        dst[b] = best
-        idx[b] = at
+        dst[b], idx[b] = max4_argmax(src[r0 + c] + bk, src[r0 + c + 1] + bk, src[r1 + c] + bk, src[r1 + c + 1] + bk,
+                                     r0 + c, wo, relu, zero)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -9,7 +9,7 @@ over channels are 16 BLAS multiplies ``M[e] (F, T) = U[e] (F, C) @ V[e] (C, T)``
 e of the 4x4 transformed tile, with U = G g G^T (``weight_tiles``) and V = B^T d B (``_input_tiles``).
 With a 2x2 max pool the output tiles are the pooling windows, so ``_output_tiles`` writes the pooled
 map straight from M: bias, ReLU and the max in one pass, and no full-size map exists; for training it also
-writes where each maximum lies (``_max4_argmax``), the argmax ``conv2d_backward`` takes.
+writes where each maximum lies (``max4_argmax``), the argmax ``conv2d_backward`` takes.
 
 Outputs whose sides are multiples of 4 (the 16x16 and 8x8 maps of the CIFAR-10 networks) take F(4x4, 3x3)
 instead (``output_tile``): 6x6 input tiles, 36 multiplies for 16 outputs, 36 BLAS multiplies a chunk;
@@ -32,6 +32,7 @@ from greedy import validate
 from greedy.errors import ConfigError
 from greedy.kernels import conv as ck
 from greedy.kernels.conv import _run_chunks, _same_dtype, _scratch_bytes, _split
+from greedy.kernels.convpool import max4_argmax
 
 CHUNK_BYTES = 8 * 2**20
 # Below 32 input channels the 16 multiplies of a chunk are too thin for BLAS: 1, 3 and 16 channels ran
@@ -159,29 +160,12 @@ def _tile_rows(m, k, t):
     return r00 + r01 + r02, r01 - r02 - r03, r10 + r11 + r12, r11 - r12 - r13
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _max4_argmax(v0, v1, v2, v3, at, wo, relu, zero):
-    """Max of the 2x2 window (v0, v1; v2, v3) whose top-left value is at flat index ``at`` of a conv plane
-    ``wo`` wide, and that value's index: the first in row-major order among equal values, or (``zero``, -1)
-    where ``relu`` clips the window, as ``greedy.kernels.convpool``'s argmax."""
-    best, where = v0, at
-    if v1 > best:
-        best, where = v1, at + 1
-    if v2 > best:
-        best, where = v2, at + wo
-    if v3 > best:
-        best, where = v3, at + wo + 1
-    if relu and not best > zero:
-        return zero, -1
-    return best, where
-
-
 @numba.njit(nogil=True, cache=True)
 def _output_tiles(m, bias, th, tw, relu, pool, y, argmax, wo_conv):
     """m (16, F, n*th*tw) -> y (n, F, Ho, Wo): A^T M A + bias of every tile, then ReLU if ``relu``; with
     ``pool`` 2 the max of each tile is y[s, f, a, b] (y is the pooled map, th x tw), with 1 the tile's
     values within Ho x Wo are written. A non-empty ``argmax`` (y's shape, int32; pool 2 only) gets each
-    window's ``_max4_argmax`` index into the conv plane, ``wo_conv`` wide."""
+    window's ``max4_argmax`` index into the conv plane, ``wo_conv`` wide."""
     f, n = m.shape[1], y.shape[0]
     ho, wo = y.shape[2], y.shape[3]
     tiles = th * tw
@@ -199,7 +183,7 @@ def _output_tiles(m, bias, th, tw, relu, pool, y, argmax, wo_conv):
                     for q in range(tiles):
                         o00, o01, o10, o11 = _tile_rows(m, k, t0 + q)
                         a = q // tw
-                        dst[q], idx[q] = _max4_argmax(o00 + bk, o01 + bk, o10 + bk, o11 + bk,
+                        dst[q], idx[q] = max4_argmax(o00 + bk, o01 + bk, o10 + bk, o11 + bk,
                                                       2 * a * wo_conv + 2 * (q - a * tw), wo_conv, relu, zero)
                     continue
                 for q in range(tiles):
@@ -332,7 +316,7 @@ def _input_tiles6(x, pad, th, tw, v):
 def _output_tiles6(m, bias, th, tw, relu, pool, y, argmax, wo_conv):
     """m (36, F, n*th*tw) -> y (n, F, 4 th / pool, 4 tw / pool): A^T M A + bias of every 4x4 tile, then ReLU
     if ``relu``, then with ``pool`` 2 the max of each 2x2 window, and where ``argmax`` (y's shape, int32)
-    is not empty, its ``_max4_argmax`` index into the conv plane, ``wo_conv`` wide. The tiles of
+    is not empty, its ``max4_argmax`` index into the conv plane, ``wo_conv`` wide. The tiles of
     ``TILE_BLOCK`` // (th tw) samples of a filter are transformed together, each stage a loop over the tiles."""
     f, n = m.shape[1], y.shape[0]
     tiles = th * tw
@@ -378,7 +362,7 @@ def _output_tiles6(m, bias, th, tw, relu, pool, y, argmax, wo_conv):
                             for j in range(2):
                                 e = 8 * i + 2 * j
                                 if keep:
-                                    dst[2 * a + i, 2 * b + j], argmax[s, k, 2 * a + i, 2 * b + j] = _max4_argmax(
+                                    dst[2 * a + i, 2 * b + j], argmax[s, k, 2 * a + i, 2 * b + j] = max4_argmax(
                                         out[e, t], out[e + 1, t], out[e + 4, t], out[e + 5, t],
                                         (4 * a + 2 * i) * wo_conv + 4 * b + 2 * j, wo_conv, relu, zero)
                                 else:
