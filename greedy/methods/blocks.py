@@ -224,10 +224,11 @@ def parse_budget(text, n_layers):
 def augmentation(config, ndim, pad=None):
     """The batch augmentation of ``config.augment`` (an ``OptimConfig``) for samples with ``ndim`` spatial
     axes (2: images, 1: sequences), shifting by up to ``pad`` (default ``config.augment_pad``), as a
-    function of (x, rng); None without ``augment``."""
+    function of (x, rng, idx, epoch) (``greedy.nn.augment.augmenter``); None without ``augment``."""
     if not config.augment:
         return None
-    return augmenter(ndim, config.augment_pad if pad is None else pad, config.augment_flip)
+    flip = ("alternate" if config.alternate_flips else "random") if config.augment_flip else "none"
+    return augmenter(ndim, config.augment_pad if pad is None else pad, flip, config.seed)
 
 
 def fit_block(model, x, y, config, budget, rng, loss_fn=None, label="block", on_epoch=None, augment=None,

@@ -74,7 +74,10 @@ class OptimConfig(Config):
     augment: bool = option(False, "Random crops (and flips on cifar10) during training.", "optimisation", bool)
     augment_pad: int = option(4, "Largest random shift, in pixels at image size, of --augment.", "optimisation",
                               NON_NEGATIVE_INT)
-    augment_flip: bool = option(True, "Random mirror images in --augment.", "optimisation", bool)
+    augment_flip: bool = option(True, "Mirror images in --augment.", "optimisation", bool)
+    alternate_flips: bool = option(False, "Mirror a fixed half of the images in odd epochs and the other half in "
+                                          "even ones (airbench's alternating flips), rather than each image at "
+                                          "random every epoch.", "optimisation", bool)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy (0: none).", "optimisation",
                                     click.FloatRange(0, 1, max_open=True))
 

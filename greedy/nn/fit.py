@@ -63,7 +63,8 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
 
     x (N, ...) raw inputs (uint8 images or float features); y (N,) int labels.
     ``prepare(xb)`` turns a raw batch into float model input (e.g. normalisation);
-    ``augment(xb, rng)`` randomises it during training. Give ``epochs`` (may be
+    ``augment(xb, rng, idx, epoch)`` randomises it during training (idx the batch's sample indices, epoch
+    its epoch, counted from 1). Give ``epochs`` (may be
     fractional) or ``steps`` (optimiser steps). Each epoch visits the samples in
     the order ``rng.permutation(N)``, so two calls with equally seeded ``rng``
     see the same batches; ``drop_last`` keeps full batches only.
@@ -110,7 +111,7 @@ def fit(model, x, y, optimizer, *, epochs=None, steps=None, batch_size=128, loss
             if prepare is not None:
                 xb = prepare(xb)
             if augment is not None:
-                xb = augment(xb, rng)
+                xb = augment(xb, rng, idx, epoch)
             out = model.forward(xb, train=True)
             loss, dout = loss_fn(out, y[idx], None if sample_weight is None else sample_weight[idx])
             if not np.isfinite(loss):
