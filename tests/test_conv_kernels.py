@@ -133,10 +133,11 @@ def test_conv_chunking_gives_same_result(monkeypatch, threads):
     dy = np.random.default_rng(4).standard_normal((7, 4, 9, 8))
     y_one = ck.conv2d_forward(x, w, b, stride, pad)
     grads_one = ck.conv2d_backward(x, w, dy, stride, pad)
-    # room for 3 samples per chunk: chunks of 3, 3 and 1; one chunk when everything fits
+    # room for 3 samples per chunk: chunks of 3, 3 and 1 for one worker, of 2, 2, 2 and 1 (a multiple of
+    # two chunks) for two; one chunk when everything fits
     assert ck._chunk(7, 9 * 8, 27, 4, 8, threads) == 7
     monkeypatch.setattr(ck, "CHUNK_BYTES", 3 * 9 * 8 * (27 + 4) * 8)
-    assert ck._chunk(7, 9 * 8, 27, 4, 8, threads) == 3
+    assert ck._chunk(7, 9 * 8, 27, 4, 8, threads) == {1: 3, 2: 2}[threads]
     old = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
@@ -149,6 +150,24 @@ def test_conv_chunking_gives_same_result(monkeypatch, threads):
     for got, want, again in zip(grads, grads_one, grads_again):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(got, again)
+
+
+@pytest.mark.parametrize("n,per_sample,limit,workers,split_above,want", [
+    (256, 36864, 8 * 2**20, 2, 2**20, 128),  # was 227 and 29: one worker did nearly all
+    (512, 36864, 8 * 2**20, 2, 2**20, 128),  # three chunks' worth of work: four chunks, two a worker
+    (512, 36864, 8 * 2**20, 1, 2**20, 171),
+    (20, 1000, 8 * 2**20, 2, 2**20, 20),  # small work stays one chunk
+    (20, 1000, 8 * 2**20, 2, 0, 10),
+    (1, 10**9, 8 * 2**20, 2, 0, 1),  # a sample larger than the limit is still a chunk
+    (0, 1000, 8 * 2**20, 2, 0, 1)])
+def test_chunks_fit_the_limit_and_come_in_multiples_of_the_workers(n, per_sample, limit, workers, split_above,
+                                                                    want):
+    nb = ck.chunk_samples(n, per_sample, limit, workers, split_above)
+    assert nb == want
+    chunks = -(-n // nb)
+    assert nb * per_sample <= limit or nb == 1
+    if n * per_sample > split_above and n >= workers:
+        assert chunks % workers == 0 or nb == 1
 
 
 @pytest.mark.parametrize("case", CONV_CASES)

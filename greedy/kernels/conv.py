@@ -195,17 +195,23 @@ def _conv_args(x, w, stride, pad):
     return x, w, stride, pad, ho, wo
 
 
-def _chunk(n, p, k, f, itemsize, workers):
-    """Samples per chunk so that its (k, chunk*p) and (f, chunk*p) buffers fit CHUNK_BYTES.
+def chunk_samples(n, per_sample, limit, workers, split_above):
+    """Samples per chunk of n samples of ``per_sample`` scratch bytes each, the chunk at most ``limit`` bytes.
 
-    Work that fits one chunk stays one chunk (no worker threads); otherwise
-    there are at least ``workers`` chunks of near-equal size.
+    Work of at most ``split_above`` bytes stays one chunk (no worker threads); larger work has a multiple
+    of ``workers`` chunks of near-equal size, so that no worker waits long on another's last chunk.
     """
-    per_sample = (k + f) * p * itemsize
-    if n * per_sample <= CHUNK_BYTES:
-        return n
-    chunks = max(workers, -(-n * per_sample // CHUNK_BYTES))
-    return max(1, min(CHUNK_BYTES // per_sample, -(-n // chunks)))
+    if n * per_sample <= split_above and n * per_sample <= limit:
+        return max(1, n)
+    chunks = -(-n * per_sample // limit)
+    chunks = -(-chunks // workers) * workers
+    return max(1, min(limit // per_sample, -(-n // chunks)))
+
+
+def _chunk(n, p, k, f, itemsize, workers):
+    """Samples per chunk so that its (k, chunk*p) and (f, chunk*p) buffers fit CHUNK_BYTES; work that fits
+    one chunk stays one chunk (``chunk_samples``)."""
+    return chunk_samples(n, (k + f) * p * itemsize, CHUNK_BYTES, workers, CHUNK_BYTES)
 
 
 def _take_scratch(count, nbytes):

@@ -35,6 +35,9 @@ from greedy.kernels.conv import _run_chunks, _same_dtype, _scratch_bytes, _split
 from greedy.kernels.convpool import max4_argmax
 
 CHUNK_BYTES = 8 * 2**20
+# work above this many scratch bytes is split between the workers (at N = 256 the 128 -> 128 conv on
+# 4 x 4 maps, 9.4 MB, ran as one chunk of 8 MiB and one of 1.1 MB: one core did nearly all of it)
+SPLIT_BYTES = 2**20
 # Below 32 input channels the 16 multiplies of a chunk are too thin for BLAS: 1, 3 and 16 channels ran
 # at 0.16, 0.63 and 0.83 of the im2col convolution's speed, 32 at 1.0-1.2, 64 to 256 at 1.4-1.6.
 MIN_CHANNELS = 32
@@ -401,7 +404,8 @@ def conv_forward(x, w, b, pad=1, relu=False, pool=1, out=None, keep_argmax=False
     argmax = np.empty(y.shape if keep_argmax else (0, 0, 0, 0), np.int32)
     u = weight_tiles(w, tile)
     tiles, e_count = th * tw, len(u)
-    nb = max(1, min(n, CHUNK_BYTES // (e_count * (c + f) * tiles * dt.itemsize)))
+    nb = ck.chunk_samples(n, e_count * (c + f) * tiles * dt.itemsize, CHUNK_BYTES, numba.get_num_threads(),
+                          SPLIT_BYTES)
 
     def task(n0, m, buf):
         v, mt = _split(buf, dt, e_count * c * m * tiles, e_count * f * m * tiles)
