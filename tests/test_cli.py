@@ -34,7 +34,7 @@ def test_e2e_run_writes_the_contract_files_and_evaluate_agrees(tmp_path):
     assert [e["accuracy"] for e in epochs] == [None, None]
     options = config["options"]  # every option resolved: nothing the run used is null
     # synthetic colour images take the cifar10 family's e2e defaults
-    assert options["lr"] == 0.4 and options["optimizer"] == "nesterov" and options["batch_size"] == 512
+    assert options["lr"] == 0.2 and options["optimizer"] == "nesterov" and options["batch_size"] == 256
     assert options["init_gain"] == 0.408 and options["identity_init"] is True and options["eval_every"] == 3
     assert options["label_smoothing"] == 0.2 and options["augment"] and options["augment_pad"] == 2
     assert options["arch"] == "c8k3-relu-max2-fc10" and options["epochs"] == 2 and options["schedule"] == "onecycle"
