@@ -194,11 +194,13 @@ def test_feature_augment_scales_the_shift_with_the_map():
     trainer = AuxTrainer(resolve("aux", "cifar10", 10, {"augment": True, "augment_flip": False}), 10)
     trainer.image_shape = (3, 32, 32)
     assert AuxTrainer(resolve("aux", "cifar10", 10, {"augment": False}), 10).augment((3, 32, 32)) is None
-    assert trainer.augment((3, 32, 32)).keywords == {"pad": 4, "flip": False}
-    assert trainer.augment((64, 8, 8)).keywords["pad"] == 1
-    assert trainer.augment((64, 4, 4)).keywords["pad"] == 1
+    from greedy.nn.augment import random_crop_flip
+    for shape, pad in (((3, 32, 32), 4), ((64, 8, 8), 1), ((64, 4, 4), 1)):
+        x = np.random.default_rng(1).standard_normal((6,) + shape).astype(np.float32)
+        np.testing.assert_array_equal(trainer.augment(shape)(x, np.random.default_rng(2), np.arange(6), 1),
+                                      random_crop_flip(x, np.random.default_rng(2), pad=pad, flip=False))
     x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8) + 1
-    out = trainer.augment((3, 8, 8))(x, np.random.default_rng(0))
+    out = trainer.augment((3, 8, 8))(x, np.random.default_rng(0), np.arange(2), 1)
     assert out.shape == x.shape
     # a shift by at most one pixel: every row of the output is a row of the input moved by <= 1, or zero fill
     assert np.isin(out[out != 0], x).all() and (out == 0).sum() <= 2 * 3 * (8 + 8 - 1)
