@@ -201,7 +201,7 @@ def chunk_samples(n, per_sample, limit, workers, split_above):
     Work of at most ``split_above`` bytes stays one chunk (no worker threads); larger work has a multiple
     of ``workers`` chunks of near-equal size, so that no worker waits long on another's last chunk.
     """
-    if n * per_sample <= split_above and n * per_sample <= limit:
+    if n * per_sample <= min(split_above, limit):
         return max(1, n)
     chunks = -(-n * per_sample // limit)
     chunks = -(-chunks // workers) * workers
