@@ -86,16 +86,18 @@ def max4_argmax(v0, v1, v2, v3, at, wo, relu, zero):
     """Max of the 2x2 window (v0, v1; v2, v3) whose top-left value is at flat index ``at`` of a plane ``wo``
     wide, and that value's index: the first in row-major order among equal values, or (``zero``, -1) where
     ``relu`` clips the window. The argmax of every 2x2 window here and in ``greedy.kernels.winograd``."""
-    best, where = v0, at
-    if v1 > best:
-        best, where = v1, at + 1
-    if v2 > best:
-        best, where = v2, at + wo
-    if v3 > best:
-        best, where = v3, at + wo + 1
-    if relu and not best > zero:
-        return zero, -1
-    return best, where
+    # selects, not branches: which value wins is data-dependent and would be mispredicted half the time
+    up = v1 > v0
+    best = v1 if up else v0
+    where = at + 1 if up else at
+    up = v2 > best
+    best = v2 if up else best
+    where = at + wo if up else where
+    up = v3 > best
+    best = v3 if up else best
+    where = at + wo + 1 if up else where
+    clipped = relu and not best > zero
+    return (zero if clipped else best), (-1 if clipped else where)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
