@@ -1,4 +1,9 @@
 """Convolution and pooling kernels against plain NumPy references and finite differences."""
+import os
+import select
+import threading
+import time
+
 import numba
 import numpy as np
 import pytest
@@ -150,6 +155,71 @@ def test_conv_chunking_gives_same_result(monkeypatch, threads):
     for got, want, again in zip(grads, grads_one, grads_again):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(got, again)
+
+
+def _two_workers():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    return old
+
+
+def test_chunk_workers_are_kept_and_pass_errors_on():
+    old = _two_workers()
+    try:
+        seen = set()
+
+        def task(n0, m, buf):
+            seen.add(threading.get_ident())
+            return n0
+        assert ck._run_chunks(task, 8, 2, 64) == [0, 2, 4, 6]
+        helpers = {t for t in threading.enumerate() if t.name.startswith("greedy-chunks")}
+        for _ in range(5):
+            ck._run_chunks(task, 8, 2, 64)
+        assert {t for t in threading.enumerate() if t.name.startswith("greedy-chunks")} == helpers
+        assert threading.get_ident() in seen and len(helpers) == 1
+
+        def failing(n0, m, buf):
+            if threading.current_thread().name.startswith("greedy-chunks"):
+                raise ValueError("chunk failed")
+            time.sleep(0.01)
+        with pytest.raises(ValueError, match="chunk failed"):
+            ck._run_chunks(failing, 8, 1, 64)
+
+        def nested(n0, m, buf):  # a helper's own chunk work runs in that helper, not queued behind it
+            inner = ck._run_chunks(lambda a, b, c: threading.current_thread().name, 4, 1, 64)
+            return threading.current_thread().name, inner
+        for name, inner in ck._run_chunks(nested, 4, 1, 64):
+            assert inner == [name] * 4 or not name.startswith("greedy-chunks")
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_its_own_chunk_workers():
+    old = _two_workers()
+    try:
+        x, w, b, stride, pad = random_conv((7, 3, 9, 8, 4, 3, 3, 1, 1), np.float64)
+        ck.CHUNK_BYTES, saved = 2 * 9 * 8 * (27 + 4) * 8, ck.CHUNK_BYTES  # four chunks: the helpers run
+        try:
+            want = ck.conv2d_forward(x, w, b, stride, pad)
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child has no helper threads, only the parent's record of them
+                ok = np.array_equal(ck.conv2d_forward(x, w, b, stride, pad), want)
+                os.write(write, b"1" if ok else b"0")
+                os._exit(0)
+            os.close(write)
+            ready = select.select([read], [], [], 60)[0]  # a child waiting on threads it lacks never answers
+            if not ready:
+                os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            assert ready and os.read(read, 1) == b"1"
+        finally:
+            ck.CHUNK_BYTES = saved
+    finally:
+        numba.set_num_threads(old)
 
 
 @pytest.mark.parametrize("n,per_sample,limit,workers,split_above,want", [
