@@ -157,6 +157,53 @@ def test_conv_chunking_gives_same_result(monkeypatch, threads):
         np.testing.assert_array_equal(got, again)
 
 
+# (N, C, H, W, F, K, stride, pad, pool, relu): the pooled backward of the window maxima against im2col's
+POOLED_CASES = [
+    (3, 8, 8, 8, 6, 3, 1, 1, 2, True),
+    (2, 5, 9, 7, 7, 3, 2, 1, 3, False),    # stride 2, a pool of 3 that drops a row
+    (2, 4, 10, 10, 9, 5, 1, 2, 2, True),
+    (2, 3, 9, 9, 5, 5, 1, 0, 2, False),    # 5x5 output: the pool drops a row and a column
+    (1, 6, 7, 8, 13, 3, 1, 1, 2, False),   # F not a multiple of 4
+    (5, 2, 6, 6, 3, 1, 1, 0, 2, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POOLED_CASES)
+def test_pooled_backward_of_the_maxima_equals_im2col(monkeypatch, case, dtype):
+    n, c, h, wd, f, k, stride, pad, pool, relu = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((f, c, k, k)).astype(dtype)
+    w[f // 2:] = w[0]   # filters with equal maxima: several share a position in each window
+    b = rng.standard_normal(f).astype(dtype)
+    y, argmax = ck.conv2d_forward(x, w, b, stride, pad, relu=relu, pool=pool, keep_argmax=True)
+    assert not relu or (argmax == -1).any()
+    dy = np.asfortranarray(rng.standard_normal(y.shape).astype(dtype))
+    results = {}
+    for path, min_run in (("im2col", 10**9), ("maxima", 1)):
+        monkeypatch.setattr(ck, "POOLED_MIN_RUN", min_run)
+        results[path] = (ck.conv2d_backward(x, w, dy, stride, pad, argmax=argmax),
+                         ck.conv2d_backward(x, w, dy, stride, pad, input_grad=False, argmax=argmax))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    (dx, dw, db), (none, dw_only, db_only) = results["maxima"]
+    (dx1, dw1, db1), _ = results["im2col"]
+    assert none is None and np.array_equal(dw, dw_only) and np.array_equal(db, db_only)
+    for got, want in ((dx, dx1), (dw, dw1), (db, db1)):
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_pooled_backward_of_the_maxima_checks_its_argmax(monkeypatch):
+    monkeypatch.setattr(ck, "POOLED_MIN_RUN", 1)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    y, argmax = ck.conv2d_forward(x, w, np.zeros(3, np.float32), 1, 1, pool=2, keep_argmax=True)
+    with pytest.raises(ConfigError, match="outside"):
+        ck.conv2d_backward(x, w, y, 1, 1, argmax=argmax + 36)
+
+
 def _two_workers():
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two Numba threads")

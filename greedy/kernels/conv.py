@@ -6,6 +6,8 @@ NCHW order with contiguous copies only:
 y (F, n*P) = w (F, K) @ cols, dw = dy (F, n*P) @ cols.T,
 dcols = w.T @ dy (F, n*P), then the transposed col2im. The row-major im2col and
 col2im of whole arrays are in ``greedy.kernels.im2col``, pooling in ``greedy.kernels.pool``.
+The backward of a conv followed by max pooling (``argmax``) visits the window
+maxima only, without im2col, where patch rows are long (``greedy.kernels.pooledgrad``).
 
 Threads: ``numba.get_num_threads()`` workers (the calling thread and helper
 threads kept between calls) each take whole chunks (next free chunk first)
@@ -39,9 +41,13 @@ from threadpoolctl import ThreadpoolController
 
 from greedy import validate
 from greedy.errors import ConfigError
+from greedy.kernels import pooledgrad
 from greedy.kernels.convpool import fnp_to_nfp_relu_pool, fnp_to_nfp_relu_pool_argmax, pooled_to_fnp
 
 CHUNK_BYTES = 4 * 2**20
+# the backward of a pooled conv visits the window maxima only (``greedy.kernels.pooledgrad``) when its
+# patch rows, KW*C values, are at least this long; shorter rows keep im2col and the multiply
+POOLED_MIN_RUN = 128
 
 _scratch = []  # byte buffers free for reuse, one is taken per worker and call
 _scratch_lock = threading.Lock()
@@ -376,6 +382,8 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True, argmax=None):
         raise ConfigError(f"dy has shape {dy.shape}, expected {(n, f, ho, wo)}")
     if argmax is not None:
         _check_argmax(argmax, dy, n, f, p)
+        if kw * c >= POOLED_MIN_RUN:
+            return _pooled_backward(x, w, dy, argmax, stride, pad, wo, input_grad)
     wm = w.reshape(f, k)
     dbpart = np.empty((n, f), np.float64)
     dx = np.empty(x.shape, dt) if input_grad else None
@@ -400,6 +408,40 @@ def conv2d_backward(x, w, dy, stride=1, pad=0, input_grad=True, argmax=None):
         dw += part
     db = dbpart.sum(axis=0).astype(dt)
     return dx, dw.reshape(w.shape), db
+
+
+def _pooled_backward(x, w, dy, argmax, stride, pad, wo, input_grad):
+    """``conv2d_backward`` with an argmax, by ``greedy.kernels.pooledgrad``: per chunk of samples, the
+    input and its gradient held channels last and zero padded, (C + C) * (H + 2 pad) * (W + 2 pad)
+    values a sample, at most ``CHUNK_BYTES``."""
+    f, c, kh, kw = w.shape
+    n, dt = x.shape[0], x.dtype
+    hpad, wpad = x.shape[2] + 2 * pad, x.shape[3] + 2 * pad
+    plane = hpad * wpad * c
+    planes = 2 if input_grad else 1
+    wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f, kh, kw * c)
+    dbpart = np.empty((n, f), np.float64)
+    dx = np.empty(x.shape, dt) if input_grad else None
+    nb = chunk_samples(n, planes * plane * dt.itemsize, CHUNK_BYTES, numba.get_num_threads(), CHUNK_BYTES)
+
+    def task(n0, m, buf):
+        xp, dxp = _split(buf, dt, m * plane, (planes - 1) * m * plane)
+        xp = xp.reshape(m, hpad, wpad, c)
+        pooledgrad.to_padded_channels_last(x[n0:n0 + m], pad, xp)
+        dwt = np.zeros(wt.shape, dt)
+        pooledgrad.weight_grad(xp, dy[n0:n0 + m], argmax[n0:n0 + m], kh, wo, stride, dwt, dbpart[n0:n0 + m])
+        if input_grad:
+            dxp = dxp.reshape(m, hpad, wpad, c)
+            dxp[...] = 0
+            pooledgrad.input_grad(dy[n0:n0 + m], argmax[n0:n0 + m], wt, wo, stride, dxp)
+            pooledgrad.from_padded_channels_last(dxp, pad, dx[n0:n0 + m])
+        return dwt
+
+    dwt = np.zeros(wt.shape, dt)
+    for part in _run_chunks(task, n, nb, _scratch_bytes(dt, nb * plane, (planes - 1) * nb * plane)):
+        dwt += part
+    dw = np.ascontiguousarray(dwt.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+    return dx, dw, dbpart.sum(axis=0).astype(dt)
 
 
 def _check_argmax(argmax, dy, n, f, p):

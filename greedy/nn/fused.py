@@ -5,11 +5,13 @@ max pool (``MaxPool2d`` or ``MaxPool1d``), each computed as one layer.
 ``winograd.convolve(..., relu, pool, keep_argmax=True)`` call (Winograd where it
 applies, else im2col): bias, ReLU and pooling are applied to every chunk's GEMM
 output while it is in cache, so the full-size conv and ReLU maps are never
-written, and the backward builds the conv output's gradient straight from the
-pooled gradient and the argmax (``greedy.kernels.convpool``). Outputs and
-gradients equal those of the three layers run one by one (to rounding where a
-Winograd conv's output has an odd side: the two passes then multiply matrices of
-other widths). A run of batch norm, ReLU and max pool likewise writes only
+written. The backward builds the conv output's gradient straight from the
+pooled gradient and the argmax (``greedy.kernels.convpool``), or, for convs of
+long patch rows (``conv.POOLED_MIN_RUN``), takes the conv's gradients from the
+window maxima alone (``greedy.kernels.pooledgrad``). Outputs equal those of the
+three layers run one by one (to rounding where a Winograd conv's output has an
+odd side: the two passes then multiply matrices of other widths), gradients too,
+to rounding where the maxima alone are visited. A run of batch norm, ReLU and max pool likewise writes only
 the pooled map and its argmax (``greedy.kernels.bnpool``).
 
 The ReLU and the pool keep no state of their own during a fused run; they hold
