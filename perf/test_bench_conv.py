@@ -120,3 +120,34 @@ def test_conv_pool_training_forward(benchmark, shape, algorithm):
     y, argmax = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     assert y.shape == argmax.shape == (x.shape[0], w.shape[0], x.shape[2] // 2, x.shape[3] // 2)
     record(benchmark, flops, m, k, n)
+
+
+# conv-pool runs whose backward takes the pooled gradient: the CIFAR-10 e2e default's second (64 -> 128 on 8 x 8,
+# patch rows of 192 values), the 64-128-256 network's last and the MNIST CNN's second (with its ReLU);
+# (N, C, F, H=W, K, pad, relu)
+POOLED_BACKWARD_SHAPES = [
+    (512, 64, 128, 8, 3, 1, False),
+    (512, 128, 256, 8, 3, 1, False),
+    (128, 32, 64, 14, 5, 2, True),
+]
+
+
+@pytest.mark.parametrize("shape", POOLED_BACKWARD_SHAPES,
+                         ids=lambda s: f"N{s[0]}-{s[1]}to{s[2]}-{s[3]}px-k{s[4]}{'-relu' if s[6] else ''}")
+@pytest.mark.parametrize("path", ["im2col", "maxima"])
+def test_conv_pool_backward(benchmark, shape, path, monkeypatch):
+    """Weight and input gradients from a 2x2-pooled gradient and its argmax: im2col and multiplies of the
+    mostly-zero conv output gradient, or the window maxima alone (``greedy.kernels.pooledgrad``). GFLOP/s
+    count the im2col backward's multiply-adds (twice the forward's); the maxima path does a quarter of them
+    where every window passes (no ReLU), fewer where a ReLU clipped windows (21 % of them here)."""
+    *conv_shape, relu = shape
+    x, w, b, _, pad, (m, k, n), flops = setup(conv_shape)
+    y, argmax = ck.conv2d_forward(x, w, b, 1, pad, relu=relu, pool=2, keep_argmax=True)
+    dy = np.random.default_rng(1).standard_normal(y.shape, dtype=np.float32)
+    monkeypatch.setattr(ck, "POOLED_MIN_RUN", 1 if path == "maxima" else 10**9)
+    fn = lambda: ck.conv2d_backward(x, w, dy, 1, pad, argmax=argmax)  # noqa: E731
+    fn()
+    dx, dw, db = benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    benchmark.extra_info["windows_with_gradient"] = round(float((argmax >= 0).mean()), 3)
+    record(benchmark, 2 * flops, m, k, n)
