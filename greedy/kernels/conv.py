@@ -11,8 +11,9 @@ maxima only, without im2col, where patch rows are long (``greedy.kernels.pooledg
 
 Threads: ``numba.get_num_threads()`` workers (the calling thread and helper
 threads kept between calls) each take whole chunks (next free chunk first)
-and run serial ``nogil`` kernels and a single-threaded BLAS multiply on them; BLAS is limited to one thread, process
-wide through threadpoolctl, while they run. This replaces prange on purpose:
+and run serial ``nogil`` kernels and a single-threaded BLAS multiply on them;
+BLAS is limited to one thread, process wide through threadpoolctl, while they
+run. This replaces prange on purpose:
 alternating numba's OpenMP pool with OpenBLAS's threads once per chunk lets
 each pool's idle threads spin while the other works; on the shared 2-core
 machine (busy at the time) that version reached 0.1-0.4 of an equal-work
