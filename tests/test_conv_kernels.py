@@ -10,6 +10,7 @@ import pytest
 
 from greedy.kernels import conv as ck
 from greedy.kernels import im2col as ik
+from greedy.kernels import pooledgrad
 from greedy.kernels import pool as pk
 from greedy.errors import ConfigError
 
@@ -192,6 +193,17 @@ def test_pooled_backward_of_the_maxima_equals_im2col(monkeypatch, case, dtype):
     for got, want in ((dx, dx1), (dw, dw1), (db, db1)):
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_padded_channels_last_round_trip_over_a_dirty_buffer(pad):
+    x = np.random.default_rng(7).standard_normal((2, 3, 5, 4))
+    xp = np.full((2, 5 + 2 * pad, 4 + 2 * pad, 3), np.nan)   # scratch memory holds what the last call left
+    pooledgrad.to_padded_channels_last(x, pad, xp)
+    np.testing.assert_array_equal(xp, np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0))))
+    back = np.empty_like(x)
+    pooledgrad.from_padded_channels_last(xp, pad, back)
+    np.testing.assert_array_equal(back, x)
 
 
 def test_pooled_backward_of_the_maxima_checks_its_argmax(monkeypatch):

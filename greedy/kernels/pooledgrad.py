@@ -25,12 +25,16 @@ import numpy as np
 
 @numba.njit(nogil=True, cache=True)
 def to_padded_channels_last(x, pad, xp):
-    """x (m, C, H, W) -> xp (m, H + 2 pad, W + 2 pad, C), zero outside the middle."""
+    """x (m, C, H, W) -> xp (m, H + 2 pad, W + 2 pad, C), zero outside the middle (only the border is
+    cleared: the middle is written)."""
     m, c, h, w = x.shape
-    xp[...] = 0
     for s in range(m):
+        xp[s, :pad] = 0
+        xp[s, pad + h:] = 0
         for r in range(h):
             row = xp[s, r + pad]
+            row[:pad] = 0
+            row[pad + w:] = 0
             for ci in range(c):
                 src = x[s, ci, r]
                 for col in range(w):
