@@ -5,6 +5,7 @@
 turned into a stop at the next checkpoint, measures the test accuracy, and writes the model and
 the summary (with the process's peak resident memory).
 """
+import gc
 import os
 import signal
 
@@ -68,7 +69,10 @@ def run_training(method_name, data, dataset, values, out, threads, data_dir=None
         # after a second SIGINT, the code it interrupted may raise its own error instead (llvmlite mid-compile)
         if not isinstance(error, KeyboardInterrupt) and (not run.stop_at_once or isinstance(error, RunInterrupted)):
             raise
-        raise RunInterrupted(signal.SIGINT, f"SIGINT: stopped at once, with {run.progress()} in the last "
-                                            f"checkpoint; {resume_hint(out)}") from None
+        message = f"SIGINT: stopped at once, with {run.progress()} in the last checkpoint; {resume_hint(out)}"
     finally:
         run.close()
+    # Out of the except block the interrupted frames are unreferenced: objects they left half-built
+    # (llvmlite's, mid-compile) are finalised now, so what their finalisers print comes before the message.
+    gc.collect()
+    raise RunInterrupted(signal.SIGINT, message)
