@@ -122,10 +122,11 @@ def test_conv_pool_training_forward(benchmark, shape, algorithm):
     record(benchmark, flops, m, k, n)
 
 
-# conv-pool runs whose backward takes the pooled gradient: the CIFAR-10 e2e default's second (64 -> 128 on 8 x 8,
-# patch rows of 192 values), the 64-128-256 network's last and the MNIST CNN's second (with its ReLU);
-# (N, C, F, H=W, K, pad, relu)
+# conv-pool runs whose backward takes the pooled gradient: the CIFAR-10 e2e default's second and third (32 -> 64
+# on 16 x 16 and 64 -> 128 on 8 x 8, patch rows of 96 and 192 values), the 64-128-256 network's last and the
+# MNIST CNN's second (with its ReLU); (N, C, F, H=W, K, pad, relu)
 POOLED_BACKWARD_SHAPES = [
+    (256, 32, 64, 16, 3, 1, False),
     (512, 64, 128, 8, 3, 1, False),
     (512, 128, 256, 8, 3, 1, False),
     (128, 32, 64, 14, 5, 2, True),

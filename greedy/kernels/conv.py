@@ -48,7 +48,7 @@ from greedy.kernels.convpool import fnp_to_nfp_relu_pool, fnp_to_nfp_relu_pool_a
 CHUNK_BYTES = 4 * 2**20
 # the backward of a pooled conv visits the window maxima only (``greedy.kernels.pooledgrad``) when its
 # patch rows, KW*C values, are at least this long; shorter rows keep im2col and the multiply
-POOLED_MIN_RUN = 128
+POOLED_MIN_RUN = 96
 
 _scratch = []  # byte buffers free for reuse, one is taken per worker and call
 _scratch_lock = threading.Lock()
