@@ -138,6 +138,7 @@ def test_any_error_raised_where_a_second_sigint_landed_is_the_interrupt(tmp_path
     assert result.output.strip().splitlines()[-1] == (
         f"SIGINT: stopped at once, with 0 of 2 epochs done in the last checkpoint; continue with "
         f"`python cli.py train --resume {tmp_path}`")
+    assert leftovers(tmp_path) == []
 
 
 def test_what_the_interrupted_code_leaves_half_built_is_finalised_before_the_stop_message(tmp_path, monkeypatch):
@@ -148,7 +149,8 @@ def test_what_the_interrupted_code_leaves_half_built_is_finalised_before_the_sto
             print("AttributeError: 'HalfBuilt' object has no attribute '_as_parameter_'", file=sys.stderr)
 
     def fit(*args, **kwargs):
-        half_built = HalfBuilt()  # noqa: F841 (held by the interrupted frame)
+        half_built = HalfBuilt()  # noqa: F841 (held by the interrupted frame, and by itself: only gc frees it)
+        half_built.cycle = half_built
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
     monkeypatch.setattr(E2EMethod, "fit", fit)
