@@ -82,6 +82,13 @@ def test_same_seed_same_accuracy_and_e2e_learns(tmp_path):
     assert a["test_accuracy"] > 0.3  # ten classes: chance is 0.1
 
 
+def test_whiten_first_takes_the_identity_filters_of_the_cifar10_defaults_after_its_conv(tmp_path):
+    out = train(tmp_path, "white", "--method", "e2e", "--whiten-first", "--epochs", "1",
+                "--arch", "c12k2p0-relu-c16k3-max2-bn-relu-fc10")
+    options = json.loads((out / "config.json").read_text())["options"]
+    assert options["whiten_first"] and options["identity_init"]
+
+
 def test_e2e_label_smoothing_and_augment_pad_are_options_of_the_run(tmp_path):
     args = ["--method", "e2e", "--arch", "c8k3-relu-max2-fc10", "--epochs", "1", "--augment", "--augment-pad", "1"]
     smooth = train(tmp_path, "smooth", *args, "--label-smoothing", "0.4")

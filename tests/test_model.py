@@ -74,6 +74,16 @@ def test_identity_init_needs_odd_kernels():
         build_model("c4k2-fc10", (3, 8, 8), 10, identity_init=True)
 
 
+def test_identity_init_leaves_a_first_layer_set_elsewhere():
+    spec = "c12k2p0-relu-c16k3-bn-relu-fc10"  # the first conv as --whiten-first wants it: even kernels
+    plain = build_model(spec, (3, 8, 8), 10, seed=2)
+    model = build_model(spec, (3, 8, 8), 10, seed=2, identity_init=True, first_set_elsewhere=True)
+    assert np.array_equal(model.layers[0].params["w"], plain.layers[0].params["w"])
+    w = model.layers[2].params["w"]
+    assert np.array_equal(w[:12, :, 1, 1], np.eye(12, dtype=np.float32)) and not w[:12, :, ::2].any()
+    assert np.array_equal(w[12:], plain.layers[2].params["w"][12:])
+
+
 def test_save_and_load_restore_outputs(tmp_path):
     model = build_model("c4k3-bn-relu-max2-fc10", (3, 8, 8), 10, seed=3)
     x = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8)).astype(np.uint8)

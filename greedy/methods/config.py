@@ -101,7 +101,8 @@ class E2EConfig(OptimConfig):
                                 "3 s on 2 cores.", "output", NON_NEGATIVE_INT)
     identity_init: bool = option(False, "Start the first min(F, C) filters of every conv as the identity: a 1 at "
                                         "the centre tap of their own input channel (airbench's dirac "
-                                        "initialisation); the other filters keep their random start.", "model",
+                                        "initialisation); the other filters keep their random start. With "
+                                        "--whiten-first, every conv after the whitened one.", "model",
                                  bool)
 
     def finish(self, family, n_classes):

@@ -58,7 +58,7 @@ class E2E(Method):
         normalizer = Normalizer().fit(x)
         rng = np.random.default_rng(np.random.SeedSequence(c.seed))
         model = build_model(c.arch, x.shape[1:], n_classes, rng, init_gain=c.init_gain,
-                            identity_init=c.identity_init)
+                            identity_init=c.identity_init, first_set_elsewhere=c.whiten_first)
         opt = make_optimizer(c.optimizer, c.lr, c.schedule, c.weight_decay)
         if c.whiten_first:
             frozen = whiten_first_conv(model, x, normalizer, rng)

@@ -300,11 +300,13 @@ class Stack(Model):
         return [q for p in self.parts for q in p.gradients()]
 
 
-def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1.0, identity_init=False):
+def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1.0, identity_init=False,
+                first_set_elsewhere=False):
     """Parse ``spec``, build it for per-sample ``in_shape``, and check the last layer has n_classes outputs.
     The initial weights of its convs and dense layers are multiplied by ``init_gain``; with ``identity_init``
     the first min(F, C) filters of every conv (``identity_filters``) then pass their own input channel
-    through."""
+    through, but for the first layer when ``first_set_elsewhere`` (the caller sets it, as ``--whiten-first``
+    does)."""
     if not init_gain > 0:
         raise ConfigError(f"init_gain must be positive, got {init_gain}")
     model = Sequential.from_spec(spec)
@@ -319,7 +321,7 @@ def build_model(spec, in_shape, n_classes, seed=0, dtype=np.float32, init_gain=1
             if isinstance(layer, (Conv2d, Conv1d, Dense)):
                 layer.params["w"] *= layer.params["w"].dtype.type(init_gain)
     if identity_init:
-        for layer in model.layers:
+        for layer in model.layers[1:] if first_set_elsewhere else model.layers:
             if isinstance(layer, (Conv2d, Conv1d)):
                 identity_filters(layer)
     return model
