@@ -12,6 +12,7 @@ MODELS = [
     ("c3k3-tanh-avg2-c4k3-tanh-fc3", (2, 6, 6)),                 # conv, tanh, avg pool, dense
     ("c3k3-relu-max2-c4k3s2p0-relu-fc3", (2, 8, 8)),             # relu, max pool, strided conv
     ("fc7-tanh-fc5-relu-fc3", (6,)),                              # dense, tanh, relu
+    ("c3k3-gelu-max2-fc4-gelu-fc3", (2, 6, 6)),                  # gelu
     ("c4k3-tanh-gap-drop0.3-fc3", (3, 5, 5)),                     # global pool, dropout (eval)
     ("avg2-c3k3p0-tanh-max2-fc3", (1, 8, 8)),                     # parameter-free first layer
 ]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from greedy.errors import ConfigError
-from greedy.nn.activations import Dropout, ReLU, Tanh
+from greedy.nn.activations import GELU, Dropout, ReLU, Tanh
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.layers import Conv2d, Dense
 from greedy.nn.pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
@@ -51,10 +51,30 @@ def test_dense_gradients():
     check_layer(Dense(4), (6,), n=1)
 
 
-@pytest.mark.parametrize("layer", [ReLU(), Tanh(), GlobalAvgPool(), AvgPool2d(2), MaxPool2d(2)])
+@pytest.mark.parametrize("layer", [ReLU(), GELU(), Tanh(), GlobalAvgPool(), AvgPool2d(2), MaxPool2d(2)])
 def test_parameterless_gradients(layer):
     # odd sizes: the floor behaviour drops the last row/column of the pools
     check_layer(layer, (3, 5, 7), n=2)
+
+
+def test_gelu_is_x_times_the_normal_distribution_function_in_both_precisions_and_threaded():
+    from scipy.special import ndtr
+    rng = np.random.default_rng(5)
+    for shape in ((3, 5, 7), (4, 64, 32, 32)):  # the second is past the threaded kernels' size
+        x = (3 * rng.standard_normal(shape)).astype(np.float32)
+        want = x.astype(np.float64) * ndtr(x.astype(np.float64))
+        layer = GELU()
+        y = layer.forward(x)
+        assert y.dtype == np.float32 and y.shape == x.shape
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        slope = ndtr(x.astype(np.float64)) + x * np.exp(-0.5 * x.astype(np.float64) ** 2) / np.sqrt(2 * np.pi)
+        np.testing.assert_allclose(layer.backward(dy), dy * slope, rtol=1e-5, atol=1e-6)
+    model = Sequential.from_spec("c4k3-bn-gelu-max2-c4k3-gelu-fc3").build((3, 8, 8), 0)
+    assert model.spec() == "c4k3-bn-gelu-max2-c4k3-gelu-fc3"
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    model.forward(x, train=True)  # batch statistics into the running averages
+    np.testing.assert_allclose(model.predict_batch(x), model.forward(x), rtol=1e-5, atol=1e-5)  # fused inference
 
 
 def test_batchnorm_gradients_in_training_mode():

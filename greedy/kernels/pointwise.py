@@ -1,4 +1,4 @@
-"""Numba kernels for the per-element layers: ReLU, the tanh gradient, batch normalisation, the column
+"""Numba kernels for the per-element layers: ReLU, GELU, the tanh gradient, batch normalisation, the column
 statistics of the final classifier's features, and the centred patch rows of a whitening fit.
 
 NumPy spends several full passes (and temporaries) on each of these; here each
@@ -6,6 +6,8 @@ is one or two passes over the data, threaded where the arrays are large enough t
 pay for it. Arrays are C-contiguous, float32 or float64; batch-norm arrays are
 viewed as (N, C, P) with P = H*W.
 """
+import math
+
 import numba
 import numpy as np
 from numba import prange
@@ -28,6 +30,51 @@ def relu_backward(y, dy, dx):
 def tanh_backward(y, dy, dx):
     """dx = dy * (1 - y^2) over flat arrays of one dtype, y the forward output."""
     (_tanh_backward_threaded if y.size >= THREADED_MIN_SIZE else _tanh_backward_serial)(y, dy, dx)
+
+
+def gelu_forward(x, y):
+    """y = x Phi(x) (Phi the standard normal distribution function, exact by erf) over flat arrays x, y of
+    equal size and dtype."""
+    (_gelu_forward_threaded if x.size >= THREADED_MIN_SIZE else _gelu_forward_serial)(x, y)
+
+
+def gelu_backward(x, dy, dx):
+    """dx = dy (Phi(x) + x phi(x)) over flat arrays of one dtype, x the forward input."""
+    (_gelu_backward_threaded if x.size >= THREADED_MIN_SIZE else _gelu_backward_serial)(x, dy, dx)
+
+
+@numba.njit(cache=True, inline="always")
+def _gelu(v):
+    return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+
+
+@numba.njit(cache=True, inline="always")
+def _gelu_slope(v):
+    return 0.5 * (1.0 + math.erf(v * 0.7071067811865476)) + v * 0.3989422804014327 * math.exp(-0.5 * v * v)
+
+
+@numba.njit(cache=True)
+def _gelu_forward_serial(x, y):
+    for i in range(x.size):
+        y[i] = _gelu(np.float64(x[i]))
+
+
+@numba.njit(parallel=True, cache=True)
+def _gelu_forward_threaded(x, y):
+    for i in prange(x.size):
+        y[i] = _gelu(np.float64(x[i]))
+
+
+@numba.njit(cache=True)
+def _gelu_backward_serial(x, dy, dx):
+    for i in range(x.size):
+        dx[i] = dy[i] * _gelu_slope(np.float64(x[i]))
+
+
+@numba.njit(parallel=True, cache=True)
+def _gelu_backward_threaded(x, dy, dx):
+    for i in prange(x.size):
+        dx[i] = dy[i] * _gelu_slope(np.float64(x[i]))
 
 
 # Serial and threaded twins have separate source: Numba's cache keys a kernel by its

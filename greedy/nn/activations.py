@@ -1,4 +1,4 @@
-"""Element-wise layers without weights: ``ReLU``, ``Tanh`` and inverted ``Dropout``.
+"""Element-wise layers without weights: ``ReLU``, ``GELU``, ``Tanh`` and inverted ``Dropout``.
 
 Same protocol as :class:`greedy.nn.layers.Layer`; x and y have the same shape
 (any rank), float32 by default, float64 for gradient checks.
@@ -44,6 +44,37 @@ class ReLU(Layer):
 
     def spec(self):
         return "relu"
+
+
+class GELU(Layer):
+    """y = x Phi(x), Phi the standard normal distribution function (exact, by erf; airbench's activation).
+    Not part of the fused conv runs: it costs a pass over its map each way."""
+
+    def forward(self, x, train=False):
+        self.x = np.ascontiguousarray(x)
+        y = np.empty_like(self.x)
+        pk.gelu_forward(self.x.reshape(-1), y.reshape(-1))
+        return y
+
+    def backward(self, dy, input_grad=True):
+        return _elementwise_backward(pk.gelu_backward, self.x, dy) if input_grad else None
+
+    def r_forward(self, rx, rparams=None):
+        self.rx = None if rx is None else np.ascontiguousarray(rx, dtype=self.x.dtype)
+        return None if rx is None else self.backward(rx)  # R{y} = Rx g'(x), the same map as backward
+
+    def r_backward(self, dy, rdy, input_grad=True):
+        """R{dx} = R dy g'(x) + dy g''(x) Rx, with g''(x) = phi(x) (2 - x^2)."""
+        if not input_grad:
+            return None, None
+        dx, rdx = self.backward(dy), self.backward(rdy)
+        if self.rx is not None:
+            x = self.x
+            rdx += dy * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi) * (2 - x * x) * self.rx
+        return dx, rdx
+
+    def spec(self):
+        return "gelu"
 
 
 class Tanh(Layer):

@@ -11,7 +11,7 @@ R-operator sits next to its forward and backward in ``greedy.layers``
 (``r_forward``/``r_backward``). No finite differences are involved; the cost
 is that of about three gradients.
 
-Supported layers: Conv2d, Dense, ReLU, Tanh, MaxPool2d, AvgPool2d,
+Supported layers: Conv2d, Dense, ReLU, GELU, Tanh, MaxPool2d, AvgPool2d,
 GlobalAvgPool, Dropout (at inference, or with the mask of the current
 forward pass when ``train=True``). ReLU and max pooling are piecewise linear,
 so H v is their Hessian almost everywhere (off the kinks).

@@ -9,7 +9,7 @@ token          layer
 =============  ==========================================================
 ``c32k5``      Conv2d, 32 filters 5x5, stride 1, padding K//2 ("same")
 ``c64k3s2p0``  Conv2d with stride 2 and padding 0
-``relu``       ReLU;  ``tanh``: tanh
+``relu``       ReLU;  ``gelu``: GELU;  ``tanh``: tanh
 ``max2``       2x2 max pool, stride 2;  ``avg2``: average pool
 ``gap``        global average pool (N, C, H, W) -> (N, C)
 ``bn``         batch normalisation (per channel)
@@ -52,7 +52,7 @@ import numpy as np
 
 from greedy.errors import ConfigError
 from greedy.nn import inference
-from greedy.nn.activations import Dropout, ReLU, Tanh
+from greedy.nn.activations import GELU, Dropout, ReLU, Tanh
 from greedy.nn.batchnorm import BatchNorm2d
 from greedy.nn.fused import training_runs
 from greedy.nn.layers import Conv2d, Dense
@@ -82,6 +82,7 @@ _TOKENS = [
     (re.compile(r"fc(\d+)|d(\d+)"), lambda m: Dense(int(m[1] or m[2])), None),
     (re.compile(r"relu"), lambda m: ReLU(), None),
     (re.compile(r"tanh"), lambda m: Tanh(), None),
+    (re.compile(r"gelu"), lambda m: GELU(), None),
     (re.compile(r"max(\d+)(?:s(\d+))?"), lambda m: _sequence_only(m) if m[2] else MaxPool2d(int(m[1])),
      lambda m: MaxPool1d(int(m[1]), _opt(m[2]))),
     (re.compile(r"avg(\d+)(?:s(\d+))?"), lambda m: _sequence_only(m) if m[2] else AvgPool2d(int(m[1])),
