@@ -60,7 +60,7 @@ class GELU(Layer):
         return _elementwise_backward(pk.gelu_backward, self.x, dy) if input_grad else None
 
     def r_forward(self, rx, rparams=None):
-        self.rx = None if rx is None else np.ascontiguousarray(rx, dtype=self.x.dtype)
+        self.rx = rx
         return None if rx is None else self.backward(rx)  # R{y} = Rx g'(x), the same map as backward
 
     def r_backward(self, dy, rdy, input_grad=True):
