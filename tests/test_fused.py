@@ -72,6 +72,8 @@ def test_fused_run_equals_the_layers_one_by_one(spec, in_shape, dtype, pooled_ba
     ("c3k3-bn-relu-max2-fc3", (2, 9)),
     ("c3k3-bn-relu-max3s2-fc3", (2, 11)),
     ("c3k3-relu-max2-fc3", (32, 4, 4)),          # the Winograd forward keeps the argmax
+    ("c4k3-max2-bn-relu-c3k3-max2-fc3", (2, 9, 9)),   # odd maps: each pool drops a row and a column
+    ("c4k2p0-gelu-c4k3-max2-bn-gelu-c3k3-bn-gelu-max3-fc3", (3, 8, 8)),   # airbench's shape: 7, 3, 1
 ])
 def test_fused_run_gradients_match_finite_differences(spec, in_shape, pooled_backward):
     model = Sequential.from_spec(spec).build(in_shape, 0, np.float64)
