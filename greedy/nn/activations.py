@@ -10,6 +10,15 @@ from greedy.kernels import pointwise as pk
 from greedy.nn.layers import Layer
 
 
+def _elementwise_forward(kernel, x):
+    """(x, y): x made C-contiguous and y of its shape and dtype from ``kernel(x, y)`` run over the flattened
+    arrays."""
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    kernel(x.reshape(-1), y.reshape(-1))
+    return x, y
+
+
 def _elementwise_backward(kernel, y, dy):
     """dx of y's shape and dtype from ``kernel(y, dy, dx)`` run over the flattened arrays."""
     dy = np.ascontiguousarray(dy, dtype=y.dtype)
@@ -22,10 +31,8 @@ class ReLU(Layer):
     """y = max(x, 0)."""
 
     def forward(self, x, train=False):
-        x = np.ascontiguousarray(x)
         self.fused_run = None
-        self.y = np.empty_like(x)
-        pk.relu_forward(x.reshape(-1), self.y.reshape(-1))
+        _, self.y = _elementwise_forward(pk.relu_forward, x)
         return self.y
 
     def release_state(self, run):
@@ -51,9 +58,7 @@ class GELU(Layer):
     Not part of the fused conv runs: it costs a pass over its map each way."""
 
     def forward(self, x, train=False):
-        self.x = np.ascontiguousarray(x)
-        y = np.empty_like(self.x)
-        pk.gelu_forward(self.x.reshape(-1), y.reshape(-1))
+        self.x, y = _elementwise_forward(pk.gelu_forward, x)
         return y
 
     def backward(self, dy, input_grad=True):
