@@ -4,8 +4,8 @@
 (``$GREEDY_DATA``), and prints JSON: for each of the 8 x 8 luma (Y) DCT frequencies of the JPEG grid,
 the quantisation step its coefficients sit on (0 where nearly all of them are zero), the IJG quality
 whose standard table matches those steps best, and the share of Y, Cb and Cr variance that lies in
-detail within 2 x 2 pixel cells (4:2:0 subsampling stores one chroma sample per cell, so little chroma
-detail is left). Steps are 0 (no lattice) on images that never went through JPEG.
+detail within 2 x 2 pixel cells (4:2:0 subsampling stores one chroma sample per cell, so a decoder's
+interpolation leaves little chroma detail). Steps are 0 (no lattice) on images that never went through JPEG.
 """
 import json
 import sys
