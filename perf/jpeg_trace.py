@@ -70,10 +70,9 @@ def best_quality(steps):
     return int(np.argmin(err)) + 1
 
 
-def detail_shares(x):
-    """Share of each of Y, Cb, Cr's variance (around its mean) that lies within 2 x 2 cells of the
-    images x (N, 3, H, W) uint8, H and W even -> (3,) float, nan for a constant channel."""
-    c = ycbcr(x)
+def detail_shares(c):
+    """Share of each of Y, Cb, Cr's variance (around its mean) that lies within 2 x 2 cells of ``ycbcr``
+    images c (N, 3, H, W) float, H and W even -> (3,) float, nan for a constant channel."""
     n, _, h, w = c.shape
     cells = c.reshape(n, 3, h // 2, 2, w // 2, 2)
     detail = cells - cells.mean(axis=(3, 5), keepdims=True)
@@ -83,10 +82,13 @@ def detail_shares(x):
 
 def trace(x):
     """The JSON-ready report for uint8 images x (N, 3, H, W), H and W multiples of 8."""
-    coefs = block_dct(ycbcr(x)[:, 0])
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % 8 or x.shape[3] % 8 or x.dtype != np.uint8:
+        raise ValueError(f"jpeg_trace: need uint8 (N, 3, H, W) images, H and W multiples of 8; got {x.dtype} {x.shape}")
+    c = ycbcr(x)
+    coefs = block_dct(c[:, 0])
     steps = np.array([[lattice_step(coefs[:, u, v]) for v in range(8)] for u in range(8)])
     quality = best_quality(steps) if steps.max() > 1 else None
-    shares = detail_shares(x)
+    shares = detail_shares(c)
     return {"images": len(x), "luma_steps": steps.tolist(), "ijg_quality": quality,
             "ijg_table": None if quality is None else ijg_table(quality).tolist(),
             "detail_share": {name: None if np.isnan(v) else float(v) for name, v in zip(("Y", "Cb", "Cr"), shares)}}
